@@ -1,0 +1,29 @@
+"""convscope: see inside convolutional neural networks.
+
+    import convscope as cs
+    m = cs.load_model("efficientnet_lite0")
+    x = m.preprocess(cs.sample_image("cat"))
+    cs.gradcam(m, x).save("cat_gradcam.png")
+
+Every method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -> cs.Result``.
+"""
+
+from .attribution import gradcam, saliency
+from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
+from .hooks import Guard, LayerRef
+from .images import load_image, sample_image
+from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
+from .models import Model, Prediction, available_models, imagenet_labels, load_model
+from .registry import explain, methods
+from .report import build_report as report
+from .result import Result
+from . import targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvscopeError", "Guard", "ImageError", "InputError", "LayerError", "LayerInfo", "LayerRef", "Model",
+    "ModelError", "Prediction", "Result", "TargetError", "available_models", "default_cam_layer", "explain",
+    "gradcam", "imagenet_labels", "layers", "load_image", "load_model", "methods", "report", "resolve_layer",
+    "saliency", "sample_image", "summary", "targets", "__version__",
+]

@@ -1,0 +1,147 @@
+"""The command-line front end: a thin layer over the public API (``import convscope as cs``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"a model name (efficientnet_lite0, resnet50, vgg16, ...) or a model file (default: {DEFAULT_MODEL})")
+    parser.add_argument("--weights", default="default",
+                        help="'default' (pretrained, from the local cache), 'none' (random), a weights name or a file")
+    parser.add_argument("--arch", help="architecture name for a state-dict / safetensors --model file")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import convscope as cs
+
+    return cs.load_model(args.model, weights=args.weights, arch=args.arch, device=args.device)
+
+
+def _images(names: Sequence[str]) -> list[tuple[str, Any]]:
+    from convscope.report import resolve_images
+
+    return resolve_images(names)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    model = _load(args)
+    methods = args.methods.split(",") if args.methods else None
+    path = cs.report(model, args.image or ["cat"], args.out, methods=methods)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    print(cs.summary(_load(args)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model = _load(args)
+    named = _images(args.images)
+    x = model.preprocess([image for _, image in named])
+    answers = model.predict(x, k=args.k)
+    if args.json:
+        print(json.dumps([{"image": name, "top": [p._asdict() for p in preds]} for (name, _), preds in zip(named, answers)], indent=2))
+        return 0
+    for (name, _), preds in zip(named, answers):
+        print(name)
+        for p in preds:
+            print(f"  {p.probability:7.2%}  {p.index:4d}  {p.label}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    model = _load(args)
+    named = _images([args.image])
+    x = model.preprocess(named[0][1])
+    options: dict[str, Any] = {}
+    if args.target is not None:
+        options["target"] = args.target
+    if args.layer:
+        options["layer"] = args.layer
+    result = cs.explain(model, x, args.method, **options)
+    out = Path(args.out or f"{Path(named[0][0]).stem}_{args.method}.png")
+    result.save(out)
+    label = result.labels[0] if result.labels else "custom target"
+    layer = f" at layer {result.layer}" if result.layer else ""
+    print(f"{args.method} for '{label}'{layer} -> {out}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    for info in cs.methods():
+        options = ", ".join(f"{k}={p.default!r}" for k, p in info.options.items())
+        print(f"{info.name:12s} {info.family:10s} {info.summary}  [{options}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convscope", description="See inside convolutional neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("report", help="write an HTML report (summary, top-5, saliency, Grad-CAM) for images")
+    _add_model_args(p)
+    p.add_argument("--image", action="append", help="a picture or a sample name (cat, coffee, astronaut, rocket); repeatable")
+    p.add_argument("--out", default="convscope-report", help="output folder (default: convscope-report)")
+    p.add_argument("--methods", help="comma-separated method names (default: saliency,gradcam)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary", help="print a Keras-style layer summary of a model")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("predict", help="top-k labels with probabilities")
+    _add_model_args(p)
+    p.add_argument("images", nargs="+", help="pictures or sample names")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="run one method on one picture and save the overlay PNG")
+    _add_model_args(p)
+    p.add_argument("image", help="a picture or a sample name")
+    p.add_argument("--method", default="gradcam", help="a registered method (see `convscope methods`)")
+    p.add_argument("--target", type=int, help="class index to explain (default: the top-1 class)")
+    p.add_argument("--layer", help="dotted layer name (default: the method's choice)")
+    p.add_argument("--out", help="output PNG (default: <image>_<method>.png)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from convscope.errors import ConvscopeError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConvscopeError as exc:
+        print(f"convscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

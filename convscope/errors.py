@@ -1,0 +1,25 @@
+"""convscope's error types: every message is one line that says what was wrong and what to do."""
+
+
+class ConvscopeError(ValueError):
+    """Base class: a one-line, actionable message."""
+
+
+class ImageError(ConvscopeError):
+    """An image could not be read or is not usable (names the file and the problem)."""
+
+
+class LayerError(ConvscopeError):
+    """A layer name or module could not be resolved, or cannot be used by the method."""
+
+
+class TargetError(ConvscopeError):
+    """A target (class index, sequence or callable) does not fit the model's output or the batch."""
+
+
+class ModelError(ConvscopeError):
+    """A model could not be loaded or wrapped (unknown name, missing weights, unsafe file)."""
+
+
+class InputError(ConvscopeError):
+    """A method's input tensor has the wrong type, shape, channel count or dtype."""

