@@ -142,6 +142,11 @@ class Guard:
     # -- hooks -------------------------------------------------------------------------------
     def add_hook(self, module: nn.Module, hook: Callable[..., Any], *, pre: bool = False) -> None:
         """Register a forward (pre-)hook that is removed when the block exits."""
+        if isinstance(module, torch.jit.ScriptModule):
+            raise LayerError(
+                "TorchScript modules take no hooks, so layer views need an eager model: load its state dict with "
+                "arch=..., or save it with torch.export (.pt2)"
+            )
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         self._handles.append(register(hook))
 

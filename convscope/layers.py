@@ -21,7 +21,7 @@ from .hooks import CallRecord, Guard, LayerRef
 if TYPE_CHECKING:
     from .models import Model
 
-__all__ = ["LayerInfo", "layers", "summary", "resolve_layer", "default_cam_layer", "trace"]
+__all__ = ["LayerInfo", "layers", "summary", "resolve_layer", "default_cam_layer", "trace", "is_conv"]
 
 LayerSpec = str | nn.Module | LayerRef | None
 
@@ -182,6 +182,15 @@ def resolve_layer(model: "Model | nn.Module", layer: LayerSpec) -> LayerRef:
     return LayerRef(name, modules[name], call)
 
 
+def is_conv(module: nn.Module) -> bool:
+    """A 2-D convolution: nn.Conv2d and subclasses, or any module owning a 4-D ``weight`` (custom or
+    exported convolutions)."""
+    if isinstance(module, nn.Conv2d):
+        return True
+    weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+    return weight is not None and weight.dim() == 4
+
+
 def default_cam_layer(model: "Model | nn.Module", input_shape: Sequence[int]) -> LayerRef:
     """The last convolutional feature map: after the last Conv2d call, the last module call (leaf or
     container, called once) whose output is still a 4-D map of the same spatial size — so
@@ -189,7 +198,7 @@ def default_cam_layer(model: "Model | nn.Module", input_shape: Sequence[int]) ->
     """
     module = _module_of(model)
     records = trace(module, input_shape)
-    conv_index = max((i for i, r in enumerate(records) if isinstance(r.module, nn.Conv2d)), default=None)
+    conv_index = max((i for i, r in enumerate(records) if is_conv(r.module)), default=None)
     if conv_index is None:
         raise LayerError("the model has no Conv2d layer to explain; pass layer=... naming a layer with a (B, C, H, W) output")
     calls: dict[nn.Module, int] = {}

@@ -352,7 +352,7 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
     - a torchvision classifier name (``"resnet50"``, ``"vgg16"``…): ``weights="default"`` loads the
       pretrained weights from the torch cache (or downloads with ``download=True``); ``weights=None``
       gives reproducible random weights; a weights enum name or a file path also work.
-    - a file: TorchScript; a state dict (``.pth``/``.pt``, read with ``weights_only=True``) or
+    - a file: TorchScript or a torch.export ``.pt2`` archive; a state dict (``.pth``/``.pt``, read with ``weights_only=True``) or
       ``.safetensors`` with ``arch=`` (a name or your ``nn.Module``); a pickled module only with
       ``allow_pickle=True`` (it can run arbitrary code).
     """
@@ -377,16 +377,27 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
     return model
 
 
+def _wrap_like(module: nn.Module, base: Model | None, name: str) -> Model:
+    """Wrap a loaded module, borrowing input size, normalization and labels from ``arch`` if given."""
+    if base is None:
+        return Model(module, name=name)
+    return Model(module, input_size=base.input_size, mean=base.mean, std=base.std, labels=base.labels,
+                 name=name, resize_size=base.resize_size, channels=base.channels)
+
+
 def _load_file(path: Path, arch: Any, allow_pickle: bool) -> Model:
     if path.is_dir():
         raise ModelError(f"{path}: is a directory, expected a model file")
+    if path.suffix == ".pt2":  # torch.export archive (the successor of TorchScript)
+        try:
+            module = torch.export.unflatten(torch.export.load(str(path)))  # keeps the named submodules
+        except Exception as exc:
+            raise ModelError(f"{path.name}: not a readable torch.export archive ({str(exc).splitlines()[0][:160]})") from None
+        base = _architecture(arch) if arch is not None else None
+        return _wrap_like(module, base, path.stem)
     if _is_torchscript(path):
         module = torch.jit.load(str(path), map_location="cpu")
-        base = _architecture(arch) if arch is not None else None
-        if base is None:
-            return Model(module, name=path.stem)
-        return Model(module, input_size=base.input_size, mean=base.mean, std=base.std, labels=base.labels,
-                     name=path.stem, resize_size=base.resize_size, channels=base.channels)
+        return _wrap_like(module, _architecture(arch) if arch is not None else None, path.stem)
     if allow_pickle and arch is None:
         obj = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(obj, nn.Module):

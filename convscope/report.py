@@ -19,7 +19,7 @@ from . import registry
 from .images import sample_image, SAMPLE_IMAGES
 from .layers import default_cam_layer, layers
 from .models import Model
-from .render import data_uri, normalize, colorize, overlay_result, png_bytes
+from .render import data_uri, overlay_result, png_bytes, result_map
 
 __all__ = ["ReportContext", "build_report", "SECTIONS", "DEFAULT_METHODS"]
 
@@ -56,10 +56,15 @@ def model_section(ctx: ReportContext) -> str:
     except Exception as exc:  # a model without conv layers still gets a report
         cam_layer = f"none ({exc})"
     rows = [("model", m.name), ("parameters", f"{params:,}"), ("input", f"{m.channels} × {m.input_size[0]} × {m.input_size[1]}"),
-            ("normalization", f"mean {m.mean}, std {m.std}"), ("outputs", f"{len(m.labels) if m.labels else '?'} classes"),
+            ("normalization", _normalization(m)), ("outputs", f"{len(m.labels) if m.labels else '?'} classes"),
             ("default CAM layer", cam_layer), ("device", str(m.device))]
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
     return f'<section><h2>Model</h2><table class="kv">{body}</table></section>'
+
+
+def _normalization(m: Model) -> str:
+    fmt = lambda v: "none" if v is None else "(" + ", ".join(f"{x:.3f}" for x in v) + ")"  # noqa: E731
+    return f"mean {fmt(m.mean)}, std {fmt(m.std)}; resize {m.resize_size or 'to input'}, center crop {m.input_size}"
 
 
 def predictions_section(ctx: ReportContext) -> str:
@@ -86,11 +91,9 @@ def attribution_section(ctx: ReportContext) -> str:
         start = time.perf_counter()
         result = info.fn(ctx.model, ctx.x)
         seconds = time.perf_counter() - start
-        maps = result.maps()
         cells = []
         for i, (image_name, _) in enumerate(ctx.images):
-            heat = colorize(normalize(maps[i], "percentile" if info.output == "pixels" else "minmax"),
-                            "inferno" if info.output == "pixels" else "jet")
+            heat = result_map(result, i)
             label = result.labels[i] if result.labels else "custom target"
             prob = result.meta.get("probabilities")
             caption = f"{image_name}: {label}" + (f" ({float(prob[i]):.1%})" if prob is not None else "")

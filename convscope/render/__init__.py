@@ -12,6 +12,8 @@ from .core import (
     overlay_result,
     png_bytes,
     data_uri,
+    default_style,
+    result_map,
     result_figure,
     save_grid,
     grid_figure,
@@ -20,5 +22,5 @@ from .core import (
     to_uint8_image,
 )
 
-__all__ = ["colorize", "figure_png", "normalize", "overlay", "overlay_result", "png_bytes", "data_uri",
+__all__ = ["colorize", "figure_png", "normalize", "overlay", "overlay_result", "png_bytes", "data_uri", "default_style", "result_map",
            "result_figure", "save_grid", "grid_figure", "save_result", "tensor_to_images", "to_uint8_image"]

@@ -100,26 +100,50 @@ def tensor_to_images(x: torch.Tensor, mean: Sequence[float] | None = None,
     return (data.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Blend a colorized [0, 1] map over a uint8 RGB picture of the same H×W."""
-    heat = colorize(map01, cmap).astype(np.float32)
+def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "jet",
+            weighted: bool = False) -> np.ndarray:
+    """Blend a colorized [0, 1] map over a uint8 RGB picture of the same H×W.
+
+    ``weighted``: the map's own value scales the opacity, so low values leave the picture visible
+    (right for sparse maps such as gradients).
+    """
+    values = np.clip(_as_numpy(map01), 0, 1)
+    heat = colorize(values, cmap).astype(np.float32)
     if heat.shape[:2] != image.shape[:2]:
         raise ValueError(f"map {heat.shape[:2]} and image {image.shape[:2]} differ in size")
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    opacity = alpha * values[..., None] if weighted else alpha
+    blended = (1 - opacity) * image.astype(np.float32) + opacity * heat
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def _default_mode(result: "Result") -> str:
-    return "percentile" if result.data.dim() == 4 and result.data.shape[1] > 1 else "minmax"
+def is_pixel_result(result: "Result") -> bool:
+    """Per-pixel, per-channel results (gradients) rather than one coarse map."""
+    return result.data.dim() == 4 and result.data.shape[1] > 1
+
+
+def default_style(result: "Result") -> dict[str, Any]:
+    """How a result is drawn unless told otherwise: coarse maps min-max in jet over the picture;
+    sparse pixel gradients percentile-clipped in inferno, opacity following the value."""
+    if is_pixel_result(result):
+        return {"mode": "percentile", "cmap": "inferno", "alpha": 0.9, "weighted": True}
+    return {"mode": "minmax", "cmap": "jet", "alpha": 0.5, "weighted": False}
+
+
+def result_map(result: "Result", index: int = 0, *, mode: str | None = None, cmap: str | None = None) -> np.ndarray:
+    """The colorized map of image ``index`` alone, uint8 (H, W, 3)."""
+    style = default_style(result)
+    return colorize(normalize(result.maps()[index], mode or style["mode"]), cmap or style["cmap"])
 
 
 def overlay_result(result: "Result", index: int = 0, *, image: Any = None, mode: str | None = None,
-                   alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+                   alpha: float | None = None, cmap: str | None = None) -> np.ndarray:
     """The heatmap of image ``index`` over its picture (the explained input unless ``image`` given)."""
+    style = default_style(result)
     maps = result.maps()[index]
     height, width = maps.shape[-2:]
     picture = to_uint8_image(image, (height, width)) if image is not None else result.images()[index]
-    return overlay(picture, normalize(maps, mode or _default_mode(result)), alpha=alpha, cmap=cmap)
+    return overlay(picture, normalize(maps, mode or style["mode"]), alpha=style["alpha"] if alpha is None else alpha,
+                   cmap=cmap or style["cmap"], weighted=style["weighted"])
 
 
 def _title(result: "Result", index: int) -> str:
@@ -153,7 +177,7 @@ def grid_figure(panels: Sequence[np.ndarray], titles: Sequence[str] | None = Non
     return fig
 
 
-def result_figure(result: "Result", *, mode: str | None = None, alpha: float = 0.5, cmap: str = "jet",
+def result_figure(result: "Result", *, mode: str | None = None, alpha: float | None = None, cmap: str | None = None,
                   image: Any = None) -> "Figure":
     """Each image of the batch next to its overlay, titled with method, label and probability."""
     panels, titles = [], []

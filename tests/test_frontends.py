@@ -1,0 +1,100 @@
+"""The CLI (driven in-process), the HTML report and rendering."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import convscope as cs
+from convscope import render
+from convscope.cli import main
+
+
+def test_cli_predict_summary_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "cat", "coffee", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "espresso" in out and re.search(r"(tabby|tiger cat|Egyptian cat)", out)
+    assert main(["summary", "--model", "vgg11", "--weights", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "features.0 (Conv2d)" in out and "Total params: 132,863,336" in out
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(info.name in listed for info in cs.methods())
+
+
+def test_cli_explain_writes_an_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = tmp_path / "cat.jpg"
+    cs.sample_image("cat").save(photo)
+    out = tmp_path / "cat_gradcam.png"
+    assert main(["explain", str(photo), "--method", "gradcam", "--target", "281", "--out", str(out)]) == 0
+    assert "tabby" in capsys.readouterr().out
+    assert Image.open(out).size == (224, 224)
+
+
+def test_cli_errors_are_one_line_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["explain", "cat", "--layer", "_conv_haed"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convscope: error: unknown layer") and "_conv_head" in err and err.count("\n") == 1
+    assert main(["explain", "cat", "--target", "1000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a picture")
+    assert main(["predict", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert main(["explain", "cat", "--method", "gradcm"]) == 2
+    assert "gradcam" in capsys.readouterr().err
+
+
+def _inline_images(html: str) -> list[np.ndarray]:
+    blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in blobs]
+
+
+def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--out", str(tmp_path / "rep"), "--image", "cat", "--image", "coffee"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    files = list((tmp_path / "rep").iterdir())
+    assert [f.name for f in files] == ["index.html"]
+    html = files[0].read_text()
+    assert "efficientnet_lite0" in html and "espresso" in html and "tiger cat" in html
+    assert "saliency" in html and "gradcam" in html and "_swish@1" in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched when opened
+    pictures = _inline_images(html)
+    assert len(pictures) == 2 + 2 * 2 * 2  # inputs, then (overlay, map) per method per image
+    assert all(p.shape == (224, 224, 3) for p in pictures)
+
+
+def test_normalize_modes() -> None:
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]], [[-2.0, 0.0], [1.0, 2.0]]])
+    assert np.allclose(render.normalize(maps, "minmax")[0], [[0, 0.25], [0.5, 1]])
+    assert np.allclose(render.normalize(maps, "max")[1], [[0, 0], [0.5, 1]])
+    assert np.allclose(render.normalize(maps, "signed")[1], [[0, 0.5], [0.75, 1]])
+    assert np.allclose(render.normalize(maps[0], "percentile", percentile=100), [[0, 0.25], [0.5, 1]])
+    assert np.all(render.normalize(torch.ones(3, 3), "minmax") == 0)
+    with pytest.raises(ValueError):
+        render.normalize(maps, "nope")
+
+
+def test_result_pictures(tmp_path: Path) -> None:
+    model = cs.load_model("efficientnet_lite0")
+    x = model.preprocess([cs.sample_image("coffee"), cs.sample_image("cat")])
+    result = cs.gradcam(model, x)
+    single = result.save(tmp_path / "one.png", index=0)
+    assert Image.open(single).size == (224, 224)
+    grid = result.save(tmp_path / "grid.png")
+    assert Image.open(grid).size[0] > 448
+    over = result.overlay(0)
+    assert over.shape == (224, 224, 3) and over.dtype == np.uint8
+    # a user-supplied picture of another size is resized to the map
+    assert result.overlay(1, image=cs.sample_image("cat")).shape == (224, 224, 3)
+    assert result._repr_png_().startswith(b"\x89PNG")
+    # the heat is red where the map peaks and blue where it is zero
+    heat = render.colorize(render.normalize(result.maps()[0], "minmax"))
+    peak = np.unravel_index(int(result.maps()[0].argmax()), (224, 224))
+    assert heat[peak][0] > 100 and heat[peak][2] < 100
