@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="run one method on one picture and save the overlay PNG")
     _add_model_args(p)
+    p.add_argument("method", help="a registered method, e.g. gradcam or saliency (see `convscope methods`)")
     p.add_argument("image", help="a picture or a sample name")
-    p.add_argument("--method", default="gradcam", help="a registered method (see `convscope methods`)")
     p.add_argument("--target", type=int, help="class index to explain (default: the top-1 class)")
     p.add_argument("--layer", help="dotted layer name (default: the method's choice)")
     p.add_argument("--out", help="output PNG (default: <image>_<method>.png)")

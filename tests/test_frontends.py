@@ -33,21 +33,21 @@ def test_cli_explain_writes_an_overlay(tmp_path: Path, capsys: pytest.CaptureFix
     photo = tmp_path / "cat.jpg"
     cs.sample_image("cat").save(photo)
     out = tmp_path / "cat_gradcam.png"
-    assert main(["explain", str(photo), "--method", "gradcam", "--target", "281", "--out", str(out)]) == 0
+    assert main(["explain", "gradcam", str(photo), "--target", "281", "--out", str(out)]) == 0
     assert "tabby" in capsys.readouterr().out
     assert Image.open(out).size == (224, 224)
 
 
 def test_cli_errors_are_one_line_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["explain", "cat", "--layer", "_conv_haed"]) == 2
+    assert main(["explain", "gradcam", "cat", "--layer", "_conv_haed"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convscope: error: unknown layer") and "_conv_head" in err and err.count("\n") == 1
-    assert main(["explain", "cat", "--target", "1000"]) == 2
+    assert main(["explain", "saliency", "cat", "--target", "1000"]) == 2
     assert "out of range" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("not a picture")
     assert main(["predict", str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt" in capsys.readouterr().err
-    assert main(["explain", "cat", "--method", "gradcm"]) == 2
+    assert main(["explain", "gradcm", "cat"]) == 2
     assert "gradcam" in capsys.readouterr().err
 
 
