@@ -8,6 +8,7 @@
 Every method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -> cs.Result``.
 """
 
+from . import targets
 from .attribution import gradcam, saliency
 from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
 from .hooks import Guard, LayerRef
@@ -17,13 +18,36 @@ from .models import Model, Prediction, available_models, imagenet_labels, load_m
 from .registry import explain, methods
 from .report import build_report as report
 from .result import Result
-from . import targets
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvscopeError", "Guard", "ImageError", "InputError", "LayerError", "LayerInfo", "LayerRef", "Model",
-    "ModelError", "Prediction", "Result", "TargetError", "available_models", "default_cam_layer", "explain",
-    "gradcam", "imagenet_labels", "layers", "load_image", "load_model", "methods", "report", "resolve_layer",
-    "saliency", "sample_image", "summary", "targets", "__version__",
+    "ConvscopeError",
+    "Guard",
+    "ImageError",
+    "InputError",
+    "LayerError",
+    "LayerInfo",
+    "LayerRef",
+    "Model",
+    "ModelError",
+    "Prediction",
+    "Result",
+    "TargetError",
+    "__version__",
+    "available_models",
+    "default_cam_layer",
+    "explain",
+    "gradcam",
+    "imagenet_labels",
+    "layers",
+    "load_image",
+    "load_model",
+    "methods",
+    "report",
+    "resolve_layer",
+    "saliency",
+    "sample_image",
+    "summary",
+    "targets",
 ]

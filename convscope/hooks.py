@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import LayerError
 
-__all__ = ["Guard", "Capture", "LayerRef", "CallRecord"]
+__all__ = ["RECTIFIER_RULES", "CallRecord", "Capture", "Guard", "LayerRef", "RectifierRule"]
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -98,7 +99,7 @@ class Guard:
     _modes: list[Any] = field(default_factory=list, init=False, repr=False)
     _lock: threading.RLock | None = field(default=None, init=False, repr=False)
 
-    def __enter__(self) -> "Guard":
+    def __enter__(self) -> Guard:
         self._lock = _lock_for(self.module)
         self._lock.acquire()
         try:
@@ -150,6 +151,13 @@ class Guard:
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         self._handles.append(register(hook))
 
+    def rectifier_rule(self, rule: str) -> RectifierRule:
+        """Give every ReLU-like call in this block the ``rule``'s backward (guided / deconvnet)."""
+        mode = RectifierRule(rule)
+        mode.__enter__()
+        self._modes.append(mode)
+        return mode
+
     def capture(self, ref: LayerRef, *, grad: bool = True) -> Capture:
         """Record ``ref``'s output. With ``grad`` the output becomes a leaf requiring grad and a
         clone goes downstream, so the backward stops at the layer and an in-place op after it
@@ -200,3 +208,83 @@ class Guard:
             is_layer = next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None
             self.add_hook(module, make(name, is_layer))
         return records
+
+
+# -- rectifier rules (guided backprop, deconvnet) ------------------------------------------------
+RECTIFIER_RULES = ("guided", "deconvnet")
+
+
+class _RectifierFunction(torch.autograd.Function):
+    """A rectifier whose forward is unchanged and whose backward follows a visualization rule.
+
+    guided (Springenberg et al. 2015): the local derivative, then only positive gradients pass.
+    deconvnet (Zeiler & Fergus 2014): only positive gradients pass, whatever the forward did.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, low: float, high: float, slope: float, inplace: bool, rule: str) -> torch.Tensor:
+        if slope:
+            out = torch.where(x > 0, x, x * slope)
+            out = x.copy_(out) if inplace else out
+        else:
+            out = x.clamp_(low, high) if inplace else x.clamp(low, high)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(out)
+        ctx.rule, ctx.low, ctx.high, ctx.slope = rule, low, high, slope
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (out,) = ctx.saved_tensors
+        positive = grad.clamp(min=0)
+        if ctx.rule == "deconvnet":
+            return positive, None, None, None, None, None
+        if ctx.slope:
+            local = torch.where(out > 0, torch.ones_like(out), torch.full_like(out, ctx.slope))
+        else:
+            local = ((out > ctx.low) & (out < ctx.high)).to(grad.dtype)
+        return positive * local, None, None, None, None, None
+
+
+def _rectifier_call(func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float, float, bool] | None:
+    """(input, low, high, leaky slope, inplace) when ``func`` is a ReLU-like call, else None."""
+    import torch.nn.functional as F
+
+    def arg(i: int, name: str, default: Any) -> Any:
+        return args[i] if len(args) > i else kwargs.get(name, default)
+
+    inf = float("inf")
+    if func in (F.relu, torch.relu, torch.Tensor.relu):
+        return args[0], 0.0, inf, 0.0, bool(arg(1, "inplace", False))
+    if func in (torch.relu_, torch.Tensor.relu_, F.relu_):
+        return args[0], 0.0, inf, 0.0, True
+    if func is F.relu6:
+        return args[0], 0.0, 6.0, 0.0, bool(arg(1, "inplace", False))
+    if func is F.hardtanh and float(arg(1, "min_val", -1.0)) == 0.0:  # ReLU6 and other clipped ReLUs
+        return args[0], 0.0, float(arg(2, "max_val", 1.0)), 0.0, bool(arg(3, "inplace", False))
+    if func is F.leaky_relu:
+        return args[0], 0.0, inf, float(arg(1, "negative_slope", 0.01)), bool(arg(2, "inplace", False))
+    return None
+
+
+class RectifierRule(torch.overrides.TorchFunctionMode):
+    """Inside this mode every ReLU-like call — ``nn.ReLU`` (in-place too), ``ReLU6``, ``LeakyReLU``,
+    ``F.relu``, ``torch.relu``, ``x.relu_()`` — gets the ``rule``'s backward. Scoped to the block and
+    the thread; nothing is monkey-patched and no module is swapped. ``count`` = calls rewritten."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        if rule not in RECTIFIER_RULES:
+            raise ValueError(f"unknown rectifier rule {rule!r}; choose one of {RECTIFIER_RULES}")
+        self.rule = rule
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        call = _rectifier_call(func, args, kwargs)
+        if call is None or not isinstance(call[0], torch.Tensor) or not call[0].requires_grad:
+            return func(*args, **kwargs)
+        x, low, high, slope, inplace = call
+        self.count += 1
+        return _RectifierFunction.apply(x, low, high, slope, inplace, self.rule)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from .hooks import CallRecord, Guard, LayerRef
 if TYPE_CHECKING:
     from .models import Model
 
-__all__ = ["LayerInfo", "layers", "summary", "resolve_layer", "default_cam_layer", "trace", "is_conv"]
+__all__ = ["LayerInfo", "default_cam_layer", "is_conv", "layers", "resolve_layer", "summary", "trace"]
 
 LayerSpec = str | nn.Module | LayerRef | None
 
@@ -39,7 +40,7 @@ class LayerInfo:
 
 
 # -- tracing ----------------------------------------------------------------------------------
-_TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_TRACES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(module: nn.Module) -> tuple:
@@ -68,7 +69,7 @@ def trace(module: nn.Module, input_shape: Sequence[int], *, device: torch.device
     return records
 
 
-def _input_shape(model: "Model | nn.Module", input_size: Sequence[int] | None) -> tuple[int, ...]:
+def _input_shape(model: Model | nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
     from .models import Model
 
     if input_size is not None:
@@ -84,7 +85,7 @@ def _input_shape(model: "Model | nn.Module", input_size: Sequence[int] | None) -
     raise ModelError("this module has no known input size; pass input_size=(C, H, W) or wrap it in cs.Model(..., input_size=...)")
 
 
-def _module_of(model: "Model | nn.Module") -> nn.Module:
+def _module_of(model: Model | nn.Module) -> nn.Module:
     from .models import Model
 
     if isinstance(model, Model):
@@ -95,7 +96,7 @@ def _module_of(model: "Model | nn.Module") -> nn.Module:
 
 
 # -- listing and summary ----------------------------------------------------------------------
-def layers(model: "Model | nn.Module", *, input_size: Sequence[int] | None = None) -> list[LayerInfo]:
+def layers(model: Model | nn.Module, *, input_size: Sequence[int] | None = None) -> list[LayerInfo]:
     """Every leaf layer call in execution order with its output shape and parameter count.
 
     ``input_size`` is (H, W) or (C, H, W); a :class:`~convscope.Model` knows its own.
@@ -121,7 +122,7 @@ def layers(model: "Model | nn.Module", *, input_size: Sequence[int] | None = Non
     return rows
 
 
-def summary(model: "Model | nn.Module", *, input_size: Sequence[int] | None = None) -> str:
+def summary(model: Model | nn.Module, *, input_size: Sequence[int] | None = None) -> str:
     """The table Keras' ``model.summary()`` prints (NCHW shapes), plus parameter totals."""
     from .models import Model
 
@@ -155,7 +156,7 @@ def _suggest(name: str, names: Sequence[str]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see cs.layers(model) for the names"
 
 
-def resolve_layer(model: "Model | nn.Module", layer: LayerSpec) -> LayerRef:
+def resolve_layer(model: Model | nn.Module, layer: LayerSpec) -> LayerRef:
     """A dotted name (optionally ``@call``), a module object or a LayerRef -> LayerRef."""
     module = _module_of(model)
     if isinstance(layer, LayerRef):
@@ -191,7 +192,14 @@ def is_conv(module: nn.Module) -> bool:
     return weight is not None and weight.dim() == 4
 
 
-def default_cam_layer(model: "Model | nn.Module", input_shape: Sequence[int]) -> LayerRef:
+def _is_pooling(module: nn.Module) -> bool:
+    from torch.nn.modules import pooling
+
+    return isinstance(module, (pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd,
+                               pooling._AdaptiveMaxPoolNd))
+
+
+def default_cam_layer(model: Model | nn.Module, input_shape: Sequence[int]) -> LayerRef:
     """The last convolutional feature map: after the last Conv2d call, the last module call (leaf or
     container, called once) whose output is still a 4-D map of the same spatial size — so
     ``features.29`` (VGG16), ``layer4`` (ResNet), ``_swish@1`` (EfficientNet-Lite0).
@@ -208,7 +216,7 @@ def default_cam_layer(model: "Model | nn.Module", input_shape: Sequence[int]) ->
     spatial = conv.output_shape[1:] if conv.output_shape else None
     best = conv
     for r in records[conv_index + 1:]:
-        if r.output_shape is None or len(r.output_shape) != 3 or r.output_shape[1:] != spatial:
+        if r.output_shape is None or len(r.output_shape) != 3 or r.output_shape[1:] != spatial or _is_pooling(r.module):
             break
         best = r
     call = None if calls[best.module] == 1 else best.call

@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 import os
 import zipfile
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,8 +23,17 @@ from torch import nn
 from .errors import InputError, ModelError
 from .hooks import Guard
 
-__all__ = ["Model", "Prediction", "load_model", "as_model", "available_models", "imagenet_labels",
-           "module_device_dtype", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Model",
+    "Prediction",
+    "as_model",
+    "available_models",
+    "imagenet_labels",
+    "load_model",
+    "module_device_dtype",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,7 +120,7 @@ class Model:
         return f"class {index}"
 
     # -- pictures in ----------------------------------------------------------------------------
-    def crop(self, image: Any, *, size: Sequence[int] | None = None) -> "Any":
+    def crop(self, image: Any, *, size: Sequence[int] | None = None) -> Any:
         """The picture exactly as the network sees it (resized, center-cropped), as a PIL image."""
         from PIL import Image
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConvscopeError
 
-__all__ = ["MethodInfo", "register", "get", "methods", "explain"]
+__all__ = ["MethodInfo", "explain", "get", "methods", "register"]
 
 FAMILIES = ("gradient", "cam", "perturbation", "feature")
 OUTPUTS = ("map", "pixels")

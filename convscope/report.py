@@ -9,19 +9,20 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from . import registry
-from .images import sample_image, SAMPLE_IMAGES
+from .images import SAMPLE_IMAGES, sample_image
 from .layers import default_cam_layer, layers
 from .models import Model
 from .render import data_uri, overlay_result, png_bytes, result_map
 
-__all__ = ["ReportContext", "build_report", "SECTIONS", "DEFAULT_METHODS"]
+__all__ = ["DEFAULT_METHODS", "SECTIONS", "ReportContext", "build_report"]
 
 DEFAULT_METHODS = ("saliency", "gradcam")
 
@@ -63,7 +64,7 @@ def model_section(ctx: ReportContext) -> str:
 
 
 def _normalization(m: Model) -> str:
-    fmt = lambda v: "none" if v is None else "(" + ", ".join(f"{x:.3f}" for x in v) + ")"  # noqa: E731
+    fmt = lambda v: "none" if v is None else "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
     return f"mean {fmt(m.mean)}, std {fmt(m.std)}; resize {m.resize_size or 'to input'}, center crop {m.input_size}"
 
 

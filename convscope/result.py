@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class Result:
         return (f"Result(method={self.method!r}, data={tuple(self.data.shape)}, layer={self.layer!r}, "
                 f"target={target}, labels={self.labels})")
 
-    def __getitem__(self, index: int | slice | Sequence[int]) -> "Result":
+    def __getitem__(self, index: int | slice | Sequence[int]) -> Result:
         """The results of some images of the batch (``result[0]``, ``result[1:3]``, ``result[[0, 2]]``)."""
         if isinstance(index, slice):
             rows = list(range(len(self)))[index]
@@ -84,8 +85,8 @@ class Result:
             raise ValueError("this result does not hold its inputs; pass image=... to render it")
         return tensor_to_images(self.inputs, self.mean, self.std)
 
-    def cpu(self) -> "Result":
-        move = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    def cpu(self) -> Result:
+        move = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v
         return replace(self, data=self.data.cpu(), target=move(self.target), inputs=move(self.inputs),
                        meta={k: move(v) for k, v in self.meta.items()})
 

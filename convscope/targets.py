@@ -9,13 +9,13 @@ idea). Small ready-made callables are below.
 from __future__ import annotations
 
 import operator
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .errors import TargetError
 
-__all__ = ["Target", "resolve_target", "check_target", "class_score", "class_probability", "output_sum"]
+__all__ = ["Target", "check_target", "class_probability", "class_score", "output_sum", "resolve_target"]
 
 Target = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -31,7 +31,7 @@ def _as_index(value: object, where: str) -> int:
 
 def check_target(target: Target, batch: int) -> None:
     """Errors that can be found before the forward pass (type, length, dims)."""
-    if target is None or callable(target) and not isinstance(target, torch.Tensor):
+    if target is None or (callable(target) and not isinstance(target, torch.Tensor)):
         return
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.dtype == torch.bool:

@@ -10,7 +10,7 @@ from ..models import Model, as_model
 from ..result import Result
 from ..targets import Target, check_target
 
-__all__ = ["prepare", "package"]
+__all__ = ["package", "prepare"]
 
 
 def prepare(model: Any, x: Any, target: Target) -> tuple[Model, torch.Tensor]:

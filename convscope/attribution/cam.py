@@ -8,12 +8,13 @@ sum and one bilinear upsampling to the input's H×W.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import LayerError
+from ..errors import LayerError, TargetError
 from ..hooks import Guard
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
 from ..registry import register
@@ -21,7 +22,7 @@ from ..result import Result
 from ..targets import Target, resolve_target
 from ._base import package, prepare
 
-__all__ = ["gradcam", "cam_engine"]
+__all__ = ["cam_engine", "gradcam"]
 
 # (activations (B, K, h, w), gradients (B, K, h, w)) -> channel weights (B, K, 1, 1)
 ChannelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,7 +41,8 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec,
             raise LayerError(f"layer {ref.label!r} outputs shape {tuple(acts.shape)}, not a (B, C, h, w) feature map")
         scores, classes = resolve_target(target, output)
         if not scores.requires_grad:
-            raise LayerError(f"the target score does not depend on layer {ref.label!r}; pick a layer before the output")
+            raise TargetError(f"the target score does not depend on layer {ref.label!r}: a target that ignores the "
+                              f"model's output, or a layer after the output")
         (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
         if grads is None:
             raise LayerError(f"the target score does not depend on layer {ref.label!r}; pick a layer before the output")

@@ -6,21 +6,36 @@ nowhere else. Arrays are numpy uint8 RGB (H, W, 3); matplotlib is imported only 
 
 from .core import (
     colorize,
+    data_uri,
+    default_style,
     figure_png,
+    grid_figure,
     normalize,
     overlay,
     overlay_result,
     png_bytes,
-    data_uri,
-    default_style,
-    result_map,
     result_figure,
+    result_map,
     save_grid,
-    grid_figure,
     save_result,
     tensor_to_images,
     to_uint8_image,
 )
 
-__all__ = ["colorize", "figure_png", "normalize", "overlay", "overlay_result", "png_bytes", "data_uri", "default_style", "result_map",
-           "result_figure", "save_grid", "grid_figure", "save_result", "tensor_to_images", "to_uint8_image"]
+__all__ = [
+    "colorize",
+    "data_uri",
+    "default_style",
+    "figure_png",
+    "grid_figure",
+    "normalize",
+    "overlay",
+    "overlay_result",
+    "png_bytes",
+    "result_figure",
+    "result_map",
+    "save_grid",
+    "save_result",
+    "tensor_to_images",
+    "to_uint8_image",
+]

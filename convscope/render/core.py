@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -116,12 +117,12 @@ def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "j
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def is_pixel_result(result: "Result") -> bool:
+def is_pixel_result(result: Result) -> bool:
     """Per-pixel, per-channel results (gradients) rather than one coarse map."""
     return result.data.dim() == 4 and result.data.shape[1] > 1
 
 
-def default_style(result: "Result") -> dict[str, Any]:
+def default_style(result: Result) -> dict[str, Any]:
     """How a result is drawn unless told otherwise: coarse maps min-max in jet over the picture;
     sparse pixel gradients percentile-clipped in inferno, opacity following the value."""
     if is_pixel_result(result):
@@ -129,13 +130,13 @@ def default_style(result: "Result") -> dict[str, Any]:
     return {"mode": "minmax", "cmap": "jet", "alpha": 0.5, "weighted": False}
 
 
-def result_map(result: "Result", index: int = 0, *, mode: str | None = None, cmap: str | None = None) -> np.ndarray:
+def result_map(result: Result, index: int = 0, *, mode: str | None = None, cmap: str | None = None) -> np.ndarray:
     """The colorized map of image ``index`` alone, uint8 (H, W, 3)."""
     style = default_style(result)
     return colorize(normalize(result.maps()[index], mode or style["mode"]), cmap or style["cmap"])
 
 
-def overlay_result(result: "Result", index: int = 0, *, image: Any = None, mode: str | None = None,
+def overlay_result(result: Result, index: int = 0, *, image: Any = None, mode: str | None = None,
                    alpha: float | None = None, cmap: str | None = None) -> np.ndarray:
     """The heatmap of image ``index`` over its picture (the explained input unless ``image`` given)."""
     style = default_style(result)
@@ -146,7 +147,7 @@ def overlay_result(result: "Result", index: int = 0, *, image: Any = None, mode:
                    cmap=cmap or style["cmap"], weighted=style["weighted"])
 
 
-def _title(result: "Result", index: int) -> str:
+def _title(result: Result, index: int) -> str:
     label = result.labels[index] if result.labels else None
     probs = result.meta.get("probabilities")
     text = result.method + (f" · {label}" if label else "")
@@ -156,7 +157,7 @@ def _title(result: "Result", index: int) -> str:
 
 
 def grid_figure(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int = 4,
-                suptitle: str | None = None, panel_size: float = 2.6) -> "Figure":
+                suptitle: str | None = None, panel_size: float = 2.6) -> Figure:
     """A matplotlib figure showing uint8 (H, W, 3) or (H, W) panels in a grid with titles."""
     from matplotlib.figure import Figure
 
@@ -177,8 +178,8 @@ def grid_figure(panels: Sequence[np.ndarray], titles: Sequence[str] | None = Non
     return fig
 
 
-def result_figure(result: "Result", *, mode: str | None = None, alpha: float | None = None, cmap: str | None = None,
-                  image: Any = None) -> "Figure":
+def result_figure(result: Result, *, mode: str | None = None, alpha: float | None = None, cmap: str | None = None,
+                  image: Any = None) -> Figure:
     """Each image of the batch next to its overlay, titled with method, label and probability."""
     panels, titles = [], []
     pictures = result.images() if image is None and result.inputs is not None else None
@@ -200,7 +201,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def figure_png(fig: "Figure", dpi: int = 110) -> bytes:
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     """A matplotlib figure rendered to PNG bytes (no GUI backend needed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
@@ -219,7 +220,7 @@ def save_grid(panels: Sequence[np.ndarray], path: str | Path, titles: Sequence[s
     return path
 
 
-def save_result(result: "Result", path: str | Path, *, image: Any = None, index: int | None = None,
+def save_result(result: Result, path: str | Path, *, image: Any = None, index: int | None = None,
                 **style: Any) -> Path:
     """One overlay PNG (a single image or ``index``), or the batch figure."""
     path = Path(path)

