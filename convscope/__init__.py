@@ -9,7 +9,15 @@ Every method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -
 """
 
 from . import targets
-from .attribution import gradcam, saliency
+from .attribution import (
+    deconvnet,
+    gradcam,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
 from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
 from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
@@ -36,10 +44,14 @@ __all__ = [
     "TargetError",
     "__version__",
     "available_models",
+    "deconvnet",
     "default_cam_layer",
     "explain",
     "gradcam",
+    "guided_backprop",
     "imagenet_labels",
+    "input_x_gradient",
+    "integrated_gradients",
     "layers",
     "load_image",
     "load_model",
@@ -48,6 +60,7 @@ __all__ = [
     "resolve_layer",
     "saliency",
     "sample_image",
+    "smoothgrad",
     "summary",
     "targets",
 ]

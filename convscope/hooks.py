@@ -88,11 +88,13 @@ class Guard:
     """Context manager: ``with Guard(module) as g: cap = g.capture(ref); out = module(x)``.
 
     ``grad=True`` (default) enables autograd inside the block even under a caller's
-    ``torch.no_grad()`` / ``inference_mode()``; ``grad=False`` runs in inference mode.
+    ``torch.no_grad()`` / ``inference_mode()``; ``grad=False`` runs in inference mode;
+    ``grad="from_capture"`` records nothing until the first gradient capture fires, so the part of
+    the forward below the explained layer runs without autograd bookkeeping (CAM methods).
     """
 
     module: nn.Module
-    grad: bool = True
+    grad: bool | str = True
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
     _training: list[tuple[nn.Module, bool]] = field(default_factory=list, init=False, repr=False)
     _requires_grad: list[tuple[nn.Parameter, bool]] = field(default_factory=list, init=False, repr=False)
@@ -103,13 +105,16 @@ class Guard:
         self._lock = _lock_for(self.module)
         self._lock.acquire()
         try:
-            self._training = [(m, m.training) for m in self.module.modules()]
-            self._requires_grad = [(p, p.requires_grad) for p in self.module.parameters()]
+            # eval() without calling user overrides of train(); only what differs is changed and restored
+            self._training = [(m, True) for m in self.module.modules() if m.training]
+            self._requires_grad = [(p, True) for p in self.module.parameters() if p.requires_grad]
             for m, _ in self._training:
-                m.training = False  # eval() without calling user overrides of train()
+                m.__dict__["training"] = False  # a plain attribute; skips nn.Module.__setattr__'s checks
             for p, _ in self._requires_grad:
                 p.requires_grad_(False)
-            if self.grad:
+            if self.grad == "from_capture":
+                self._modes = [torch.inference_mode(False), torch.no_grad()]
+            elif self.grad:
                 self._modes = [torch.inference_mode(False), torch.enable_grad()]
             else:
                 self._modes = [torch.inference_mode(True)]
@@ -132,7 +137,7 @@ class Guard:
                 handle.remove()
             self._handles.clear()
             for m, flag in self._training:
-                m.training = flag
+                m.__dict__["training"] = flag
             for p, flag in self._requires_grad:
                 p.requires_grad_(flag)
         finally:
@@ -161,7 +166,8 @@ class Guard:
     def capture(self, ref: LayerRef, *, grad: bool = True) -> Capture:
         """Record ``ref``'s output. With ``grad`` the output becomes a leaf requiring grad and a
         clone goes downstream, so the backward stops at the layer and an in-place op after it
-        cannot corrupt what was captured."""
+        cannot corrupt what was captured. A layer whose output already requires grad (it runs after
+        another captured layer) is recorded as it is, so gradients reach every captured layer."""
         cap = Capture(ref, grad)
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -181,6 +187,11 @@ class Guard:
             if not grad:
                 cap.value = output.detach()
                 return None
+            if output.requires_grad:  # downstream of another capture (several layers at once): a tap
+                cap.value = output
+                return output.clone()
+            if self.grad == "from_capture":
+                torch.set_grad_enabled(True)  # record from here on; the guard's no_grad exit restores the mode
             leaf = output.detach().requires_grad_(True)
             cap.value = leaf
             return leaf.clone()

@@ -11,7 +11,7 @@ import difflib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -47,26 +47,31 @@ def _fingerprint(module: nn.Module) -> tuple:
     return tuple((name, id(m)) for name, m in module.named_modules())
 
 
+def _trace_entry(module: nn.Module, input_shape: Sequence[int], device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> tuple[list[CallRecord], dict[str, Any]]:
+    """(records, memo) for one forward on a zeros batch; memo holds values derived from the records."""
+    from .models import module_device_dtype
+
+    dev, dt = module_device_dtype(module)
+    shape = tuple(int(s) for s in input_shape)
+    device, dtype = device or dev, dtype or dt
+    key = (shape, device, dtype, _fingerprint(module))
+    cache = _TRACES.setdefault(module, {})
+    if key not in cache:
+        names = {m: n for n, m in module.named_modules()}
+        with Guard(module, grad=False) as guard:
+            records = guard.trace(names)
+            module(torch.zeros((1, *shape), device=device, dtype=dtype))
+        cache.clear()  # one entry per model: the latest shape
+        cache[key] = (records, {})
+    return cache[key]
+
+
 def trace(module: nn.Module, input_shape: Sequence[int], *, device: torch.device | None = None,
           dtype: torch.dtype | None = None) -> list[CallRecord]:
     """Every module call of one forward on a zeros batch of ``input_shape`` (C, H, W), in completion
     order (children before their container). Cached per model, shape and structure."""
-    from .models import module_device_dtype
-
-    dev, dt = module_device_dtype(module)
-    device, dtype = device or dev, dtype or dt
-    shape = tuple(int(s) for s in input_shape)
-    key = (shape, str(device), str(dtype), _fingerprint(module))
-    cache = _TRACES.setdefault(module, {})
-    if key in cache:
-        return cache[key]
-    names = {m: n for n, m in module.named_modules()}
-    with Guard(module, grad=False) as guard:
-        records = guard.trace(names)
-        module(torch.zeros((1, *shape), device=device, dtype=dtype))
-    cache.clear()
-    cache[key] = records
-    return records
+    return _trace_entry(module, input_shape, device, dtype)[0]
 
 
 def _input_shape(model: Model | nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
@@ -201,11 +206,16 @@ def _is_pooling(module: nn.Module) -> bool:
 
 def default_cam_layer(model: Model | nn.Module, input_shape: Sequence[int]) -> LayerRef:
     """The last convolutional feature map: after the last Conv2d call, the last module call (leaf or
-    container, called once) whose output is still a 4-D map of the same spatial size — so
-    ``features.29`` (VGG16), ``layer4`` (ResNet), ``_swish@1`` (EfficientNet-Lite0).
+    container, called once, not a pooling) whose output is still a 4-D map of the same spatial size —
+    so ``features.29`` (VGG16), ``layer4`` (ResNet), ``_swish@1`` (EfficientNet-Lite0). Cached with the trace.
     """
-    module = _module_of(model)
-    records = trace(module, input_shape)
+    records, memo = _trace_entry(_module_of(model), input_shape)
+    if "cam" not in memo:
+        memo["cam"] = _find_cam_layer(records)
+    return memo["cam"]
+
+
+def _find_cam_layer(records: list[CallRecord]) -> LayerRef:
     conv_index = max((i for i, r in enumerate(records) if is_conv(r.module)), default=None)
     if conv_index is None:
         raise LayerError("the model has no Conv2d layer to explain; pass layer=... naming a layer with a (B, C, H, W) output")

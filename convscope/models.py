@@ -57,9 +57,10 @@ def imagenet_labels() -> tuple[str, ...]:
 
 def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of a module's first parameter or buffer (CPU/float32 if none)."""
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
+    for tensors in (module.parameters(), module.buffers()):
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.float32
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConvscopeError
@@ -30,6 +30,7 @@ class MethodInfo:
     output: str  # "map": (B, 1, H, W); "pixels": (B, C, H, W)
     uses_layer: bool  # whether ``layer`` changes the answer
     paper: str
+    quick: dict[str, Any] = field(default_factory=dict)  # options for a fast, coarser run (previews, tests)
 
     @property
     def summary(self) -> str:
@@ -45,15 +46,16 @@ class MethodInfo:
 _METHODS: dict[str, MethodInfo] = {}
 
 
-def register(name: str, *, family: str, output: str, uses_layer: bool, paper: str) -> Callable:
-    """Decorator adding a method to the registry under ``name``."""
+def register(name: str, *, family: str, output: str, uses_layer: bool, paper: str,
+             quick: dict[str, Any] | None = None) -> Callable:
+    """Decorator adding a method to the registry under ``name``; ``quick`` = options for a fast preview."""
     if family not in FAMILIES or output not in OUTPUTS:
         raise ValueError(f"bad registration for {name}: family {family!r}, output {output!r}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, fn, family, output, uses_layer, paper)
+        _METHODS[name] = MethodInfo(name, fn, family, output, uses_layer, paper, dict(quick or {}))
         return fn
 
     return decorate

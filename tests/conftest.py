@@ -21,6 +21,20 @@ SMALL_SIZE = 64  # H = W of the pictures fed to the random-weight torchvision mo
 SAMPLES = ("cat", "coffee")  # the default batch of two pictures
 
 
+def registered_methods(family: str | None = None) -> list[cs.registry.MethodInfo]:
+    """Every registered method, its ``fn`` running with the method's ``quick`` options (few steps or
+    samples) unless a test passes its own — the contract holds for any options, and the suite stays fast."""
+    import dataclasses
+    from functools import partial
+
+    def quick(info: cs.registry.MethodInfo) -> cs.registry.MethodInfo:
+        if not info.quick:
+            return info
+        return dataclasses.replace(info, fn=partial(info.fn, **info.quick))
+
+    return [quick(info) for info in cs.methods(family)]
+
+
 @cache
 def build_model(name: str) -> cs.Model:
     """One shared ``cs.Model`` per name: pretrained Lite0, or a torchvision model with random weights.

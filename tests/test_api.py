@@ -12,6 +12,7 @@ PUBLIC = {
     "ModelError", "Prediction", "Result", "TargetError", "available_models", "default_cam_layer", "explain",
     "gradcam", "imagenet_labels", "layers", "load_image", "load_model", "methods", "report", "resolve_layer",
     "saliency", "sample_image", "summary", "targets", "__version__",
+    "deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "smoothgrad",
 }
 
 

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 import convscope as cs
+from conftest import registered_methods
 
 LITE0 = "efficientnet_lite0"
-METHODS = cs.methods()
+METHODS = registered_methods()
 LAYER_METHODS = [m for m in METHODS if m.uses_layer]
-CAM_METHODS = cs.methods("cam")
+CAM_METHODS = registered_methods("cam")
 # A misspelt layer name per model, and the name the error message must suggest.
 TYPOS = {LITE0: ("_conv_haed", "_conv_head"), "resnet18": ("layer4.1.cnv2", "layer4.1.conv2")}
 
@@ -130,7 +131,7 @@ def test_callable_targets(model, x, method, assert_close):
 
 @pytest.mark.parametrize("method", METHODS, ids=method_id)
 def test_explain_runs_the_registered_method(model, x, method, assert_close):
-    assert_close(cs.explain(model, x, method.name, target=3).data, method.fn(model, x, target=3).data)
+    assert_close(cs.explain(model, x, method.name, target=3, **method.quick).data, method.fn(model, x, target=3).data)
 
 
 def test_explain_suggests_a_close_method_name(lite0, cat_x):

@@ -23,10 +23,11 @@ import torch.nn.modules.module as torch_module
 from torch import nn
 
 import convscope as cs
+from conftest import registered_methods
 
 LITE0 = "efficientnet_lite0"
 ARCHS = ("resnet18", "densenet121", "mobilenet_v2", "vgg11", LITE0)
-METHODS = cs.methods()
+METHODS = registered_methods()
 MODES = ("eval", "train", "mixed")
 # A module that runs more than once per forward: naming it without "@k" is an error raised mid-forward.
 SHARED_LAYER = {"resnet18": "layer1.0.relu", LITE0: "_swish"}

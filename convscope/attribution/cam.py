@@ -33,7 +33,7 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec,
     """Shared CAM computation: ``relu(sum_k w_k A_k)`` upsampled to (B, 1, H, W)."""
     wrapped, x = prepare(model, x, target)
     ref = default_cam_layer(wrapped, tuple(x.shape[1:])) if layer is None else resolve_layer(wrapped, layer)
-    with Guard(wrapped.module) as guard:
+    with Guard(wrapped.module, grad="from_capture") as guard:
         capture = guard.capture(ref)
         output = wrapped.module(wrapped.working_copy(x))
         acts = capture.check()
