@@ -199,6 +199,19 @@ class Guard:
         self.add_hook(ref.module, hook)
         return cap
 
+    def edit(self, ref: LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace ``ref``'s output (its ``ref.call``-th call, or every call) by ``fn(output)``."""
+        calls = [0]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            index = calls[0]
+            calls[0] += 1
+            if ref.call is not None and index != ref.call:
+                return None
+            return fn(output)
+
+        self.add_hook(ref.module, hook)
+
     def trace(self, names: dict[nn.Module, str]) -> list[CallRecord]:
         """Hook every module; returns the list that the next forward fills, in completion order."""
         records: list[CallRecord] = []

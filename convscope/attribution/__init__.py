@@ -1,7 +1,19 @@
 """Attribution methods: which pixels drove a decision. Importing this registers them."""
 
-from .cam import gradcam
+from .cam import (
+    ablationcam,
+    cam,
+    eigencam,
+    gradcam,
+    gradcam_pp,
+    guided_gradcam,
+    hirescam,
+    layercam,
+    scorecam,
+    xgradcam,
+)
 from .gradient import deconvnet, guided_backprop, input_x_gradient, integrated_gradients, saliency, smoothgrad
 
-__all__ = ["deconvnet", "gradcam", "guided_backprop", "input_x_gradient", "integrated_gradients", "saliency",
-           "smoothgrad"]
+__all__ = ["ablationcam", "cam", "deconvnet", "eigencam", "gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam",
+           "hirescam", "input_x_gradient", "integrated_gradients", "layercam", "saliency", "scorecam", "smoothgrad",
+           "xgradcam"]

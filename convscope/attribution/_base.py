@@ -38,7 +38,7 @@ def prepare(model: Any, x: Any, target: Target, precision: str = "fp32") -> tupl
 
 
 def package(model: Model, x: torch.Tensor, data: torch.Tensor, *, method: str, classes: torch.Tensor | None,
-            scores: torch.Tensor, output: torch.Tensor, layer: str | None = None, **meta: Any) -> Result:
+            scores: torch.Tensor, output: torch.Tensor | None, layer: str | None = None, **meta: Any) -> Result:
     """A Result with provenance: the explained classes' labels, scores and probabilities."""
     meta["scores"] = scores.detach().float()
     if classes is not None and isinstance(output, torch.Tensor) and output.dim() == 2:

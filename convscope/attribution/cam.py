@@ -1,70 +1,342 @@
-"""The CAM family: one engine, and each variant a small function of (activations, gradients).
+"""The CAM family: one engine, and each variant a small function of the layer's activations.
 
-A variant differs from Grad-CAM only in how it weights the channels of a layer's feature map
-(pytorch-grad-cam's shape); the engine does the rest: one forward that records the layer and picks
-the target, the head's backward to that layer only (the graph below it is cut), a batched weighted
-sum and one bilinear upsampling to the input's H×W.
+A variant differs from Grad-CAM only in how it combines a layer's feature maps (pytorch-grad-cam's
+shape); the engine does the rest: one forward that records the layer(s) and picks the target, the
+head's backward to those layers only (nothing below them is recorded), the variant's combination,
+and one bilinear upsampling to the input's H×W. Score-CAM and Ablation-CAM run their extra forwards
+batched, skipping maps that cannot change the answer (constant or all-zero channels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..errors import LayerError, TargetError
-from ..hooks import Guard
+from ..errors import ConvscopeError, LayerError, TargetError
+from ..hooks import Guard, LayerRef
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
+from ..models import Model, as_model
 from ..registry import register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import package, prepare
+from ._base import compute_precision, package, prepare
+from .gradient import default_batch_size, guided_backprop
 
-__all__ = ["cam_engine", "gradcam"]
+__all__ = ["ablationcam", "cam", "cam_engine", "eigencam", "gradcam", "gradcam_pp", "guided_gradcam", "hirescam",
+           "layercam", "scorecam", "xgradcam"]
 
-# (activations (B, K, h, w), gradients (B, K, h, w)) -> channel weights (B, K, 1, 1)
-ChannelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec, method: str,
-               channel_weights: ChannelWeights, relu: bool = True) -> Result:
-    """Shared CAM computation: ``relu(sum_k w_k A_k)`` upsampled to (B, 1, H, W)."""
-    wrapped, x = prepare(model, x, target)
-    ref = default_cam_layer(wrapped, tuple(x.shape[1:])) if layer is None else resolve_layer(wrapped, layer)
-    with Guard(wrapped.module, grad="from_capture") as guard:
-        capture = guard.capture(ref)
-        output = wrapped.module(wrapped.working_copy(x))
-        acts = capture.check()
-        if acts.dim() != 4:
-            raise LayerError(f"layer {ref.label!r} outputs shape {tuple(acts.shape)}, not a (B, C, h, w) feature map")
-        scores, classes = resolve_target(target, output)
-        if not scores.requires_grad:
-            raise TargetError(f"the target score does not depend on layer {ref.label!r}: a target that ignores the "
-                              f"model's output, or a layer after the output")
-        (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-        if grads is None:
-            raise LayerError(f"the target score does not depend on layer {ref.label!r}; pick a layer before the output")
-        weights = channel_weights(acts.detach(), grads)
-        cam = (weights * acts.detach()).sum(dim=1, keepdim=True)  # (B, 1, h, w)
-    if relu:
-        cam = cam.clamp_min(0)
-    data = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-    return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output,
-                   layer=ref.label, low_res=cam, layer_shape=tuple(acts.shape[1:]))
+EPS = 1e-7
 
 
-def _gradcam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    return grads.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients (Eq. 1)
+@dataclass
+class CamInputs:
+    """What a variant sees for one layer: activations A (B, K, h, w), their gradients (or None), the
+    model, the explained input (B, C, H, W) and the resolved target (classes or the callable)."""
+
+    model: Model
+    x: torch.Tensor
+    ref: LayerRef
+    acts: torch.Tensor
+    grads: torch.Tensor | None
+    target: Target
+    scores: torch.Tensor  # (B,) the target's score in the explaining forward
+    precision: str
+    batch_size: int
 
 
-@register("gradcam", family="cam", output="map", uses_layer=True,
-          paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization")
-def gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None, relu: bool = True) -> Result:
-    """Grad-CAM: the layer's channels weighted by their average gradient, ReLU'd, (B, 1, H, W).
+Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, h, w) before the ReLU
 
-    ``layer=None`` picks the last convolutional feature map. ``relu=False`` keeps negative evidence.
+
+def _layers(model: Model, x: torch.Tensor, layer: LayerSpec | Sequence[LayerSpec]) -> list[LayerRef]:
+    if layer is None:
+        return [default_cam_layer(model, tuple(x.shape[1:]))]
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise LayerError("layer is an empty list; give one or more layer names")
+        return [resolve_layer(model, item) for item in layer]
+    return [resolve_layer(model, layer)]
+
+
+def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec | Sequence[LayerSpec], method: str,
+               combine: Combine, needs_grad: bool = True, relu: bool = True, precision: str = "fp32",
+               batch_size: int | None = None) -> Result:
+    """Shared CAM computation: ``relu(combine(A))`` per layer, upsampled to (B, 1, H, W).
+
+    With several layers each map is scaled by its per-image maximum and the maps are averaged.
     """
-    return cam_engine(model, x, target=target, layer=layer, method="gradcam",
-                      channel_weights=_gradcam_weights, relu=relu)
+    wrapped, x = prepare(model, x, target, precision)
+    refs = _layers(wrapped, x, layer)
+    with Guard(wrapped.module, grad="from_capture" if needs_grad else False) as guard, \
+            compute_precision(wrapped, precision):
+        captures = [guard.capture(ref, grad=needs_grad) for ref in refs]
+        output = wrapped.module(wrapped.working_copy(x))
+        acts = [capture.check() for capture in captures]
+        for ref, a in zip(refs, acts):
+            if a.dim() != 4:
+                raise LayerError(f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not a (B, C, h, w) feature map")
+        scores, classes = resolve_target(target, output)
+        grads: Sequence[torch.Tensor | None] = [None] * len(acts)
+        if needs_grad:
+            if not scores.requires_grad:
+                raise TargetError("the target score does not depend on the explained layer: a target that ignores "
+                                  "the model's output, or a layer after the output")
+            grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+            missing = [ref.label for ref, g in zip(refs, grads) if g is None]
+            if missing:
+                raise LayerError(f"the target score does not depend on layer {missing[0]!r}; pick a layer before the output")
+    fixed: Target = classes if classes is not None else target
+    rows = batch_size or default_batch_size(x)
+    maps = []
+    for ref, a, g in zip(refs, acts, grads):
+        inputs = CamInputs(wrapped, x, ref, a.detach().float(), None if g is None else g.float(), fixed,
+                           scores.detach(), precision, rows)
+        low = combine(inputs)
+        maps.append(low.clamp_min(0) if relu else low)
+    size = tuple(x.shape[-2:])
+    if len(maps) == 1:
+        low_res = maps[0]
+        data = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+    else:
+        low_res = None
+        ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        data = torch.stack([u / u.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(EPS) for u in ups]).mean(0)
+    return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output,
+                   layer="+".join(ref.label for ref in refs), low_res=low_res,
+                   layer_shape=tuple(acts[0].shape[1:]))
+
+
+def weighted_sum(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k A_k: channel weights (B, K, 1, 1) or element weights (B, K, h, w) -> (B, 1, h, w)."""
+    return (weights * acts).sum(dim=1, keepdim=True)
+
+
+# -- gradient-weighted variants --------------------------------------------------------------------
+def _gradcam(c: CamInputs) -> torch.Tensor:
+    return weighted_sum(c.acts, c.grads.mean(dim=(2, 3), keepdim=True))  # GAP of gradients (Eq. 1)
+
+
+def _gradcam_pp(c: CamInputs) -> torch.Tensor:
+    g2 = c.grads**2
+    g3 = g2 * c.grads
+    alpha = g2 / (2 * g2 + c.acts.sum(dim=(2, 3), keepdim=True) * g3 + EPS)  # Eq. 19, exponential head
+    alpha = torch.where(c.grads != 0, alpha, torch.zeros_like(alpha))
+    return weighted_sum(c.acts, (alpha * c.grads.clamp_min(0)).sum(dim=(2, 3), keepdim=True))
+
+
+def _xgradcam(c: CamInputs) -> torch.Tensor:
+    norm = c.acts.sum(dim=(2, 3), keepdim=True) + EPS
+    return weighted_sum(c.acts, (c.grads * c.acts / norm).sum(dim=(2, 3), keepdim=True))
+
+
+def _layercam(c: CamInputs) -> torch.Tensor:
+    return weighted_sum(c.acts, c.grads.clamp_min(0))  # element-wise positive gradients
+
+
+def _hirescam(c: CamInputs) -> torch.Tensor:
+    return weighted_sum(c.acts, c.grads)  # element-wise gradients, no averaging
+
+
+def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable[..., Result]:
+    def method(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
+               relu: bool = True, precision: str = "fp32") -> Result:
+        return cam_engine(model, x, target=target, layer=layer, method=name, combine=combine, relu=relu,
+                          precision=precision)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc + """
+
+    ``layer``: a name, a module, a list of them (maps fused: each scaled by its maximum, then
+    averaged) or None for the last convolutional map. ``relu=False`` keeps negative evidence.
+    """
+    return register(name, family="cam", output="map", uses_layer=True, paper=paper)(method)
+
+
+gradcam = _register_cam(
+    "gradcam", "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
+    _gradcam, "Grad-CAM: the layer's channels weighted by their average gradient, ReLU'd, (B, 1, H, W).")
+gradcam_pp = _register_cam(
+    "gradcam_pp", "Chattopadhyay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
+    _gradcam_pp, "Grad-CAM++: channel weights from positive gradients with higher-order pixel coefficients, (B, 1, H, W).")
+xgradcam = _register_cam(
+    "xgradcam", "Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
+    _xgradcam, "XGrad-CAM: channel weights = activation-normalized sum of gradient x activation, (B, 1, H, W).")
+layercam = _register_cam(
+    "layercam", "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for Localization",
+    _layercam, "LayerCAM: each activation weighted by its own positive gradient, (B, 1, H, W).")
+hirescam = _register_cam(
+    "hirescam", "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM for faithful explanations",
+    _hirescam, "HiResCAM: element-wise gradient x activation summed over channels, (B, 1, H, W).")
+
+
+# -- CAM (Zhou et al.) --------------------------------------------------------------------------------
+def _gap_linear_head(c: CamInputs) -> nn.Linear:
+    """The Linear layer that makes the output from the global average of the layer's maps."""
+    pooled = c.acts.mean(dim=(2, 3))  # (B, K)
+    with Guard(c.model.module, grad=False), compute_precision(c.model, c.precision):
+        output = c.model.module(c.model.working_copy(c.x)).float()
+    for module in c.model.module.modules():
+        if isinstance(module, nn.Linear) and module.in_features == pooled.shape[1] and module.out_features == output.shape[-1]:
+            predicted = F.linear(pooled, module.weight.float(), None if module.bias is None else module.bias.float())
+            tolerance = 1e-2 if c.precision == "bf16" else 1e-4
+            if torch.allclose(predicted, output, rtol=tolerance, atol=tolerance * float(output.abs().max())):
+                return module
+    raise LayerError(f"cam needs a head that is global average pooling of layer {c.ref.label!r} followed by one "
+                     f"Linear layer (ResNet, EfficientNet); this model's head differs: use gradcam")
+
+
+def _cam(c: CamInputs) -> torch.Tensor:
+    if not isinstance(c.target, torch.Tensor):
+        raise TargetError("cam explains a class (it reads the class's weights); pass a class index, not a callable")
+    head = _gap_linear_head(c)
+    weights = head.weight.detach().float()[c.target.to(head.weight.device)]  # (B, K)
+    return weighted_sum(c.acts, weights[:, :, None, None])
+
+
+@register("cam", family="cam", output="map", uses_layer=True,
+          paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization")
+def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None, relu: bool = True,
+        precision: str = "fp32") -> Result:
+    """CAM: the last feature maps weighted by the class's weights in the linear layer after global
+    average pooling, (B, 1, H, W). Only for GAP→linear heads; a clear error otherwise."""
+    return cam_engine(model, x, target=target, layer=layer, method="cam", combine=_cam, needs_grad=False, relu=relu,
+                      precision=precision)
+
+
+# -- Eigen-CAM ----------------------------------------------------------------------------------------
+def _eigencam(c: CamInputs) -> torch.Tensor:
+    batch, channels, height, width = c.acts.shape
+    flat = c.acts.reshape(batch, channels, -1).transpose(1, 2)  # (B, hw, K)
+    centered = flat - flat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    projection = (centered @ vh[:, 0, :, None])[..., 0]  # (B, hw): the first principal component
+    # the singular vector's sign is arbitrary: orient it along the mean activation
+    sign = torch.sign((projection * flat.mean(dim=2)).sum(dim=1, keepdim=True))
+    return (projection * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(batch, 1, height, width)
+
+
+@register("eigencam", family="cam", output="map", uses_layer=True,
+          paper="Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components")
+def eigencam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
+             relu: bool = True, precision: str = "fp32") -> Result:
+    """Eigen-CAM: the first principal component of the layer's activations, (B, 1, H, W). Class-agnostic:
+    ``target`` only names the class in the result; no gradients."""
+    return cam_engine(model, x, target=target, layer=layer, method="eigencam", combine=_eigencam, needs_grad=False,
+                      relu=relu, precision=precision)
+
+
+# -- Score-CAM ---------------------------------------------------------------------------------------
+def _target_scores(c: CamInputs, output: torch.Tensor, image: int, kind: str) -> torch.Tensor:
+    """The target's score for each row of ``output`` (all rows belong to image ``image``)."""
+    output = output.float()
+    if isinstance(c.target, torch.Tensor):
+        chosen = c.target[image].to(output.device).expand(output.shape[0])
+        if kind == "probability":
+            return output.softmax(dim=1).gather(1, chosen[:, None])[:, 0]
+        return output.gather(1, chosen[:, None])[:, 0]
+    scores, _ = resolve_target(c.target, output)
+    return scores.float()
+
+
+def _scorecam_combine(score: str) -> Combine:
+    def combine(c: CamInputs) -> torch.Tensor:
+        batch, channels = c.acts.shape[:2]
+        size = tuple(c.x.shape[-2:])
+        module = c.model.module
+        weights = torch.zeros(batch, channels, device=c.acts.device)
+        with Guard(module, grad=False), compute_precision(c.model, c.precision):
+            pixels = c.model.working_copy(c.x)
+            for b in range(batch):
+                up = F.interpolate(c.acts[b:b + 1], size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
+                low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+                span = (high - low)[:, 0, 0]
+                live = torch.nonzero(span > EPS * high.abs().amax().clamp_min(1)).flatten()
+                masks = (up - low) / (high - low).clamp_min(EPS)
+                # constant maps normalize to zero: they all share the score of the blank input
+                dead_score = _target_scores(c, module(torch.zeros_like(pixels[b:b + 1])), b, score)
+                scores = dead_score.expand(channels).clone()
+                for start in range(0, live.numel(), c.batch_size):
+                    chunk = live[start:start + c.batch_size]
+                    masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
+                    scores[chunk] = _target_scores(c, module(masked), b, score)
+                weights[b] = scores.softmax(dim=0) if score == "logit_softmax" else scores
+        return weighted_sum(c.acts, weights[:, :, None, None])
+
+    return combine
+
+
+@register("scorecam", family="cam", output="map", uses_layer=True,
+          paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
+          quick={"batch_size": 64})
+def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
+             score: str = "probability", relu: bool = True, batch_size: int | None = None, precision: str = "fp32") -> Result:
+    """Score-CAM: each channel weighted by the target's score on the input masked by that channel's
+    upsampled, min-max-normalized map, (B, 1, H, W). One forward per non-constant channel, batched.
+
+    ``score``: "probability" (the paper: softmax probability of the class) or "logit_softmax"
+    (pytorch-grad-cam: a softmax over channels of the class logits).
+    """
+    if score not in ("probability", "logit_softmax"):
+        raise ConvscopeError(f"unknown score {score!r}; choose 'probability' or 'logit_softmax'")
+    return cam_engine(model, x, target=target, layer=layer, method="scorecam", combine=_scorecam_combine(score),
+                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size)
+
+
+# -- Ablation-CAM ------------------------------------------------------------------------------------
+def _ablationcam(c: CamInputs) -> torch.Tensor:
+    batch, channels = c.acts.shape[:2]
+    weights = torch.zeros(batch, channels, device=c.acts.device)
+    plan: dict[str, torch.Tensor] = {}
+
+    def ablate(output: torch.Tensor) -> torch.Tensor:
+        rows = plan["channels"].to(output.device)
+        edited = output.clone()
+        edited[torch.arange(rows.numel(), device=output.device), rows] = 0  # row i loses channel rows[i]
+        return edited
+
+    with Guard(c.model.module, grad=False) as guard, compute_precision(c.model, c.precision):
+        pixels = c.model.working_copy(c.x)
+        guard.edit(c.ref, ablate)
+        for b in range(batch):
+            base = c.scores[b].float()
+            live = torch.nonzero(c.acts[b].abs().amax(dim=(1, 2)) > 0).flatten()  # ablating a zero map changes nothing
+            for start in range(0, live.numel(), c.batch_size):
+                plan["channels"] = chunk = live[start:start + c.batch_size]
+                rows = pixels[b:b + 1].expand(chunk.numel(), -1, -1, -1)
+                ablated = _target_scores(c, c.model.module(rows), b, "logit")
+                weights[b, chunk.to(weights.device)] = (base - ablated) / _nonzero(base)
+    return weighted_sum(c.acts, weights[:, :, None, None])
+
+
+def _nonzero(value: torch.Tensor) -> torch.Tensor:
+    return torch.where(value.abs() < EPS, torch.full_like(value, EPS), value)
+
+
+@register("ablationcam", family="cam", output="map", uses_layer=True,
+          paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
+          quick={"batch_size": 64})
+def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
+                relu: bool = True, batch_size: int | None = None, precision: str = "fp32") -> Result:
+    """Ablation-CAM: each channel weighted by the relative drop of the target score when that channel
+    is set to zero, (B, 1, H, W). One forward per non-zero channel, batched."""
+    return cam_engine(model, x, target=target, layer=layer, method="ablationcam", combine=_ablationcam,
+                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size)
+
+
+# -- Guided Grad-CAM ---------------------------------------------------------------------------------
+@register("guided_gradcam", family="cam", output="pixels", uses_layer=True,
+          paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM: guided backpropagation x Grad-CAM)")
+def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None,
+                   precision: str = "fp32") -> Result:
+    """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W)."""
+    guided = guided_backprop(model, x, target=target, precision=precision)
+    fixed: Target = guided.target if guided.target is not None else target
+    coarse = gradcam(model, x, target=fixed, layer=layer, precision=precision)
+    data = guided.data * coarse.data.to(guided.data.device)
+    meta = {k: v for k, v in guided.meta.items() if k != "scores"}
+    return package(as_model(model), x, data, method="guided_gradcam", classes=guided.target,
+                   scores=guided.meta["scores"], output=None, layer=coarse.layer, **meta)
