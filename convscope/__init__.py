@@ -35,6 +35,7 @@ from .models import Model, Prediction, available_models, imagenet_labels, load_m
 from .registry import explain, methods
 from .report import build_report as report
 from .result import Result
+from .roi import RegionOfInterest, class_regions, roi
 
 __version__ = "0.1.0"
 
@@ -49,12 +50,14 @@ __all__ = [
     "Model",
     "ModelError",
     "Prediction",
+    "RegionOfInterest",
     "Result",
     "TargetError",
     "__version__",
     "ablationcam",
     "available_models",
     "cam",
+    "class_regions",
     "deconvnet",
     "default_cam_layer",
     "eigencam",
@@ -74,6 +77,7 @@ __all__ = [
     "methods",
     "report",
     "resolve_layer",
+    "roi",
     "saliency",
     "sample_image",
     "scorecam",

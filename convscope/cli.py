@@ -71,12 +71,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model = _load(args)
     named = _images([args.image])
     x = model.preprocess(named[0][1])
-    options: dict[str, Any] = {}
+    info = cs.registry.get(args.method)
+    options = _parse_options(info, args.set or [])
     if args.target is not None:
         options["target"] = args.target
     if args.layer:
-        options["layer"] = args.layer
-    result = cs.explain(model, x, args.method, **options)
+        options["layer"] = args.layer.split(",") if "," in args.layer else args.layer
+    if args.precision:
+        options["precision"] = args.precision
+    result = info.fn(model, x, **options)
     out = Path(args.out or f"{Path(named[0][0]).stem}_{args.method}.png")
     result.save(out)
     label = result.labels[0] if result.labels else "custom target"
@@ -85,12 +88,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_options(info: Any, pairs: list[str]) -> dict[str, Any]:
+    """``--set steps=32 --set baseline=blur`` -> typed keyword options, checked against the method."""
+    from convscope.errors import ConvscopeError
+
+    options: dict[str, Any] = {}
+    known = info.options
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ConvscopeError(f"--set expects key=value, got {pair!r}")
+        if key not in known:
+            raise ConvscopeError(f"{info.name} has no option {key!r}; options: {', '.join(known) or 'none'}")
+        default = known[key].default
+        try:
+            if isinstance(default, bool):
+                value: Any = text.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            else:
+                value = None if text.lower() == "none" else text
+        except ValueError:
+            raise ConvscopeError(f"option {key}={text!r} is not a {type(default).__name__}") from None
+        options[key] = value
+    return options
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import convscope as cs
 
     for info in cs.methods():
         options = ", ".join(f"{k}={p.default!r}" for k, p in info.options.items())
-        print(f"{info.name:12s} {info.family:10s} {info.summary}  [{options}]")
+        print(f"{info.name:22s} {info.family:9s} {info.summary}\n{'':32s} options: {options or 'none'}")
     return 0
 
 
@@ -102,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--image", action="append", help="a picture or a sample name (cat, coffee, astronaut, rocket); repeatable")
     p.add_argument("--out", default="convscope-report", help="output folder (default: convscope-report)")
-    p.add_argument("--methods", help="comma-separated method names (default: saliency,gradcam)")
+    p.add_argument("--methods", help="comma-separated method names (default: every attribution method)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="print a Keras-style layer summary of a model")
@@ -121,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="a registered method, e.g. gradcam or saliency (see `convscope methods`)")
     p.add_argument("image", help="a picture or a sample name")
     p.add_argument("--target", type=int, help="class index to explain (default: the top-1 class)")
-    p.add_argument("--layer", help="dotted layer name (default: the method's choice)")
+    p.add_argument("--layer", help="dotted layer name, or several separated by commas (default: the method's choice)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a method option, e.g. --set steps=32 (see `convscope methods`); repeatable")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: autocast, faster on recent CPUs")
     p.add_argument("--out", help="output PNG (default: <image>_<method>.png)")
     p.set_defaults(func=cmd_explain)
 
@@ -139,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConvscopeError as exc:
         print(f"convscope: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `convscope methods | head`
+        return 0
     except KeyboardInterrupt:
         print("convscope: interrupted", file=sys.stderr)
         return 130

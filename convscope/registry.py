@@ -34,7 +34,9 @@ class MethodInfo:
 
     @property
     def summary(self) -> str:
-        return (inspect.getdoc(self.fn) or self.name).splitlines()[0]
+        """The docstring's first paragraph, as one line of plain text."""
+        paragraph = (inspect.getdoc(self.fn) or self.name).split("\n\n")[0]
+        return " ".join(paragraph.split()).replace("``", "")
 
     @property
     def options(self) -> dict[str, inspect.Parameter]:

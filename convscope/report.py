@@ -17,14 +17,19 @@ from typing import Any
 import torch
 
 from . import registry
+from .errors import ConvscopeError
 from .images import SAMPLE_IMAGES, sample_image
 from .layers import default_cam_layer, layers
 from .models import Model
 from .render import data_uri, overlay_result, png_bytes, result_map
 
-__all__ = ["DEFAULT_METHODS", "SECTIONS", "ReportContext", "build_report"]
+__all__ = ["SECTIONS", "ReportContext", "build_report", "default_methods"]
 
-DEFAULT_METHODS = ("saliency", "gradcam")
+
+
+def default_methods() -> list[str]:
+    """Every registered attribution method (gradient and CAM families), in registry order."""
+    return [info.name for info in registry.methods() if info.family in ("gradient", "cam")]
 
 
 @dataclass
@@ -35,6 +40,7 @@ class ReportContext:
     images: list[tuple[str, Any]]  # (display name, PIL image)
     methods: list[str]
     x: torch.Tensor = field(init=False)
+    results: dict[str, Any] = field(default_factory=dict)  # method name -> Result, for later sections
 
     def __post_init__(self) -> None:
         self.x = self.model.preprocess([image for _, image in self.images])
@@ -85,26 +91,48 @@ def _pictures(ctx: ReportContext) -> Any:
     return tensor_to_images(ctx.x, ctx.model.mean, ctx.model.std)
 
 
-def attribution_section(ctx: ReportContext) -> str:
+def attribution_sections(ctx: ReportContext) -> str:
+    """One section per method: what it is, for which class, the overlay and the map of every image."""
     blocks = []
     for name in ctx.methods:
         info = registry.get(name)
         start = time.perf_counter()
         result = info.fn(ctx.model, ctx.x)
         seconds = time.perf_counter() - start
+        ctx.results[name] = result
         cells = []
         for i, (image_name, _) in enumerate(ctx.images):
-            heat = result_map(result, i)
             label = result.labels[i] if result.labels else "custom target"
             prob = result.meta.get("probabilities")
-            caption = f"{image_name}: {label}" + (f" ({float(prob[i]):.1%})" if prob is not None else "")
+            caption = f"{image_name}: explaining '{label}'" + (f" (p = {float(prob[i]):.1%})" if prob is not None else "")
             cells.append(f'<figure>{_img(png_bytes(overlay_result(result, i)), caption, 224)}'
-                         f'{_img(png_bytes(heat), caption + " map", 224)}<figcaption>{esc(caption)}</figcaption></figure>')
+                         f'{_img(png_bytes(result_map(result, i)), caption + " map", 224)}'
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
         layer = f" · layer <code>{esc(result.layer)}</code>" if result.layer else ""
-        blocks.append(f'<div class="method"><h3>{esc(name)}</h3><p class="note">{esc(info.summary)}{layer} · '
-                      f'{seconds * 1000:.0f} ms for {len(ctx.images)} image(s) · <em>{esc(info.paper)}</em></p>'
-                      f'<div class="cards">{"".join(cells)}</div></div>')
-    return f'<section><h2>Which pixels drove the decision</h2>{"".join(blocks)}</section>'
+        blocks.append(f'<section class="method" id="{esc(name)}"><h2>{esc(name)}</h2><p class="note">{esc(info.summary)}'
+                      f'{layer} · {seconds * 1000:.0f} ms for {len(ctx.images)} image(s) · <em>{esc(info.paper)}</em></p>'
+                      f'<div class="cards">{"".join(cells)}</div></section>')
+    return f'<h2 class="part">Which pixels drove the decision</h2>{"".join(blocks)}'
+
+
+def region_section(ctx: ReportContext) -> str:
+    """Seed 004's interesting region: the Grad-CAM mask and crop of each image."""
+    from .roi import roi
+
+    result = ctx.results.get("gradcam") or registry.get("gradcam").fn(ctx.model, ctx.x)
+    cells = []
+    for i, (image_name, _) in enumerate(ctx.images):
+        try:
+            region = roi(result, index=i, threshold=0.4)
+        except ConvscopeError as exc:
+            cells.append(f"<p>{esc(image_name)}: {esc(str(exc))}</p>")
+            continue
+        caption = f"{image_name}: '{region.label}' region, {region.coverage:.0%} of the picture, box {region.box}"
+        cells.append(f"<figure>{_img(png_bytes(region.masked), caption, 224)}{_img(png_bytes(region.crop), caption)}"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return (f'<section><h2>Region of interest</h2><p class="note">Where the Grad-CAM map reaches 40% of its range '
+            f'(largest connected region): the picture seen through the mask, and the crop.</p>'
+            f'<div class="cards">{"".join(cells)}</div></section>')
 
 
 def summary_section(ctx: ReportContext) -> str:
@@ -117,7 +145,7 @@ def summary_section(ctx: ReportContext) -> str:
             f"</table></details></section>")
 
 
-SECTIONS: list[Section] = [model_section, predictions_section, attribution_section, summary_section]
+SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, summary_section]
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -127,7 +155,8 @@ table{border-collapse:collapse} td,th{padding:.2rem .6rem;text-align:left;border
 .card,figure{margin:0;background:#fafafa;border:1px solid #eee;border-radius:6px;padding:.6rem}
 figure img{margin-right:4px} figcaption{font-size:.85rem;color:#444}
 .bar{width:120px} .bar span{display:block;height:10px;background:#4a78c2;border-radius:2px}
-.note{color:#555;font-size:.9rem} code{background:#f1f1f1;padding:0 .3rem;border-radius:3px}
+.note{color:#555;font-size:.9rem} h2.part{margin-top:3rem;border-bottom:2px solid #ddd}
+code{background:#f1f1f1;padding:0 .3rem;border-radius:3px}
 .layers td{font-family:ui-monospace,monospace;font-size:.8rem}
 """
 
@@ -151,7 +180,7 @@ def resolve_images(images: Sequence[Any] | None) -> list[tuple[str, Any]]:
 def build_report(model: Model, images: Sequence[Any] | None = None, out: str | Path = "convscope-report", *,
                  methods: Sequence[str] | None = None, sections: Sequence[Section] | None = None) -> Path:
     """Write ``out/index.html`` for ``model`` on ``images`` (default: the cat photo); returns its path."""
-    names = list(methods) if methods else list(DEFAULT_METHODS)
+    names = list(methods) if methods else default_methods()
     for name in names:
         registry.get(name)  # unknown names fail before any work
     ctx = ReportContext(model, resolve_images(images), names)
