@@ -97,7 +97,12 @@ def attribution_sections(ctx: ReportContext) -> str:
     for name in ctx.methods:
         info = registry.get(name)
         start = time.perf_counter()
-        result = info.fn(ctx.model, ctx.x)
+        try:
+            result = info.fn(ctx.model, ctx.x)
+        except ConvscopeError as exc:  # e.g. cam on a head that is not GAP -> linear: say so, go on
+            blocks.append(f'<section class="method" id="{esc(name)}"><h2>{esc(name)}</h2>'
+                          f'<p class="note">not applicable to this model: {esc(str(exc))}</p></section>')
+            continue
         seconds = time.perf_counter() - start
         ctx.results[name] = result
         cells = []

@@ -57,7 +57,8 @@ def _inline_images(html: str) -> list[np.ndarray]:
 
 
 def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--out", str(tmp_path / "rep"), "--image", "cat", "--image", "coffee"]) == 0
+    assert main(["report", "--out", str(tmp_path / "rep"), "--image", "cat", "--image", "coffee",
+                 "--methods", "saliency,gradcam"]) == 0
     assert "index.html" in capsys.readouterr().out
     files = list((tmp_path / "rep").iterdir())
     assert [f.name for f in files] == ["index.html"]
@@ -66,8 +67,8 @@ def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.Captur
     assert "saliency" in html and "gradcam" in html and "_swish@1" in html
     assert "http://" not in html and "https://" not in html  # nothing fetched when opened
     pictures = _inline_images(html)
-    assert len(pictures) == 2 + 2 * 2 * 2  # inputs, then (overlay, map) per method per image
-    assert all(p.shape == (224, 224, 3) for p in pictures)
+    assert len(pictures) == 2 + 2 * 2 * 2 + 2 * 2  # inputs; (overlay, map) per method per image; region mask, crop
+    assert all(p.shape == (224, 224, 3) for p in pictures[:-4])  # crops are smaller
 
 
 def test_normalize_modes() -> None:
@@ -98,3 +99,23 @@ def test_result_pictures(tmp_path: Path) -> None:
     heat = render.colorize(render.normalize(result.maps()[0], "minmax"))
     peak = np.unravel_index(int(result.maps()[0].argmax()), (224, 224))
     assert heat[peak][0] > 100 and heat[peak][2] < 100
+
+
+def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
+    """A head that is not GAP -> linear: the cam section explains why, the rest of the report is made."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 3))
+    model = cs.Model(net, input_size=(32, 32), labels=["a", "b", "c"], name="tiny")
+    html = cs.report(model, ["coffee"], tmp_path, methods=["cam", "gradcam"]).read_text()
+    assert "not applicable to this model" in html and "use gradcam" in html
+    assert len(_inline_images(html)) == 1 + 2 + 2  # input, gradcam overlay + map, region mask + crop
+
+
+def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
+    """`convscope report` on the defaults: the cat, its top-5, and one section per registered method."""
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "index.html").read_text()
+    for info in cs.methods():
+        if info.family in ("gradient", "cam"):
+            assert f'id="{info.name}"' in html
+    assert "not applicable" not in html and "Region of interest" in html
+    assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)
