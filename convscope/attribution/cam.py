@@ -47,6 +47,7 @@ class CamInputs:
     scores: torch.Tensor  # (B,) the target's score in the explaining forward
     precision: str
     batch_size: int
+    top_channels: int | None = None  # perturbation variants: evaluate only the K strongest channels
 
 
 Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, h, w) before the ReLU
@@ -64,12 +65,12 @@ def _layers(model: Model, x: torch.Tensor, layer: LayerSpec | Sequence[LayerSpec
 
 def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec | Sequence[LayerSpec], method: str,
                combine: Combine, needs_grad: bool = True, relu: bool = True, precision: str = "fp32",
-               batch_size: int | None = None) -> Result:
+               batch_size: int | None = None, no_bf16: str | None = None, top_channels: int | None = None) -> Result:
     """Shared CAM computation: ``relu(combine(A))`` per layer, upsampled to (B, 1, H, W).
 
     With several layers each map is scaled by its per-image maximum and the maps are averaged.
     """
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=no_bf16)
     refs = _layers(wrapped, x, layer)
     with Guard(wrapped.module, grad="from_capture" if needs_grad else False) as guard, \
             compute_precision(wrapped, precision):
@@ -94,7 +95,7 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
     maps = []
     for ref, a, g in zip(refs, acts, grads):
         inputs = CamInputs(wrapped, x, ref, a.detach().float(), None if g is None else g.float(), fixed,
-                           scores.detach(), precision, rows)
+                           scores.detach(), precision, rows, top_channels)
         low = combine(inputs)
         maps.append(low.clamp_min(0) if relu else low)
     size = tuple(x.shape[-2:])
@@ -256,9 +257,14 @@ def _scorecam_combine(score: str) -> Combine:
                 span = (high - low)[:, 0, 0]
                 live = torch.nonzero(span > EPS * high.abs().amax().clamp_min(1)).flatten()
                 masks = (up - low) / (high - low).clamp_min(EPS)
-                # constant maps normalize to zero: they all share the score of the blank input
-                dead_score = _target_scores(c, module(torch.zeros_like(pixels[b:b + 1])), b, score)
-                scores = dead_score.expand(channels).clone()
+                if c.top_channels is None:
+                    # constant maps normalize to zero: they all share the score of the blank input
+                    dead_score = _target_scores(c, module(torch.zeros_like(pixels[b:b + 1])), b, score)
+                    scores = dead_score.expand(channels).clone()
+                else:  # only the strongest channels take part
+                    live = _strongest(c.acts[b], live, c.top_channels)
+                    scores = torch.full((channels,), float("-inf") if score == "logit_softmax" else 0.0,
+                                        device=c.acts.device)
                 for start in range(0, live.numel(), c.batch_size):
                     chunk = live[start:start + c.batch_size]
                     masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
@@ -271,19 +277,21 @@ def _scorecam_combine(score: str) -> Combine:
 
 @register("scorecam", family="cam", output="map", uses_layer=True,
           paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
-          quick={"batch_size": 64})
+          quick={"top_channels": 16})
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-             score: str = "probability", relu: bool = True, batch_size: int | None = None, precision: str = "fp32") -> Result:
+             score: str = "probability", relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
+             precision: str = "fp32") -> Result:
     """Score-CAM: each channel weighted by the target's score on the input masked by that channel's
     upsampled, min-max-normalized map, (B, 1, H, W). One forward per non-constant channel, batched.
 
     ``score``: "probability" (the paper: softmax probability of the class) or "logit_softmax"
-    (pytorch-grad-cam: a softmax over channels of the class logits).
+    (pytorch-grad-cam: a softmax over channels of the class logits). ``top_channels``: a faster
+    approximation that evaluates only the channels with the largest mean activation (others weigh 0).
     """
     if score not in ("probability", "logit_softmax"):
         raise ConvscopeError(f"unknown score {score!r}; choose 'probability' or 'logit_softmax'")
     return cam_engine(model, x, target=target, layer=layer, method="scorecam", combine=_scorecam_combine(score),
-                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size)
+                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size, top_channels=top_channels)
 
 
 # -- Ablation-CAM ------------------------------------------------------------------------------------
@@ -304,6 +312,7 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
         for b in range(batch):
             base = c.scores[b].float()
             live = torch.nonzero(c.acts[b].abs().amax(dim=(1, 2)) > 0).flatten()  # ablating a zero map changes nothing
+            live = _strongest(c.acts[b], live, c.top_channels)
             for start in range(0, live.numel(), c.batch_size):
                 plan["channels"] = chunk = live[start:start + c.batch_size]
                 rows = pixels[b:b + 1].expand(chunk.numel(), -1, -1, -1)
@@ -312,19 +321,31 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
     return weighted_sum(c.acts, weights[:, :, None, None])
 
 
+def _strongest(acts: torch.Tensor, channels: torch.Tensor, top: int | None) -> torch.Tensor:
+    """The ``top`` of ``channels`` with the largest mean activation in ``acts`` (K, h, w); all if None."""
+    if top is None or channels.numel() <= top:
+        return channels
+    strength = acts[channels.to(acts.device)].mean(dim=(1, 2))
+    return channels[strength.topk(top).indices.to(channels.device)]
+
+
 def _nonzero(value: torch.Tensor) -> torch.Tensor:
     return torch.where(value.abs() < EPS, torch.full_like(value, EPS), value)
 
 
 @register("ablationcam", family="cam", output="map", uses_layer=True,
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
-          quick={"batch_size": 64})
+          quick={"top_channels": 16})
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-                relu: bool = True, batch_size: int | None = None, precision: str = "fp32") -> Result:
+                relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
+                precision: str = "fp32") -> Result:
     """Ablation-CAM: each channel weighted by the relative drop of the target score when that channel
-    is set to zero, (B, 1, H, W). One forward per non-zero channel, batched."""
+    is set to zero, (B, 1, H, W). One forward per non-zero channel, batched; ``top_channels`` ablates
+    only the channels with the largest mean activation (a faster approximation; others weigh 0)."""
     return cam_engine(model, x, target=target, layer=layer, method="ablationcam", combine=_ablationcam,
-                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size)
+                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size,
+                      no_bf16="the per-channel score drops it measures are below bfloat16's resolution",
+                      top_channels=top_channels)
 
 
 # -- Guided Grad-CAM ---------------------------------------------------------------------------------

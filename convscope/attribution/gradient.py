@@ -19,7 +19,7 @@ from ..models import Model
 from ..registry import register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import compute_precision, package, prepare
+from ._base import BF16_GRADIENTS, compute_precision, package, prepare
 
 __all__ = ["deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad"]
 
@@ -59,7 +59,7 @@ def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None 
     Cost: one forward and one backward to the input, no weight gradients.
     """
     _no_layer("saliency", layer)
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, _ = gradient_pass(wrapped, x, target, precision=precision)
     data = grad.abs() if abs else grad
     return package(wrapped, x, data, method="saliency", classes=classes, scores=scores, output=output)
@@ -71,7 +71,7 @@ def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, laye
                      precision: str = "fp32") -> Result:
     """Input × gradient: x · d score / d x, signed, (B, C, H, W) (a first-order Taylor attribution)."""
     _no_layer("input_x_gradient", layer)
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, _ = gradient_pass(wrapped, x, target, precision=precision)
     data = x.detach().to(grad.device, torch.float32) * grad
     return package(wrapped, x, data, method="input_x_gradient", classes=classes, scores=scores, output=output)
@@ -79,7 +79,7 @@ def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, laye
 
 def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Target, layer: Any, precision: str) -> Result:
     _no_layer(method, layer)
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, count = gradient_pass(wrapped, x, target, rule=rule, precision=precision)
     if not count:
         warnings.warn(f"{method}: the model has no ReLU-like activation (ReLU, ReLU6, LeakyReLU, F.relu) on the "
@@ -176,7 +176,7 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
     ``meta["delta"]`` = sum(attribution) - (score(x) - score(baseline)), the completeness error.
     """
     _no_layer("integrated_gradients", layer)
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     batch = x.shape[0]
     rows = batch_size or default_batch_size(x)
     with Guard(wrapped.module), compute_precision(wrapped, precision):
@@ -232,7 +232,7 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
         raise ConvscopeError(f"unknown variant {variant!r}; choose one of {', '.join(SMOOTHGRAD_VARIANTS)}")
     if samples < 1:
         raise ConvscopeError(f"samples must be at least 1, got {samples}")
-    wrapped, x = prepare(model, x, target, precision)
+    wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     batch = x.shape[0]
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision):
         output = wrapped.module(wrapped.working_copy(x))
