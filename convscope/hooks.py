@@ -100,6 +100,7 @@ class Guard:
     _requires_grad: list[tuple[nn.Parameter, bool]] = field(default_factory=list, init=False, repr=False)
     _modes: list[Any] = field(default_factory=list, init=False, repr=False)
     _lock: threading.RLock | None = field(default=None, init=False, repr=False)
+    _counters: list[list[int]] = field(default_factory=list, init=False, repr=False)
 
     def __enter__(self) -> Guard:
         self._lock = _lock_for(self.module)
@@ -136,6 +137,7 @@ class Guard:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            self._counters.clear()
             for m, flag in self._training:
                 m.__dict__["training"] = flag
             for p, flag in self._requires_grad:
@@ -201,7 +203,7 @@ class Guard:
 
     def edit(self, ref: LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace ``ref``'s output (its ``ref.call``-th call, or every call) by ``fn(output)``."""
-        calls = [0]
+        calls = self._call_counter()
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             index = calls[0]
@@ -211,6 +213,19 @@ class Guard:
             return fn(output)
 
         self.add_hook(ref.module, hook)
+
+    def _call_counter(self) -> list[int]:
+        """A per-forward call counter for one hook: reset whenever the model's forward starts, so
+        ``@k`` names the k-th call within each forward, however many forwards the block runs."""
+        counter = [0]
+        if not self._counters:
+            def reset(module: nn.Module, args: Any) -> None:
+                for c in self._counters:
+                    c[0] = 0
+
+            self.add_hook(self.module, reset, pre=True)
+        self._counters.append(counter)
+        return counter
 
     def trace(self, names: dict[nn.Module, str]) -> list[CallRecord]:
         """Hook every module; returns the list that the next forward fills, in completion order."""
