@@ -269,7 +269,9 @@ def _scorecam_combine(score: str) -> Combine:
                     chunk = live[start:start + c.batch_size]
                     masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
                     scores[chunk] = _target_scores(c, module(masked), b, score)
-                weights[b] = scores.softmax(dim=0) if score == "logit_softmax" else scores
+                if score == "logit_softmax":
+                    scores = scores.softmax(dim=0) if torch.isfinite(scores).any() else torch.zeros_like(scores)
+                weights[b] = scores
         return weighted_sum(c.acts, weights[:, :, None, None])
 
     return combine
