@@ -13,7 +13,8 @@ PUBLIC = {
     "gradcam", "imagenet_labels", "layers", "load_image", "load_model", "methods", "report", "resolve_layer",
     "saliency", "sample_image", "summary", "targets", "__version__",
     "deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "smoothgrad",
-    "RegionOfInterest", "roi", "class_regions", "ablationcam", "cam", "eigencam", "gradcam_pp", "guided_gradcam", "hirescam", "layercam", "scorecam", "xgradcam",
+    "RegionOfInterest", "roi", "class_regions",
+    "ablationcam", "cam", "eigencam", "gradcam_pp", "guided_gradcam", "hirescam", "layercam", "scorecam", "xgradcam",
 }
 
 
