@@ -186,9 +186,9 @@ class Guard:
                 raise LayerError(
                     f"layer {ref.label!r} returns {type(output).__name__}, not a tensor; pick a layer that outputs a feature map"
                 )
-            if not grad:
+            if not grad:  # keep the value; a copy goes downstream, so later in-place ops cannot change it
                 cap.value = output.detach()
-                return None
+                return output.clone()
             if output.requires_grad:  # downstream of another capture (several layers at once): a tap
                 cap.value = output
                 return output.clone()

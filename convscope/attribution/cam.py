@@ -279,7 +279,7 @@ def _scorecam_combine(score: str) -> Combine:
 
 @register("scorecam", family="cam", output="map", uses_layer=True,
           paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
-          quick={"top_channels": 16})
+          quick={"top_channels": 4})
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              score: str = "probability", relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
              precision: str = "fp32") -> Result:
@@ -317,7 +317,7 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
             live = _strongest(c.acts[b], live, c.top_channels)
             for start in range(0, live.numel(), c.batch_size):
                 plan["channels"] = chunk = live[start:start + c.batch_size]
-                rows = pixels[b:b + 1].expand(chunk.numel(), -1, -1, -1)
+                rows = pixels[b:b + 1].repeat(chunk.numel(), 1, 1, 1)  # real copies: the model may work in place
                 ablated = _target_scores(c, c.model.module(rows), b, "logit")
                 weights[b, chunk.to(weights.device)] = (base - ablated) / _nonzero(base)
     return weighted_sum(c.acts, weights[:, :, None, None])
@@ -337,7 +337,7 @@ def _nonzero(value: torch.Tensor) -> torch.Tensor:
 
 @register("ablationcam", family="cam", output="map", uses_layer=True,
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
-          quick={"top_channels": 16})
+          quick={"top_channels": 4})
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
                 relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
                 precision: str = "fp32") -> Result:

@@ -166,7 +166,7 @@ def default_batch_size(x: torch.Tensor) -> int:
 
 
 @register("integrated_gradients", family="gradient", output="pixels", uses_layer=False,
-          paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks", quick={"steps": 8})
+          paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks", quick={"steps": 4})
 def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, steps: int = 50,
                          baseline: Any = "zeros", rule: str = "gausslegendre", batch_size: int | None = None,
                          precision: str = "fp32") -> Result:
@@ -211,7 +211,7 @@ SMOOTHGRAD_VARIANTS = ("mean", "square", "var")
 
 @register("smoothgrad", family="gradient", output="pixels", uses_layer=False,
           paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise (VarGrad: Adebayo et al. 2018)",
-          quick={"samples": 4})
+          quick={"samples": 2})
 def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, method: str = "saliency",
                samples: int = 32, sigma: float = 0.15, variant: str = "mean", seed: int = 0,
                batch_size: int | None = None, precision: str = "fp32", **method_options: Any) -> Result:
