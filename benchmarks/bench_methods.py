@@ -34,16 +34,20 @@ rotated and garbage-collector-free rounds, the warm-up, the budget of rounds):
   (convscope and pytorch-grad-cam find them inside the call); pytorch-grad-cam objects are built before
   and released after each timed call (their hooks would otherwise fire in other contenders' forwards).
   Captum and pytorch-grad-cam run on the model as loaded (parameters requiring grad); convscope turns
-  that off inside its call. Captum calls that would put more than ``--max-ref-rows`` images through
-  one backward (``IntegratedGradients`` with its default ``internal_batch_size``: steps × batch rows)
-  are skipped with a note: on Lite0 that is about 80 MB per row, 20 GB at batch 8.
+  that off inside its call. No reference may put more than ``--max-ref-rows`` (64) images through one
+  backward, about 80 MB each on Lite0: ``IntegratedGradients`` with its default ``internal_batch_size``
+  (all steps × batch rows at once, 20 GB at batch 8) is then skipped, and ``NoiseTunnel`` gets a
+  smaller ``nt_samples_batch_size`` (it counts samples, each a whole batch); both with a note.
 * **CAM layer.** Captum and pytorch-grad-cam hook modules; convscope's default layer on Lite0 is
   ``_swish@1``, one call of a shared module, so they get ``_bn1``, the same map before the ReLU6
   (``bench_attribution.external_cam_layer``). On ResNet and VGG all use convscope's default layer.
 * **bf16.** Each method is also timed with ``precision="bf16"``; methods that refuse it (a
   ``ConvscopeError`` saying it is not offered) show "not offered". ``bf16`` gives that time ÷ F and,
   in brackets, ÷ the same method's fp32 time; ``corr`` is the Pearson correlation of ``.maps()`` fp32
-  vs bf16 per image, the minimum over the batch (from the last timed calls). Floors shown: F under bf16
+  vs bf16 per image, the minimum over the batch (from the last timed calls), over the images where
+  both precisions explain the same class: when bf16 changes an uncertain top-1 class (Lite0's
+  astronaut picture, p = 0.13) the maps answer different questions, so that image is left out of
+  ``corr`` and named in a note with its own correlation. Floors shown: F under bf16
   autocast; F on a channels-last copy of the input (convscope feeds the model such a copy); F+B
   (forward + gradient of the top-1 scores to the input, no parameter requiring grad: the floor of any
   pixel-gradient method), on the caller's layout and on channels-last.
@@ -264,13 +268,13 @@ def references(s: Setup, method: str) -> tuple[list[Contender], list[str]]:
     elif method == "smoothgrad":
         tunnel = attr.NoiseTunnel(attr.Saliency(module))
         stdev = SG_SIGMA * float((x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).mean())
-        rows = SG_SAMPLES * len(x)
-        if rows > s.max_ref_rows:
-            notes.append(f"captum NoiseTunnel skipped: {rows} rows in one backward (> --max-ref-rows {s.max_ref_rows})")
-        else:
-            refs.append(Contender("captum NoiseTunnel(Saliency)", lambda: tunnel.attribute(
-                x, nt_type="smoothgrad", nt_samples=SG_SAMPLES, nt_samples_batch_size=SG_SAMPLES, stdevs=stdev,
-                target=targets)))
+        per_pass = max(1, min(SG_SAMPLES, s.max_ref_rows // len(x)))  # nt_samples_batch_size counts samples, not rows
+        if per_pass < SG_SAMPLES:
+            notes.append(f"captum NoiseTunnel run with nt_samples_batch_size={per_pass}, not {SG_SAMPLES}: "
+                         f"{SG_SAMPLES * len(x)} rows in one backward would exceed --max-ref-rows {s.max_ref_rows}")
+        refs.append(Contender(f"captum NoiseTunnel(Saliency) nt_bs={per_pass}", lambda: tunnel.attribute(
+            x, nt_type="smoothgrad", nt_samples=SG_SAMPLES, nt_samples_batch_size=per_pass, stdevs=stdev,
+            target=targets)))
     if method in GRAD_CAM_LIB:
         refs.append(grad_cam_lib(s, method))
     if method == "gradcam":
@@ -353,12 +357,20 @@ def median_units(c: Contender | None, f: Sequence[float], unit: int) -> float | 
     return statistics.median(per_round(c, f, unit))
 
 
-def map_correlation(a: Any, b: Any) -> float:
-    """Per-image Pearson correlation of two Results' ``.maps()``; the minimum over the batch."""
+def map_correlation(a: Any, b: Any) -> tuple[float | None, list[str]]:
+    """The minimum over the batch of the per-image Pearson correlation of two Results' ``.maps()``,
+    over the images where both explain the same class; and a note for each image where they do not
+    (bf16 changed the top-1 class: a different question, not a less precise map)."""
     fa, fb = a.maps().flatten(1).double(), b.maps().flatten(1).double()
     fa, fb = fa - fa.mean(dim=1, keepdim=True), fb - fb.mean(dim=1, keepdim=True)
     corr = (fa * fb).sum(dim=1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-30)
-    return float(corr.min())
+    same = torch.ones_like(corr, dtype=torch.bool)
+    if a.target is not None and b.target is not None:
+        same = a.target.cpu() == b.target.cpu()
+    notes = [f"bf16 picked class {int(b.target[i])} instead of {int(a.target[i])} for image {i} "
+             f"(fp32 top-1 probability {float(a.meta['probabilities'][i]):.2f}); map corr there {float(corr[i]):.3f}, "
+             f"left out of corr" for i in torch.nonzero(~same).flatten().tolist()]
+    return (float(corr[same].min()) if bool(same.any()) else None), notes
 
 
 @dataclass
@@ -401,7 +413,8 @@ def summarize(row: Row, f: Sequence[float], s: Setup, is_f: bool) -> Line:
             vs_fp32 = statistics.median(b / a for b, a in zip(row.bf16.times, row.ours.times))
             bf16 = f"{bf16_units:.2f} ({vs_fp32:.2f})"
             if row.ours.name in s.last and row.bf16.name in s.last and hasattr(s.last[row.ours.name], "maps"):
-                corr = map_correlation(s.last[row.ours.name], s.last[row.bf16.name])
+                corr, flips = map_correlation(s.last[row.ours.name], s.last[row.bf16.name])
+                row.notes += [n for n in flips if n not in row.notes]
     return Line(row.label, row.unit_label, seconds, mine, row.ours.error, best.name if best else "-", best_value, speedup,
                 bf16, bf16_units, corr, verdict(row, mine, speedup, corr))
 
@@ -475,8 +488,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--f-every", type=int, default=4,
                    help="single-pass group: time F again before every N contenders (default: 4)")
     p.add_argument("--skip-slow", action="store_true", help="leave out scorecam and ablationcam")
-    p.add_argument("--max-ref-rows", type=int, default=128,
-                   help="skip reference calls with more rows than this in one backward (default: 128)")
+    p.add_argument("--max-ref-rows", type=int, default=64,
+                   help="most rows a reference puts through one backward (default: 64; ~80 MB a row on Lite0)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     return p.parse_args(argv)
 
