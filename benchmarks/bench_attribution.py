@@ -39,6 +39,7 @@ import argparse
 import gc
 import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# Measure the convscope of this checkout, not whatever an (editable) install points at.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import convscope as cs
 
 SAMPLES = ("cat", "coffee", "astronaut", "rocket")
@@ -310,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = load_benchmark_model(args.model)
     ref = cs.default_cam_layer(model, (model.channels, *model.input_size))
     cam_layer = external_cam_layer(model, ref)
+    print(f"convscope {cs.__version__} from {os.path.dirname(cs.__file__)}")
     print(f"model {model.name}; convscope Grad-CAM layer: {ref.label}; Captum / pytorch-grad-cam layer: "
           f"{cam_layer.name}\n  ({cam_layer.note})")
     for batch in args.batches:
