@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConvscopeError
 
-__all__ = ["MethodInfo", "explain", "get", "methods", "register"]
+__all__ = ["MethodInfo", "OptionSpec", "choices", "describe_options", "explain", "get", "methods", "register"]
 
 FAMILIES = ("gradient", "cam", "perturbation", "feature")
 OUTPUTS = ("map", "pixels")
@@ -43,6 +44,95 @@ class MethodInfo:
         """The keyword options beyond model, x, target and layer, with their defaults."""
         params = inspect.signature(self.fn).parameters
         return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("target", "layer")}
+
+    def option_specs(self) -> list[OptionSpec]:
+        """Every option described for a form or ``--help``: name, default, type, choices, help text
+        (from the docstring's ``Options:`` section, ``name: text`` per option)."""
+        return describe_options(self.fn, skip=("target", "layer"))
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One keyword option of a registered function, as a front end shows it."""
+
+    name: str
+    default: Any  # inspect.Parameter.empty when required
+    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "any"
+    choices: tuple[Any, ...]
+    help: str
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-safe description (the web app's forms); defaults that are not plain values become None."""
+        plain = self.default if isinstance(self.default, (int, float, str, bool, type(None))) else None
+        return {"name": self.name, "default": plain, "kind": self.kind, "choices": list(self.choices), "help": self.help}
+
+
+def _option_help(doc: str) -> dict[str, str]:
+    """``name: text`` entries of a docstring's ``Options:`` section (continuation lines indented more)."""
+    lines = doc.split("\n")
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Options:")
+    except StopIteration:
+        return {}
+    helps: dict[str, str] = {}
+    current, indent = None, None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            if current is not None:
+                break
+            continue
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        if width < indent:
+            break
+        match = re.match(r"\s*``?(\w+)``?\s*:\s*(.*)", line) if width == indent else None
+        if match:
+            current = match.group(1)
+            helps[current] = match.group(2).strip()
+        elif current is not None:
+            helps[current] += " " + line.strip()
+    return {k: " ".join(v.replace("``", "").split()) for k, v in helps.items()}
+
+
+def _kind(param: inspect.Parameter) -> str:
+    annotation = str(param.annotation)
+    default = param.default
+    if isinstance(default, bool) or annotation == "bool":
+        return "bool"
+    if "Literal" in annotation:
+        return "choice"
+    for name in ("int", "float", "str"):
+        if annotation == name or annotation.startswith(name + " |"):
+            return name
+    if isinstance(default, (int, float, str)) and not isinstance(default, bool):
+        return type(default).__name__
+    return "any"
+
+
+def describe_options(fn: Callable[..., Any], *, skip: tuple[str, ...] = ()) -> list[OptionSpec]:
+    """The keyword-only options of ``fn`` (see ``MethodInfo.option_specs``); ``Literal[...]``
+    annotations and ``CHOICES`` give the allowed values."""
+    helps = _option_help(inspect.getdoc(fn) or "")
+    choices_of = getattr(fn, "__convscope_choices__", {})
+    specs = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind is not param.KEYWORD_ONLY or name in skip:
+            continue
+        choices = tuple(choices_of.get(name, ()))
+        kind = "choice" if choices else _kind(param)
+        specs.append(OptionSpec(name, param.default, kind, choices, helps.get(name, "")))
+    return specs
+
+
+def choices(**allowed: tuple[Any, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator recording the allowed values of options (``@choices(variant=("mean", "square"))``)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__convscope_choices__ = {**getattr(fn, "__convscope_choices__", {}), **allowed}  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
 
 
 _METHODS: dict[str, MethodInfo] = {}
