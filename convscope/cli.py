@@ -89,29 +89,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _parse_options(info: Any, pairs: list[str]) -> dict[str, Any]:
-    """``--set steps=32 --set baseline=blur`` -> typed keyword options, checked against the method."""
+    """``--set steps=32 --set baseline=blur`` -> typed keyword options, checked against the method's
+    option specs (kind and allowed values)."""
     from convscope.errors import ConvscopeError
 
+    specs = {spec.name: spec for spec in info.option_specs()}
     options: dict[str, Any] = {}
-    known = info.options
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
             raise ConvscopeError(f"--set expects key=value, got {pair!r}")
-        if key not in known:
-            raise ConvscopeError(f"{info.name} has no option {key!r}; options: {', '.join(known) or 'none'}")
-        default = known[key].default
+        if key not in specs:
+            raise ConvscopeError(f"{info.name} has no option {key!r}; options: {', '.join(specs) or 'none'}")
+        spec = specs[key]
         try:
-            if isinstance(default, bool):
-                value: Any = text.lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
+            if text.lower() == "none" and spec.default is None:
+                value: Any = None
+            elif spec.kind == "bool":
+                if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError
+                value = text.lower() in ("1", "true", "yes", "on")
+            elif spec.kind == "int":
                 value = int(text)
-            elif isinstance(default, float):
+            elif spec.kind == "float":
                 value = float(text)
             else:
-                value = None if text.lower() == "none" else text
+                value = text
         except ValueError:
-            raise ConvscopeError(f"option {key}={text!r} is not a {type(default).__name__}") from None
+            raise ConvscopeError(f"option {key}={text!r} is not a {spec.kind}") from None
+        if spec.choices and value not in spec.choices:
+            raise ConvscopeError(f"option {key}={text!r}: choose one of {', '.join(map(str, spec.choices))}")
         options[key] = value
     return options
 
@@ -119,9 +126,17 @@ def _parse_options(info: Any, pairs: list[str]) -> dict[str, Any]:
 def cmd_methods(args: argparse.Namespace) -> int:
     import convscope as cs
 
+    if args.name:  # one method in full: paper and every option with its help
+        info = cs.registry.get(args.name)
+        print(f"{info.name} ({info.family}): {info.summary}\npaper: {info.paper}\noptions (--set name=value):")
+        for spec in info.option_specs():
+            allowed = f" one of {', '.join(map(str, spec.choices))};" if spec.choices else ""
+            print(f"  {spec.name} = {spec.default!r} ({spec.kind};{allowed} {spec.help})")
+        return 0
     for info in cs.methods():
         options = ", ".join(f"{k}={p.default!r}" for k, p in info.options.items())
-        print(f"{info.name:22s} {info.family:9s} {info.summary}\n{'':32s} options: {options or 'none'}")
+        print(f"{info.name:22s} {info.family:12s} {info.summary}\n{'':35s} options: {options or 'none'}")
+    print("\n`convscope methods NAME` describes a method's options.")
     return 0
 
 
@@ -159,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output PNG (default: <image>_<method>.png)")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("methods", help="list the registered methods")
+    p = sub.add_parser("methods", help="list the registered methods, or describe one")
+    p.add_argument("name", nargs="?", help="a method to describe in full")
     p.set_defaults(func=cmd_methods)
     return parser
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import LayerError
@@ -280,31 +281,41 @@ class _RectifierFunction(torch.autograd.Function):
         if ctx.rule == "deconvnet":
             return positive, None, None, None, None, None
         if ctx.slope:
-            local = torch.where(out > 0, torch.ones_like(out), torch.full_like(out, ctx.slope))
-        else:
-            local = ((out > ctx.low) & (out < ctx.high)).to(grad.dtype)
-        return positive * local, None, None, None, None, None
+            local = torch.where(out > 0, positive, positive * ctx.slope)
+        elif ctx.high == _INF:  # one fused kernel: pass where out > low
+            local = torch.ops.aten.threshold_backward(positive, out, ctx.low)
+        else:  # pass where low < out < high
+            local = torch.ops.aten.hardtanh_backward(positive, out, ctx.low, ctx.high)
+        return local, None, None, None, None, None
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+_INF = float("inf")
+# ReLU-like functions -> (input, low, high, leaky slope, inplace); a dict so that the mode's check of
+# every other torch call (convolutions, additions, ...) is one lookup.
+_RECTIFIERS: dict[Any, Callable[[tuple, dict], tuple[Any, float, float, float, bool] | None]] = {
+    F.relu: lambda a, k: (a[0], 0.0, _INF, 0.0, bool(_arg(a, k, 1, "inplace", False))),
+    torch.relu: lambda a, k: (a[0], 0.0, _INF, 0.0, False),
+    torch.Tensor.relu: lambda a, k: (a[0], 0.0, _INF, 0.0, False),
+    torch.relu_: lambda a, k: (a[0], 0.0, _INF, 0.0, True),
+    torch.Tensor.relu_: lambda a, k: (a[0], 0.0, _INF, 0.0, True),
+    F.relu_: lambda a, k: (a[0], 0.0, _INF, 0.0, True),
+    F.relu6: lambda a, k: (a[0], 0.0, 6.0, 0.0, bool(_arg(a, k, 1, "inplace", False))),
+    # ReLU6 and other clipped ReLUs (hardtanh with min 0); other hardtanh calls are left alone
+    F.hardtanh: lambda a, k: ((a[0], 0.0, float(_arg(a, k, 2, "max_val", 1.0)), 0.0, bool(_arg(a, k, 3, "inplace", False)))
+                              if float(_arg(a, k, 1, "min_val", -1.0)) == 0.0 else None),
+    F.leaky_relu: lambda a, k: (a[0], 0.0, _INF, float(_arg(a, k, 1, "negative_slope", 0.01)),
+                                bool(_arg(a, k, 2, "inplace", False))),
+}
 
 
 def _rectifier_call(func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float, float, float, bool] | None:
     """(input, low, high, leaky slope, inplace) when ``func`` is a ReLU-like call, else None."""
-    import torch.nn.functional as F
-
-    def arg(i: int, name: str, default: Any) -> Any:
-        return args[i] if len(args) > i else kwargs.get(name, default)
-
-    inf = float("inf")
-    if func in (F.relu, torch.relu, torch.Tensor.relu):
-        return args[0], 0.0, inf, 0.0, bool(arg(1, "inplace", False))
-    if func in (torch.relu_, torch.Tensor.relu_, F.relu_):
-        return args[0], 0.0, inf, 0.0, True
-    if func is F.relu6:
-        return args[0], 0.0, 6.0, 0.0, bool(arg(1, "inplace", False))
-    if func is F.hardtanh and float(arg(1, "min_val", -1.0)) == 0.0:  # ReLU6 and other clipped ReLUs
-        return args[0], 0.0, float(arg(2, "max_val", 1.0)), 0.0, bool(arg(3, "inplace", False))
-    if func is F.leaky_relu:
-        return args[0], 0.0, inf, float(arg(1, "negative_slope", 0.01)), bool(arg(2, "inplace", False))
-    return None
+    parse = _RECTIFIERS.get(func)
+    return None if parse is None else parse(args, kwargs)
 
 
 class RectifierRule(torch.overrides.TorchFunctionMode):
@@ -321,7 +332,10 @@ class RectifierRule(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        call = _rectifier_call(func, args, kwargs)
+        parse = _RECTIFIERS.get(func)
+        if parse is None:
+            return func(*args, **kwargs)
+        call = parse(args, kwargs)
         if call is None or not isinstance(call[0], torch.Tensor) or not call[0].requires_grad:
             return func(*args, **kwargs)
         x, low, high, slope, inplace = call

@@ -15,13 +15,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO, Union
+from typing import Any, TextIO
 
 from .errors import ConvscopeError
 
 __all__ = ["Cancelled", "ProgressArg", "Tracker", "tracker"]
 
-ProgressArg = Union[None, bool, Callable[[int, int, str], Any]]
+ProgressArg = bool | Callable[[int, int, str], Any] | None
 
 
 class Cancelled(ConvscopeError):

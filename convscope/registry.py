@@ -86,7 +86,7 @@ def _option_help(doc: str) -> dict[str, str]:
             indent = width
         if width < indent:
             break
-        match = re.match(r"\s*``?(\w+)``?\s*:\s*(.*)", line) if width == indent else None
+        match = re.match(r"\s*(?:``)?(\w+)(?:``)?\s*:\s*(.*)", line) if width == indent else None
         if match:
             current = match.group(1)
             helps[current] = match.group(2).strip()

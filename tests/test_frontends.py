@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,3 +121,46 @@ def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
             assert f'id="{info.name}"' in html
     assert "not applicable" not in html and "Region of interest" in html
     assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)
+
+
+def test_every_registered_option_is_described_for_forms() -> None:
+    """The web app and `convscope methods NAME` build forms from the registry: every option has help
+    text, a kind, and a default that is one of its choices."""
+    for info in cs.methods():
+        specs = info.option_specs()
+        assert [s.name for s in specs] == list(info.options), info.name
+        for spec in specs:
+            assert spec.help, f"{info.name}.{spec.name} has no help text in the docstring's Options: section"
+            assert spec.kind in ("int", "float", "bool", "str", "choice", "any")
+            if spec.choices:
+                assert spec.default in spec.choices, f"{info.name}.{spec.name}"
+            assert json.loads(json.dumps(spec.as_json()))["name"] == spec.name
+
+
+def test_option_help_parsing() -> None:
+    def fn(model: Any, x: Any, *, target: Any = None, steps: int = 3, mode: str = "a", scale: float | None = None) -> None:
+        """Title.
+
+        Options:
+            steps: how many
+                steps, continued.
+            ``mode``: the mode.
+            scale: a float.
+
+        Not an option: text after the section.
+        """
+
+    fn = cs.registry.choices(mode=("a", "b"))(fn)
+    specs = {s.name: s for s in cs.registry.describe_options(fn, skip=("target",))}
+    assert specs["steps"].help == "how many steps, continued." and specs["steps"].kind == "int"
+    assert specs["mode"].help == "the mode." and specs["mode"].choices == ("a", "b") and specs["mode"].kind == "choice"
+    assert specs["scale"].kind == "float" and specs["scale"].default is None
+
+
+def test_cli_describes_a_method_and_checks_option_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods", "integrated_gradients"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline = 'zeros'" in out and "one of zeros, black, blur" in out and "Sundararajan" in out
+    assert main(["explain", "integrated_gradients", "cat", "--set", "rule=simpson"]) == 2
+    err = capsys.readouterr().err
+    assert "choose one of gausslegendre" in err and err.count("\n") == 1

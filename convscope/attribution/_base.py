@@ -12,18 +12,21 @@ from ..models import Model, as_model
 from ..result import Result
 from ..targets import Target, check_target
 
-__all__ = ["BF16_GRADIENTS", "PRECISIONS", "compute_precision", "package", "prepare"]
+__all__ = ["BF16_GRADIENTS", "FP32_ONLY", "PRECISIONS", "compute_precision", "package", "prepare"]
 
 # Measured on EfficientNet-Lite0 (benchmarks/): bf16 pixel gradients correlate with fp32 at only 0.5-0.9.
 BF16_GRADIENTS = "bfloat16 gradients through every layer give pixel maps that agree with fp32 only to a correlation of 0.5-0.9"
 
 PRECISIONS = ("fp32", "bf16")
+FP32_ONLY = ("fp32",)  # the choices of methods that refuse bf16
 
 
 def compute_precision(model: Model, precision: str) -> AbstractContextManager[Any]:
     """fp32 (exact) or bf16: autocast to bfloat16 — faster forwards on CPUs with bf16 units. CAM maps
     agree with fp32 to a correlation of 0.99+ (measured on EfficientNet-Lite0); methods whose maps
-    would not agree refuse it (see ``prepare``). Results are returned as float32 either way."""
+    would not agree refuse it (see ``prepare``). Results are returned as float32 either way. With
+    ``target=None`` the explained class is the top-1 of the bf16 forward, which differs from fp32's
+    only when two classes' scores are within bfloat16's resolution (``Result.target`` says which)."""
     if precision == "fp32":
         return nullcontext()
     if precision == "bf16":

@@ -21,10 +21,10 @@ from ..errors import ConvscopeError, LayerError, TargetError
 from ..hooks import Guard, LayerRef
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
 from ..models import Model, as_model
-from ..registry import register
+from ..registry import choices, register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import compute_precision, package, prepare
+from ._base import FP32_ONLY, PRECISIONS, compute_precision, package, prepare
 from .gradient import default_batch_size, guided_backprop
 
 __all__ = ["ablationcam", "cam", "cam_engine", "eigencam", "gradcam", "gradcam_pp", "guided_gradcam", "hirescam",
@@ -48,6 +48,7 @@ class CamInputs:
     precision: str
     batch_size: int
     top_channels: int | None = None  # perturbation variants: evaluate only the K strongest channels
+    output: torch.Tensor | None = None  # the model's output in the explaining forward (detached)
 
 
 Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, h, w) before the ReLU
@@ -95,7 +96,8 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
     maps = []
     for ref, a, g in zip(refs, acts, grads):
         inputs = CamInputs(wrapped, x, ref, a.detach().float(), None if g is None else g.float(), fixed,
-                           scores.detach(), precision, rows, top_channels)
+                           scores.detach(), precision, rows, top_channels,
+                           output.detach() if isinstance(output, torch.Tensor) else None)
         low = combine(inputs)
         maps.append(low.clamp_min(0) if relu else low)
     size = tuple(x.shape[-2:])
@@ -152,8 +154,13 @@ def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable
     method.__doc__ = doc + """
 
     ``layer``: a name, a module, a list of them (maps fused: each scaled by its maximum, then
-    averaged) or None for the last convolutional map. ``relu=False`` keeps negative evidence.
+    averaged) or None for the last convolutional map.
+
+    Options:
+        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
     """
+    choices(precision=PRECISIONS)(method)
     return register(name, family="cam", output="map", uses_layer=True, paper=paper)(method)
 
 
@@ -178,8 +185,9 @@ hirescam = _register_cam(
 def _gap_linear_head(c: CamInputs) -> nn.Linear:
     """The Linear layer that makes the output from the global average of the layer's maps."""
     pooled = c.acts.mean(dim=(2, 3))  # (B, K)
-    with Guard(c.model.module, grad=False), compute_precision(c.model, c.precision):
-        output = c.model.module(c.model.working_copy(c.x)).float()
+    if c.output is None or c.output.dim() != 2:
+        raise LayerError("cam needs a model whose output is a (B, classes) tensor of logits; use gradcam")
+    output = c.output.float()  # the explaining forward's output: no second forward
     for module in c.model.module.modules():
         if isinstance(module, nn.Linear) and module.in_features == pooled.shape[1] and module.out_features == output.shape[-1]:
             predicted = F.linear(pooled, module.weight.float(), None if module.bias is None else module.bias.float())
@@ -200,10 +208,16 @@ def _cam(c: CamInputs) -> torch.Tensor:
 
 @register("cam", family="cam", output="map", uses_layer=True,
           paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization")
+@choices(precision=PRECISIONS)
 def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None, relu: bool = True,
         precision: str = "fp32") -> Result:
     """CAM: the last feature maps weighted by the class's weights in the linear layer after global
-    average pooling, (B, 1, H, W). Only for GAP→linear heads; a clear error otherwise."""
+    average pooling, (B, 1, H, W). Only for GAP→linear heads; a clear error otherwise.
+
+    Options:
+        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+    """
     return cam_engine(model, x, target=target, layer=layer, method="cam", combine=_cam, needs_grad=False, relu=relu,
                       precision=precision)
 
@@ -222,10 +236,16 @@ def _eigencam(c: CamInputs) -> torch.Tensor:
 
 @register("eigencam", family="cam", output="map", uses_layer=True,
           paper="Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components")
+@choices(precision=PRECISIONS)
 def eigencam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              relu: bool = True, precision: str = "fp32") -> Result:
     """Eigen-CAM: the first principal component of the layer's activations, (B, 1, H, W). Class-agnostic:
-    ``target`` only names the class in the result; no gradients."""
+    ``target`` only names the class in the result; no gradients.
+
+    Options:
+        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+    """
     return cam_engine(model, x, target=target, layer=layer, method="eigencam", combine=_eigencam, needs_grad=False,
                       relu=relu, precision=precision)
 
@@ -280,6 +300,7 @@ def _scorecam_combine(score: str) -> Combine:
 @register("scorecam", family="cam", output="map", uses_layer=True,
           paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
           quick={"top_channels": 4})
+@choices(score=("probability", "logit_softmax"), precision=PRECISIONS)
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              score: str = "probability", relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
              precision: str = "fp32") -> Result:
@@ -289,6 +310,13 @@ def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: Layer
     ``score``: "probability" (the paper: softmax probability of the class) or "logit_softmax"
     (pytorch-grad-cam: a softmax over channels of the class logits). ``top_channels``: a faster
     approximation that evaluates only the channels with the largest mean activation (others weigh 0).
+
+    Options:
+        score: "probability" (the paper) or "logit_softmax" (pytorch-grad-cam's variant).
+        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
+        top_channels: evaluate only this many strongest channels (faster, approximate); None: all.
+        batch_size: masked images per forward (None: about 16 images of 224x224).
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
     """
     if score not in ("probability", "logit_softmax"):
         raise ConvscopeError(f"unknown score {score!r}; choose 'probability' or 'logit_softmax'")
@@ -338,12 +366,20 @@ def _nonzero(value: torch.Tensor) -> torch.Tensor:
 @register("ablationcam", family="cam", output="map", uses_layer=True,
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
           quick={"top_channels": 4})
+@choices(precision=FP32_ONLY)
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
                 relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
                 precision: str = "fp32") -> Result:
     """Ablation-CAM: each channel weighted by the relative drop of the target score when that channel
     is set to zero, (B, 1, H, W). One forward per non-zero channel, batched; ``top_channels`` ablates
-    only the channels with the largest mean activation (a faster approximation; others weigh 0)."""
+    only the channels with the largest mean activation (a faster approximation; others weigh 0).
+
+    Options:
+        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
+        top_channels: ablate only this many strongest channels (faster, approximate); None: all.
+        batch_size: ablated copies per forward (None: about 16 images of 224x224).
+        precision: "fp32" only (bf16 is refused: the score drops are below its resolution).
+    """
     return cam_engine(model, x, target=target, layer=layer, method="ablationcam", combine=_ablationcam,
                       needs_grad=False, relu=relu, precision=precision, batch_size=batch_size,
                       no_bf16="the per-channel score drops it measures are below bfloat16's resolution",
@@ -353,9 +389,14 @@ def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: La
 # -- Guided Grad-CAM ---------------------------------------------------------------------------------
 @register("guided_gradcam", family="cam", output="pixels", uses_layer=True,
           paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM: guided backpropagation x Grad-CAM)")
+@choices(precision=FP32_ONLY)
 def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None,
                    precision: str = "fp32") -> Result:
-    """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W)."""
+    """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W).
+
+    Options:
+        precision: "fp32" (bf16 is refused: guided backpropagation's pixel gradients do not agree with fp32).
+    """
     guided = guided_backprop(model, x, target=target, precision=precision)
     fixed: Target = guided.target if guided.target is not None else target
     coarse = gradcam(model, x, target=fixed, layer=layer, precision=precision)

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from ..errors import ConvscopeError, LayerError, TargetError
 from ..hooks import Guard
 from ..models import Model
-from ..registry import register
+from ..registry import choices, register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import BF16_GRADIENTS, compute_precision, package, prepare
+from ._base import BF16_GRADIENTS, FP32_ONLY, compute_precision, package, prepare
 
 __all__ = ["deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad"]
 
@@ -51,12 +51,17 @@ def gradient_pass(model: Model, x: torch.Tensor, target: Target, *, rule: str | 
 
 @register("saliency", family="gradient", output="pixels", uses_layer=False,
           paper="Simonyan, Vedaldi & Zisserman 2013, Deep Inside Convolutional Networks")
+@choices(precision=FP32_ONLY)
 def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, abs: bool = True,
              precision: str = "fp32") -> Result:
     """Vanilla gradient saliency: |d score / d pixel|, (B, C, H, W).
 
-    ``abs=False`` keeps the sign. Rendering shows the maximum over channels, as in the paper.
-    Cost: one forward and one backward to the input, no weight gradients.
+    Rendering shows the maximum over channels, as in the paper. Cost: one forward and one backward
+    to the input, no weight gradients.
+
+    Options:
+        abs: True for |gradient| (the paper); False keeps the sign.
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
     """
     _no_layer("saliency", layer)
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
@@ -67,9 +72,14 @@ def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None 
 
 @register("input_x_gradient", family="gradient", output="pixels", uses_layer=False,
           paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through Propagating Activation Differences")
+@choices(precision=FP32_ONLY)
 def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
                      precision: str = "fp32") -> Result:
-    """Input × gradient: x · d score / d x, signed, (B, C, H, W) (a first-order Taylor attribution)."""
+    """Input × gradient: x · d score / d x, signed, (B, C, H, W) (a first-order Taylor attribution).
+
+    Options:
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
+    """
     _no_layer("input_x_gradient", layer)
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, _ = gradient_pass(wrapped, x, target, precision=precision)
@@ -89,19 +99,29 @@ def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Targ
 
 @register("guided_backprop", family="gradient", output="pixels", uses_layer=False,
           paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
+@choices(precision=FP32_ONLY)
 def guided_backprop(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
                     precision: str = "fp32") -> Result:
     """Guided backpropagation: at every ReLU-like activation only positive gradients pass where the
-    input was positive, (B, C, H, W). ``meta["rewritten"]`` counts the activations changed."""
+    input was positive, (B, C, H, W). ``meta["rewritten"]`` counts the activations changed.
+
+    Options:
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
+    """
     return _rectified("guided_backprop", "guided", model, x, target, layer, precision)
 
 
 @register("deconvnet", family="gradient", output="pixels", uses_layer=False,
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks")
+@choices(precision=FP32_ONLY)
 def deconvnet(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
               precision: str = "fp32") -> Result:
     """Deconvnet: ReLU-like activations pass only positive gradients, ignoring the forward's sign,
-    (B, C, H, W). ``meta["rewritten"]`` counts the activations changed."""
+    (B, C, H, W). ``meta["rewritten"]`` counts the activations changed.
+
+    Options:
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
+    """
     return _rectified("deconvnet", "deconvnet", model, x, target, layer, precision)
 
 
@@ -167,6 +187,8 @@ def default_batch_size(x: torch.Tensor) -> int:
 
 @register("integrated_gradients", family="gradient", output="pixels", uses_layer=False,
           paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks", quick={"steps": 4})
+@choices(baseline=("zeros", "black", "blur"), rule=("gausslegendre", "riemann_middle", "riemann_trapezoid"),
+         precision=FP32_ONLY)
 def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, steps: int = 50,
                          baseline: Any = "zeros", rule: str = "gausslegendre", batch_size: int | None = None,
                          precision: str = "fp32") -> Result:
@@ -174,6 +196,13 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
 
     All ``steps`` points of every image are evaluated in batches of ``batch_size`` rows.
     ``meta["delta"]`` = sum(attribution) - (score(x) - score(baseline)), the completeness error.
+
+    Options:
+        steps: points on the path from the baseline to x (more: smaller completeness error).
+        baseline: the reference input: "zeros", "black" (a black picture), "blur" (x blurred) or a tensor.
+        rule: the quadrature: "gausslegendre" (most accurate per step), "riemann_middle" or "riemann_trapezoid".
+        batch_size: rows per forward/backward (None: about 16 images of 224x224).
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
     """
     _no_layer("integrated_gradients", layer)
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
@@ -212,6 +241,7 @@ SMOOTHGRAD_VARIANTS = ("mean", "square", "var")
 @register("smoothgrad", family="gradient", output="pixels", uses_layer=False,
           paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise (VarGrad: Adebayo et al. 2018)",
           quick={"samples": 2})
+@choices(variant=SMOOTHGRAD_VARIANTS, precision=FP32_ONLY)
 def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, method: str = "saliency",
                samples: int = 32, sigma: float = 0.15, variant: str = "mean", seed: int = 0,
                batch_size: int | None = None, precision: str = "fp32", **method_options: Any) -> Result:
@@ -221,6 +251,15 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
     variant: "mean" (SmoothGrad), "square" (SmoothGrad², the mean of squares), "var" (VarGrad).
     Sample s uses the same noise for every image, drawn from ``seed`` — so the answer depends neither
     on ``batch_size`` nor on which other images share the batch.
+
+    Options:
+        method: the gradient method averaged (saliency, input_x_gradient, guided_backprop, deconvnet, integrated_gradients).
+        samples: noisy copies per image.
+        sigma: noise standard deviation as a fraction of each image's value range.
+        variant: "mean" (SmoothGrad), "square" (SmoothGrad², mean of squares) or "var" (VarGrad, the variance).
+        seed: the noise's seed (same seed, same answer).
+        batch_size: rows per forward/backward (None: about 16 images of 224x224).
+        precision: "fp32" only (bf16 is refused: its pixel gradients do not agree with fp32).
     """
     from ..registry import get
 
