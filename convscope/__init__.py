@@ -8,7 +8,7 @@
 Every method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -> cs.Result``.
 """
 
-from . import targets
+from . import features, metrics, targets
 from .attribution import (
     ablationcam,
     cam,
@@ -22,12 +22,21 @@ from .attribution import (
     input_x_gradient,
     integrated_gradients,
     layercam,
+    masked_image,
+    occlusion,
+    occlusion_mask,
+    rise,
     saliency,
     scorecam,
     smoothgrad,
+    superpixels,
     xgradcam,
 )
 from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
+from .features import class_image, compare_filters, dream, feature_maps, filters, layer_info, maximize
+from .features import objectives as objectives
+from .features.embed import Embedding, Projection, embed, pca, tsne, tsne_sweep, umap
+from .features.projector import export_projector
 from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
 from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
@@ -36,11 +45,13 @@ from .registry import explain, methods
 from .report import build_report as report
 from .result import Result
 from .roi import RegionOfInterest, class_regions, roi
+from .zoo.digits import digits_dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvscopeError",
+    "Embedding",
     "Guard",
     "ImageError",
     "InputError",
@@ -50,6 +61,7 @@ __all__ = [
     "Model",
     "ModelError",
     "Prediction",
+    "Projection",
     "RegionOfInterest",
     "Result",
     "TargetError",
@@ -57,11 +69,20 @@ __all__ = [
     "ablationcam",
     "available_models",
     "cam",
+    "class_image",
     "class_regions",
+    "compare_filters",
     "deconvnet",
     "default_cam_layer",
+    "digits_dataset",
+    "dream",
     "eigencam",
+    "embed",
     "explain",
+    "export_projector",
+    "feature_maps",
+    "features",
+    "filters",
     "gradcam",
     "gradcam_pp",
     "guided_backprop",
@@ -70,19 +91,32 @@ __all__ = [
     "imagenet_labels",
     "input_x_gradient",
     "integrated_gradients",
+    "layer_info",
     "layercam",
     "layers",
     "load_image",
     "load_model",
+    "masked_image",
+    "maximize",
     "methods",
+    "metrics",
+    "objectives",
+    "occlusion",
+    "occlusion_mask",
+    "pca",
     "report",
     "resolve_layer",
+    "rise",
     "roi",
     "saliency",
     "sample_image",
     "scorecam",
     "smoothgrad",
     "summary",
+    "superpixels",
     "targets",
+    "tsne",
+    "tsne_sweep",
+    "umap",
     "xgradcam",
 ]

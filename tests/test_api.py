@@ -15,6 +15,9 @@ PUBLIC = {
     "deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "smoothgrad",
     "RegionOfInterest", "roi", "class_regions",
     "ablationcam", "cam", "eigencam", "gradcam_pp", "guided_gradcam", "hirescam", "layercam", "scorecam", "xgradcam",
+    "occlusion", "rise", "superpixels", "occlusion_mask", "masked_image", "metrics",
+    "features", "filters", "compare_filters", "feature_maps", "layer_info", "maximize", "class_image", "dream", "objectives",
+    "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap", "export_projector", "digits_dataset",
 }
 
 

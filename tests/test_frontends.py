@@ -113,13 +113,16 @@ def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
 
 
 def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
-    """`convscope report` on the defaults: the cat, its top-5, and one section per registered method."""
-    assert main(["report", "--out", str(tmp_path)]) == 0
+    """`convscope report` on the defaults (--quick settings to keep the suite fast): the cat, its top-5,
+    one section per registered method, the trust ranking and the feature-visualization sections."""
+    assert main(["report", "--quick", "--out", str(tmp_path)]) == 0
     html = (tmp_path / "index.html").read_text()
     for info in cs.methods():
-        if info.family in ("gradient", "cam"):
-            assert f'id="{info.name}"' in html
+        assert f'id="{info.name}"' in html
     assert "not applicable" not in html and "Region of interest" in html
+    for title in ("Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
+                  "What the channels want to see", "The picture the model wants for", "Deep Dream"):
+        assert title in html, title
     assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)
 
 
@@ -164,3 +167,35 @@ def test_cli_describes_a_method_and_checks_option_values(capsys: pytest.CaptureF
     assert main(["explain", "integrated_gradients", "cat", "--set", "rule=simpson"]) == 2
     err = capsys.readouterr().err
     assert "choose one of gausslegendre" in err and err.count("\n") == 1
+
+
+def _digit_folder(root: Path, count: int = 40) -> Path:
+    from convscope.zoo.digits import digits_dataset
+
+    data = digits_dataset("test")
+    for i in range(count):
+        picture, label = data[i]
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        picture.save(root / str(label) / f"{i}.png")
+    return root
+
+
+def test_cli_embed_writes_maps_and_projector_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _digit_folder(tmp_path / "digits")
+    out = tmp_path / "out"
+    assert main(["embed", str(folder), "--model", "digits_cnn", "--out", str(out), "--perplexity", "5,10", "--projector"]) == 0
+    printed = capsys.readouterr().out
+    assert "40 images, 64 features from input of fc" in printed and "accuracy" in printed
+    for name in ("scatter.png", "thumbnails.png", "perplexities.png", "features.npy", "projector/projector_config.pbtxt",
+                 "projector/sprite.png", "projector/metadata.tsv", "projector/tensors.tsv"):
+        assert (out / name).stat().st_size > 0, name
+    assert np.load(out / "features.npy").shape == (40, 64)
+
+
+def test_report_maps_a_folder_in_feature_space(tmp_path: Path) -> None:
+    folder = _digit_folder(tmp_path / "digits", 30)
+    model = cs.load_model("digits_cnn")
+    path = cs.report(model, [str(folder / "0" / next(p.name for p in (folder / "0").iterdir()))], tmp_path / "r",
+                     methods=["gradcam"], folder=folder)
+    page = path.read_text()
+    assert "The dataset in feature space" in page and "30 images" in page and "perplexity 15 and 25" in page

@@ -13,7 +13,8 @@ from .cam import (
     xgradcam,
 )
 from .gradient import deconvnet, guided_backprop, input_x_gradient, integrated_gradients, saliency, smoothgrad
+from .perturbation import masked_image, occlusion, occlusion_mask, rise, superpixels
 
 __all__ = ["ablationcam", "cam", "deconvnet", "eigencam", "gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam",
-           "hirescam", "input_x_gradient", "integrated_gradients", "layercam", "saliency", "scorecam", "smoothgrad",
-           "xgradcam"]
+           "hirescam", "input_x_gradient", "integrated_gradients", "layercam", "masked_image", "occlusion", "occlusion_mask",
+           "rise", "saliency", "scorecam", "smoothgrad", "superpixels", "xgradcam"]

@@ -1,0 +1,8 @@
+"""Which explanation to trust: faithfulness (deletion / insertion curves, ranking methods against a
+random baseline) and the model-randomization sanity check."""
+
+from .faithfulness import Curve, Ranking, RankingRow, compare, deletion, insertion, random_map
+from .sanity import SanityReport, layer_groups, rank_correlation, sanity, ssim
+
+__all__ = ["Curve", "Ranking", "RankingRow", "SanityReport", "compare", "deletion", "insertion", "layer_groups",
+           "random_map", "rank_correlation", "sanity", "ssim"]

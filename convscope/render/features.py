@@ -1,0 +1,326 @@
+"""Pictures of feature visualization results: filter grids, feature-map grids, activations as masks,
+and the pictures made by optimization (maximize, class_image, dream). matplotlib ``Figure``s (no GUI)
+or uint8 arrays; results keep raw values, scaling for display happens only here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .core import _as_numpy, colorize, grid_figure, normalize, tensor_to_images, to_uint8_image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..result import Result
+
+__all__ = [
+    "activation_mask",
+    "activation_masks_figure",
+    "compare_filters_figure",
+    "dream_figure",
+    "feature_map_grid",
+    "feature_walk_figure",
+    "filter_mosaic",
+    "filters_figure",
+    "optimization_grid",
+    "optimization_images",
+    "scale_maps",
+]
+
+BACKGROUND = 1.0  # separators between tiles: white
+
+
+# -- filters ---------------------------------------------------------------------------------------
+def _tile_grid(tiles: np.ndarray, ncols: int, gap: int = 1) -> np.ndarray:
+    """(N, h, w[, 3]) tiles in [0, 1] -> one mosaic with ``gap``-pixel separators."""
+    count, h, w = tiles.shape[:3]
+    ncols = max(1, min(ncols, count))
+    nrows = -(-count // ncols)
+    shape = (nrows * (h + gap) + gap, ncols * (w + gap) + gap, *tiles.shape[3:])
+    mosaic = np.full(shape, BACKGROUND, dtype=np.float32)
+    for i in range(count):
+        r, c = divmod(i, ncols)
+        mosaic[gap + r * (h + gap):gap + r * (h + gap) + h, gap + c * (w + gap):gap + c * (w + gap) + w] = tiles[i]
+    return mosaic
+
+
+def _upscale(tiles: np.ndarray, target: int = 24) -> np.ndarray:
+    """Nearest-neighbour upscaling so a kernel of k pixels is drawn about ``target`` pixels wide."""
+    factor = max(1, math.ceil(target / max(tiles.shape[1:3])))
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def _symmetric(weights: torch.Tensor) -> torch.Tensor:
+    """Per filter (dim 0): w / max|w| mapped to [0, 1] with zero at 0.5 (grey)."""
+    scale = weights.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (weights.dim() - 1)))
+    return 0.5 + 0.5 * weights / scale
+
+
+def filter_mosaic(result: Result, *, max_filters: int = 64, max_inputs: int = 8, ncols: int | None = None) -> np.ndarray:
+    """The kernels of a ``filters`` result as one picture, (H, W, 3) or (H, W) floats in [0, 1].
+
+    The first layer of a colour model (``meta["colour"]``): one RGB tile per filter. Other layers: per
+    filter, its first ``max_inputs`` input channels side by side in grey. Each filter is scaled by its
+    own largest |weight|: grey is 0, white positive, black negative (colour: per channel the same).
+
+    Options:
+        max_filters: the most filters drawn (the first ones).
+        max_inputs: the most input channels drawn per filter (grey mode).
+        ncols: filters per row (default: about square).
+    """
+    w = result.data.detach().float().cpu()[:max_filters]  # (n, in, kh, kw)
+    n = w.shape[0]
+    if result.meta.get("colour") and w.shape[1] == 3:
+        tiles = _symmetric(w).permute(0, 2, 3, 1).numpy()  # (n, kh, kw, 3)
+        return _tile_grid(_upscale(tiles), ncols or math.ceil(math.sqrt(n)))
+    inputs = min(max_inputs, w.shape[1])
+    scaled = _symmetric(w[:, :inputs])  # (n, m, kh, kw), one scale per filter
+    strips = _upscale(scaled.reshape(n * inputs, *w.shape[2:]).numpy())  # (n*m, kh', kw')
+    kh, kw = strips.shape[1:]
+    strips = strips.reshape(n, inputs, kh, kw)
+    blocks = np.full((n, kh, inputs * (kw + 1) - 1), BACKGROUND, dtype=np.float32)
+    for j in range(inputs):
+        blocks[:, :, j * (kw + 1):j * (kw + 1) + kw] = strips[:, j]
+    per_row = ncols or max(1, round(math.sqrt(n * kh / blocks.shape[2] * 1.5)))
+    return _tile_grid(blocks, per_row, gap=3)
+
+
+def _filters_title(result: Result, shown: int, inputs: int) -> str:
+    shape = tuple(result.data.shape)
+    head = f"{result.layer}: {result.meta.get('type', 'conv')} {shape}"
+    parts = [f"{shown} of {shape[0]} filters"]
+    if not (result.meta.get("colour") and shape[1] == 3):
+        parts.append(f"first {inputs} of {shape[1]} input channels each" if inputs < shape[1] else f"{shape[1]} input channel(s) each")
+    smooth = result.meta.get("smoothness")
+    if smooth is not None and not math.isnan(smooth):
+        parts.append(f"smoothness {smooth:.2f}")
+    return head + "\n" + ", ".join(parts)
+
+
+def filters_figure(result: Result, *, max_filters: int = 64, max_inputs: int = 8, title: str | None = None) -> Figure:
+    """A figure of :func:`filter_mosaic`, titled with the layer, its type and shape.
+
+    Options:
+        max_filters: the most filters drawn.
+        max_inputs: the most input channels drawn per filter (grey mode).
+        title: replaces the default title.
+    """
+    from matplotlib.figure import Figure
+
+    mosaic = filter_mosaic(result, max_filters=max_filters, max_inputs=max_inputs)
+    height, width = mosaic.shape[:2]
+    scale = 7.0 / max(height, width)
+    fig = Figure(figsize=(max(3.0, width * scale), max(2.0, height * scale) + 0.6), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    shown = min(max_filters, result.data.shape[0])
+    ax.set_title(title or _filters_title(result, shown, min(max_inputs, result.data.shape[1])), fontsize=9)
+    return fig
+
+
+def compare_filters_figure(trained: Result, untrained: Result, *, max_filters: int = 32, max_inputs: int = 8,
+                           names: Sequence[str] = ("trained", "random init")) -> Figure:
+    """Two ``filters`` results side by side ("is my model trained?"), each titled with its smoothness.
+
+    Options:
+        max_filters: the most filters drawn per side.
+        max_inputs: the most input channels drawn per filter (grey mode).
+        names: the two panel titles.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, result, name in zip(axes, (trained, untrained), names):
+        ax.imshow(filter_mosaic(result, max_filters=max_filters, max_inputs=max_inputs), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{name} (smoothness {result.meta.get('smoothness', float('nan')):.2f})", fontsize=10)
+    fig.suptitle(f"{trained.layer}: {tuple(trained.data.shape)}", fontsize=10)
+    return fig
+
+
+# -- feature maps ----------------------------------------------------------------------------------
+def _channels(result: Result, index: int, k: int, channels: Sequence[int] | None) -> list[int]:
+    from ..features.activations import top_channels
+
+    if channels is not None:
+        return [int(c) for c in channels]
+    return top_channels(result, k, index=index).tolist()
+
+
+def scale_maps(maps: torch.Tensor) -> np.ndarray:
+    """(N, h, w) feature maps to [0, 1] for display, each on its own: a map without negative values is
+    divided by its maximum (0 stays dark, so a map saturated everywhere — ReLU6 at 6 — is bright, not
+    blank); a signed map is min-max scaled."""
+    values = maps.detach().float().cpu()
+    low = values.flatten(1).amin(1)
+    out = normalize(values, "minmax")
+    positive = (low >= 0).numpy()
+    if positive.any():
+        out[positive] = normalize(values[torch.from_numpy(positive)], "max")
+    return out
+
+
+def feature_map_grid(result: Result, *, index: int = 0, k: int = 8, channels: Sequence[int] | None = None,
+                     ncols: int = 4, cmap: str = "viridis") -> Figure:
+    """The ``k`` channels with the largest mean activation (or ``channels``) of image ``index`` of a
+    ``feature_maps`` result, each scaled on its own (:func:`scale_maps`): seed 001's 2×4 grid of 8 maps.
+
+    Options:
+        index: which image of the batch.
+        k: how many channels (strongest first).
+        channels: draw these channels instead of the top k.
+        ncols: maps per row.
+        cmap: matplotlib colormap.
+    """
+    chosen = _channels(result, index, k, channels)
+    maps = result.data[index, chosen].detach().float().cpu()
+    means = maps.mean(dim=(1, 2)).tolist()
+    panels = [colorize(m, cmap) for m in scale_maps(maps)]
+    titles = [f"ch {c} (mean {v:.2g})" for c, v in zip(chosen, means)]
+    shape = "×".join(map(str, result.data.shape[1:]))
+    how = "chosen channels" if channels is not None else f"top {len(chosen)} channels by mean activation"
+    return grid_figure(panels, titles, ncols=ncols, suptitle=f"{result.layer} ({shape}): {how}", panel_size=2.2)
+
+
+def feature_walk_figure(maps: Mapping[str, Result] | Sequence[Result], *, index: int = 0, k: int = 6,
+                        cmap: str = "viridis", image: bool = True) -> Figure:
+    """One row per layer (seed 003's walk through every conv layer): the input, then the layer's ``k``
+    strongest channels for image ``index``, each scaled on its own (:func:`scale_maps`).
+
+    Options:
+        index: which image of the batch.
+        k: channels per layer (strongest first).
+        cmap: matplotlib colormap.
+        image: show the input picture at the start of the first row.
+    """
+    from matplotlib.figure import Figure
+
+    results = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    cols = k + 1
+    fig = Figure(figsize=(1.5 * cols, 1.55 * len(results) + 0.3), layout="constrained")
+    axes = fig.subplots(len(results), cols, squeeze=False)
+    for row, result in enumerate(results):
+        chosen = _channels(result, index, k, None)
+        data = result.data[index, chosen].detach().float().cpu()
+        for ax in axes[row]:
+            ax.set_axis_off()
+        label = axes[row][0]
+        if image and row == 0 and result.inputs is not None:
+            label.imshow(tensor_to_images(result.inputs[index:index + 1], result.mean, result.std)[0])
+        shape = "×".join(map(str, result.data.shape[1:]))
+        label.text(0.5, -0.08 if image and row == 0 else 0.5, f"{result.layer}\n{shape}", fontsize=7, ha="center",
+                   va="top" if image and row == 0 else "center", transform=label.transAxes)
+        for j, (c, m) in enumerate(zip(chosen, scale_maps(data))):
+            axes[row][j + 1].imshow(colorize(m, cmap))
+            axes[row][j + 1].set_title(f"ch {c}", fontsize=7)
+    fig.suptitle(f"feature maps, {k} strongest channels per layer", fontsize=10)
+    return fig
+
+
+def activation_mask(image: Any, activation: Any, *, threshold: float | None = None) -> np.ndarray:
+    """The picture seen through one channel (seed 002): the activation (h, w), clipped at 0, scaled
+    by its maximum and upsampled to the picture, multiplies the picture; uint8 (H, W, 3).
+    ``threshold`` in [0, 1] makes a hard mask (value >= threshold) instead.
+
+    ``image``: anything ``load_image`` reads, or uint8 (H, W, 3).
+
+    Options:
+        threshold: None for a soft mask, or a level in [0, 1] for a binary one.
+    """
+    picture = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 else to_uint8_image(image)
+    act = torch.as_tensor(_as_numpy(activation))
+    if act.dim() != 2:
+        raise ValueError(f"activation must be one map (h, w), got shape {tuple(act.shape)}")
+    up = F.interpolate(act[None, None], size=picture.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()
+    mask = normalize(up, "max")
+    if threshold is not None:
+        mask = (mask >= threshold).astype(np.float32)
+    return np.clip(picture.astype(np.float32) * mask[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
+def activation_masks_figure(result: Result, *, index: int = 0, k: int = 4, channels: Sequence[int] | None = None,
+                            image: Any = None) -> Figure:
+    """The input, then the input masked by each of the ``k`` strongest channels (or ``channels``).
+
+    Options:
+        index: which image of the batch.
+        k: how many channels (strongest first).
+        channels: use these channels instead of the top k.
+        image: the picture to mask (default: the explained input, un-normalized).
+    """
+    chosen = _channels(result, index, k, channels)
+    own = image is None
+    picture = tensor_to_images(result.inputs[index:index + 1], result.mean, result.std)[0] if own else to_uint8_image(image)
+    panels = [picture] + [activation_mask(picture, result.data[index, c]) for c in chosen]
+    titles = ["input"] + [f"ch {c}" for c in chosen]
+    return grid_figure(panels, titles, ncols=len(panels), suptitle=f"{result.layer}: activations as masks")
+
+
+# -- optimization results --------------------------------------------------------------------------
+def optimization_images(result: Result) -> np.ndarray:
+    """The pictures of a maximize / class_image / dream result as uint8 RGB (B, H, W, 3)."""
+    data = result.data.detach().float().cpu().clamp(0, 1)
+    if data.shape[1] == 1:
+        data = data.expand(-1, 3, -1, -1)
+    elif data.shape[1] != 3:
+        data = data[:, :3] if data.shape[1] > 3 else data.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return (data * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _optimization_titles(result: Result) -> list[str]:
+    meta = result.meta
+    if result.method == "class_image" and result.labels is not None:
+        return [f"{label} ({float(p):.1%})" for label, p in zip(result.labels, meta["probability"])]
+    values = meta.get("values")
+    targets = meta.get("targets")
+    titles = []
+    for i in range(len(result)):
+        head = f"ch {targets[i]}" if targets else f"#{i}"
+        titles.append(head if values is None else f"{head}: {float(values[i]):.3g}")
+    return titles
+
+
+def optimization_grid(result: Result, *, ncols: int = 8, titles: Sequence[str] | bool = True, panel_size: float = 1.6) -> Figure:
+    """The pictures of a maximize or class_image result in a grid (seed 002's 8×8 grid of filters),
+    titled with the channel and its final activation (or the class and its probability).
+
+    Options:
+        ncols: pictures per row.
+        titles: True (channel/class and value), False, or your own list.
+        panel_size: inches per picture.
+    """
+    panels = list(optimization_images(result))
+    names = _optimization_titles(result) if titles is True else (list(titles) if titles else None)
+    layer = f" — {result.layer}" if result.layer else ""
+    return grid_figure(panels, names, ncols=ncols, suptitle=f"{result.method}{layer}: {result.meta.get('objective', '')}",
+                       panel_size=panel_size)
+
+
+def dream_figure(result: Result, *, index: int = 0) -> Figure:
+    """The photo before and after Deep Dream, side by side.
+
+    Options:
+        index: which image of the batch.
+    """
+    after = optimization_images(result)[index]
+    original = result.meta.get("original")
+    panels, names = [after], [f"dream: {result.layer}"]
+    if original is not None:
+        before = (original[index].detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        before = before.expand(3, -1, -1) if before.shape[0] == 1 else before
+        panels.insert(0, before.permute(1, 2, 0).numpy())
+        names.insert(0, "photo")
+    aspect = after.shape[1] / after.shape[0]
+    fig = grid_figure(panels, names, ncols=len(panels), panel_size=4.0)
+    fig.set_size_inches(4.0 * aspect * len(panels), 4.4)
+    return fig

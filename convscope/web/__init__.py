@@ -1,0 +1,14 @@
+"""The local web app (``convscope serve``): browse a model layer by layer and explain pictures interactively.
+
+    import convscope.web
+    convscope.web.serve(["efficientnet_lite0"])            # http://127.0.0.1:8000/, until Ctrl+C
+    with convscope.web.make_app(port=0).start() as server:  # in-process (tests, notebooks)
+        print(server.url)
+
+Standard library HTTP server, a JSON API described by ``/api/openapi.json``, a static page with no build
+step and nothing loaded from the network.
+"""
+
+from .server import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, Server, make_app, serve
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD", "Server", "make_app", "serve"]
