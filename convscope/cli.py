@@ -168,6 +168,73 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure_to(path: Path, figure: Any) -> Path:
+    from convscope.render import figure_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(figure_png(figure))
+    return path
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.metrics.faithfulness import ranking_figure
+
+    model = _load(args)
+    x = model.preprocess([picture for _, picture in _images(args.images)])
+    ranking = cs.metrics.compare(model, x, args.methods.split(","), steps=args.steps)
+    print(ranking.table())
+    if args.out:
+        print(f"-> {_figure_to(Path(args.out), ranking_figure(ranking))}")
+    return 0
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.render.features import filters_figure
+
+    result = cs.filters(_load(args), args.layer)
+    print(f"{result.layer}: kernels {tuple(result.data.shape)} -> {_figure_to(Path(args.out), filters_figure(result))}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.render.features import feature_walk_figure
+
+    model = _load(args)
+    x = model.preprocess(_images([args.image])[0][1])
+    names = args.layers.split(",") if args.layers else None
+    maps = cs.feature_maps(model, x, layers=names)
+    maps = maps if isinstance(maps, dict) else {maps.layer: maps}
+    print(f"{', '.join(maps)} -> {_figure_to(Path(args.out), feature_walk_figure(maps, k=args.k))}")
+    return 0
+
+
+def cmd_maximize(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.render.features import optimization_grid
+
+    model = _load(args)
+    result = cs.maximize(model, args.objective, steps=args.steps, size=args.size, seed=args.seed, progress=None)
+    print(f"{args.objective} -> {_figure_to(Path(args.out), optimization_grid(result))}")
+    return 0
+
+
+def cmd_dream(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.render import png_bytes
+
+    model = _load(args)
+    result = cs.dream(model, _images([args.image])[0][1], args.layer, octaves=args.octaves, steps=args.steps,
+                      seed=args.seed, progress=None)
+    picture = (result.data[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    out = Path(args.out)
+    out.write_bytes(png_bytes(picture))
+    print(f"Deep Dream at {result.layer} -> {out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import convscope as cs
     from convscope.web import serve
@@ -218,6 +285,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods, or describe one")
     p.add_argument("name", nargs="?", help="a method to describe in full")
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("trust", help="rank explanation methods on pictures by deletion/insertion AUC, next to a random map")
+    p.add_argument("images", nargs="+", help="pictures or sample names")
+    _add_model_args(p)
+    p.add_argument("--methods", default="gradcam,integrated_gradients,saliency,occlusion", help="comma-separated methods")
+    p.add_argument("--steps", type=int, default=16, help="points on each deletion/insertion curve (default: 16)")
+    p.add_argument("--out", help="also save the curves as a PNG here")
+    p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("filters", help="a layer's filters as a picture (default: the first convolution)")
+    _add_model_args(p)
+    p.add_argument("--layer", help="a convolution's name (default: the first)")
+    p.add_argument("--out", default="filters.png")
+    p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser("features", help="feature maps of a picture at several layers (strongest channels first)")
+    p.add_argument("image", help="a picture or a sample name")
+    _add_model_args(p)
+    p.add_argument("--layers", help="comma-separated layer names (default: see convscope.feature_maps)")
+    p.add_argument("-k", type=int, default=8, help="channels per layer (default: 8)")
+    p.add_argument("--out", default="features.png")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("maximize", help='the input an objective wants, e.g. "_blocks.8._expand_conv:17" or "logit:281"')
+    p.add_argument("objective", help='"layer:channel", "layer:channel:x:y" or "logit:class"')
+    _add_model_args(p)
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--size", type=int, help="picture side (default: the model's input size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="maximize.png")
+    p.set_defaults(func=cmd_maximize)
+
+    p = sub.add_parser("dream", help="Deep Dream on a picture")
+    p.add_argument("image", help="a picture or a sample name")
+    _add_model_args(p)
+    p.add_argument("--layer", help="the layer whose activations grow (default: ~60%% through the convolutions)")
+    p.add_argument("--octaves", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10, help="steps per octave (default: 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="dream.png")
+    p.set_defaults(func=cmd_dream)
 
     p = sub.add_parser("embed", help="a folder of images in the model's feature space: t-SNE maps, thumbnails, projector files")
     p.add_argument("folder", help="a folder of images (sub-folders name the labels, ImageFolder layout)")

@@ -133,10 +133,12 @@ def test_callable_targets(model, x, method, assert_close):
     assert result.target is None
     assert result.data.shape[0] == x.shape[0] and torch.isfinite(result.data).all()
     # A callable is the same code path as a class index: class_score(k) is target=k — except for
-    # Score-CAM, which scores a class by its softmax probability (the paper) and a callable as given.
+    # Score-CAM, which scores a class by its softmax probability (the paper) and a callable as given;
+    # perturbation methods score a class by its probability unless told score="logit".
     if method.name != "scorecam":
+        as_logit = {"score": "logit"} if "score" in method.options else {}
         assert_close(method.fn(model, x, target=cs.targets.class_score(281)).data,
-                     method.fn(model, x, target=281).data)
+                     method.fn(model, x, target=281, **as_logit).data)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=method_id)

@@ -199,3 +199,25 @@ def test_report_maps_a_folder_in_feature_space(tmp_path: Path) -> None:
                      methods=["gradcam"], folder=folder)
     page = path.read_text()
     assert "The dataset in feature space" in page and "30 images" in page and "perplexity 15 and 25" in page
+
+
+def test_cli_trust_and_feature_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`trust`, `filters`, `features`, `maximize`, `dream`: thin layers over the API, each writing a real PNG."""
+    assert main(["trust", "cat", "--methods", "gradcam,saliency", "--steps", "4", "--out", str(tmp_path / "t.png")]) == 0
+    table = capsys.readouterr().out
+    assert "gradcam" in table and "random" in table and "deletion AUC" in table
+    commands = [
+        ["filters", "--out", str(tmp_path / "f.png")],
+        ["features", "cat", "--layers", "_conv_stem,_blocks.5", "-k", "4", "--out", str(tmp_path / "fm.png")],
+        ["maximize", "logit:281", "--steps", "4", "--size", "64", "--out", str(tmp_path / "mx.png")],
+        ["dream", "cat", "--octaves", "1", "--steps", "2", "--out", str(tmp_path / "dr.png")],
+    ]
+    for command in commands:
+        assert main(command) == 0, command
+    for name in ("t.png", "f.png", "fm.png", "mx.png", "dr.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert min(picture.size) > 32, name
+    capsys.readouterr()
+    assert main(["maximize", "_blocks.5:99999", "--steps", "2", "--out", str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of range" in err
