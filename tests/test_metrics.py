@@ -194,7 +194,7 @@ def test_compare_rows_table_and_dict(model_factory, batch_factory):
     alone = metrics.insertion(model, x, gradcam, steps=4, progress=False)
     assert ranking.row("gradcam").insertion_per_image == pytest.approx(alone.auc.tolist(), abs=1e-6)
     # the baseline row is the mean of its draws
-    draws = [metrics.deletion(model, x, metrics.random_map(model, x, seed=k), steps=4, progress=False).auc for k in (0, 1_000_003)]
+    draws = [metrics.deletion(model, x, metrics.random_map(model, x, seed=k), steps=4, progress=False).auc for k in (0, 1)]
     assert ranking.row("random").deletion_per_image == pytest.approx(torch.stack(draws).mean(0).tolist(), abs=1e-6)
     table = ranking.table()
     assert table.splitlines()[0].split()[0] == "method" and "random (baseline)" in table

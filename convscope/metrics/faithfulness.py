@@ -159,14 +159,15 @@ def _setup(model: Any, x: torch.Tensor, *, target: Target, fill: Any, batch_size
     wrapped, x = prepare(model, x, target, precision)
     rows = _check_batch_size(batch_size, x)
     batch = x.shape[0]
-    with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision):
+    with Guard(wrapped.module, grad=False):
         inputs = wrapped.working_copy(x)
-        canvas = _canvas(wrapped, inputs, fill).contiguous(memory_format=torch.channels_last)
-        output = wrapped.module(torch.cat([inputs, canvas]))
-        chosen: Target = target if target is not None else default
-        _, classes = resolve_target(chosen, output[:batch])
-        fixed: Target = classes if classes is not None else chosen
-        clean, filled = _score(fixed, output[:batch]), _score(fixed, output[batch:])
+        canvas = _canvas(wrapped, inputs, fill).contiguous(memory_format=torch.channels_last)  # fp32, outside autocast
+        with compute_precision(wrapped, precision):
+            output = wrapped.module(torch.cat([inputs, canvas]))
+            chosen: Target = target if target is not None else default
+            _, classes = resolve_target(chosen, output[:batch])
+            fixed: Target = classes if classes is not None else chosen
+            clean, filled = _score(fixed, output[:batch]), _score(fixed, output[batch:])
     return _Setup(wrapped, inputs, canvas, fixed, classes, clean, filled, _fill_name(fill), precision, rows)
 
 

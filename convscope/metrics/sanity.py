@@ -388,8 +388,10 @@ def sanity_figure(report: SanityReport, index: int = 0, *, columns: int = 8) -> 
         ax.plot(steps, report.rank_correlation_signed[:, index].numpy(), "s-", label="rank correlation signed")
     ax.plot(steps, report.ssim[:, index].numpy(), "^-", label="SSIM")
     ax.axhline(report.threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {report.threshold}")
-    ax.set_xticks(list(steps), [_short(n, 14) for n in report.layers], rotation=60, ha="right", fontsize=6)
-    ax.set(ylim=(-0.2, 1.05), ylabel="similarity to original",
+    ax.set_xticks(list(steps), [_short(n, 20) for n in report.layers], rotation=60, ha="right", fontsize=6)
+    lowest = min(float(report.rank_correlation[:, index].min()), float(report.ssim[:, index].min()),
+                 float(report.rank_correlation_signed[:, index].min()) if report.rank_correlation_signed is not None else 0.0)
+    ax.set(ylim=(min(-0.2, lowest - 0.05), 1.05), ylabel="similarity to original",
            title=f"{report.method}: {'passed' if report.passed else 'FAILED'} (score {float(report.score[index]):.2f}; "
                  f"cascading randomization, output → input)")
     ax.legend(fontsize=7)
