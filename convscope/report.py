@@ -178,12 +178,13 @@ def trust_section(ctx: ReportContext) -> str:
     chosen = [m for m in TRUST_METHODS if m in ctx.methods] or list(TRUST_METHODS[:2])
     start = time.perf_counter()
     options = {m: registry.get(m).quick for m in chosen} if ctx.quick else None
-    ranking = compare(ctx.model, ctx.x, chosen, steps=8 if ctx.quick else 16, options=options)
+    steps = 8 if ctx.quick else 16
+    ranking = compare(ctx.model, ctx.x, chosen, steps=steps, options=options)
     seconds = time.perf_counter() - start
     rows = "".join(f"<tr><td>{esc(r.method)}</td><td>{r.deletion_auc:.3f}</td><td>{r.insertion_auc:.3f}</td></tr>"
                    for r in ranking.rows)
     return (f'<section><h2>Which explanation to trust</h2><p class="note">Deletion: remove the pixels a map ranks first, '
-            f'in 16 steps; a faithful map makes the probability fall fast (low area). Insertion: reveal them on a blurred '
+            f'in {steps} steps; a faithful map makes the probability fall fast (low area). Insertion: reveal them on a blurred '
             f'picture; the probability should rise fast (high area). <em>random</em> is what chance looks like. '
             f'Petsiuk et al. 2018 · {seconds:.1f} s.</p><table><tr><th>method</th><th>deletion AUC ↓</th>'
             f'<th>insertion AUC ↑</th></tr>{rows}</table>{_img(figure_png(ranking_figure(ranking)), "ranking")}</section>')
@@ -238,10 +239,15 @@ def visualization_section(ctx: ReportContext) -> str:
     from .render.features import dream_figure, optimization_grid
 
     start = time.perf_counter()
-    mid = _depths(ctx, 3)[1]
+    depths = _depths(ctx, 3)
+    mid = depths[len(depths) // 2]
     shape = next(r.output_shape for r in layers(ctx.model, input_size=tuple(ctx.x.shape[1:])) if r.name == mid)
     wanted_channels, grid_options, class_options, dream_options = QUICK_OPTIMIZATION if ctx.quick else REPORT_OPTIMIZATION
     count = min(wanted_channels, int(shape[0]) if shape else wanted_channels)
+    if ctx.model.input_size:  # never above the model's own size (heads built for one size only)
+        fits = min(ctx.model.input_size)
+        grid_options = {**grid_options, "size": min(grid_options["size"], fits)}
+        class_options = {**class_options, "size": min(class_options["size"], fits)}
     grid = maximize(ctx.model, channels(mid, range(count)), **grid_options)
     top1 = int(ctx.model.predict(ctx.x[:1], k=1)[0][0].index)
     wanted = class_image(ctx.model, top1, **class_options)

@@ -58,8 +58,14 @@ def _inline_images(html: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in blobs]
 
 
+def _between(html: str, start: str, end: str) -> str:
+    """The part of ``html`` from the heading that contains ``start`` up to the one that contains ``end``."""
+    assert start in html and end in html, (start, end)
+    return html[html.index(start):html.index(end)]
+
+
 def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--out", str(tmp_path / "rep"), "--image", "cat", "--image", "coffee",
+    assert main(["report", "--quick", "--out", str(tmp_path / "rep"), "--image", "cat", "--image", "coffee",
                  "--methods", "saliency,gradcam"]) == 0
     assert "index.html" in capsys.readouterr().out
     files = list((tmp_path / "rep").iterdir())
@@ -68,9 +74,15 @@ def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.Captur
     assert "efficientnet_lite0" in html and "espresso" in html and "tiger cat" in html
     assert "saliency" in html and "gradcam" in html and "_swish@1" in html
     assert "http://" not in html and "https://" not in html  # nothing fetched when opened
-    pictures = _inline_images(html)
-    assert len(pictures) == 2 + 2 * 2 * 2 + 2 * 2  # inputs; (overlay, map) per method per image; region mask, crop
-    assert all(p.shape == (224, 224, 3) for p in pictures[:-4])  # crops are smaller
+    head = _inline_images(html[:html.index("Which pixels drove the decision")])
+    assert len(head) == 2 and all(p.shape == (224, 224, 3) for p in head)  # the two inputs
+    methods = _inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))
+    assert len(methods) == 2 * 2 * 2 and all(p.shape == (224, 224, 3) for p in methods)  # (overlay, map) per method per image
+    region = _inline_images(_between(html, "Region of interest", "Occlusion: heatmap"))
+    assert len(region) == 2 * 2 and region[0].shape == (224, 224, 3)  # masked picture and (smaller) crop per image
+    assert region[1].shape[0] < 224 or region[1].shape[1] < 224
+    occluded = _inline_images(_between(html, "Occlusion: heatmap", "Which explanation to trust"))
+    assert len(occluded) == 2 * 3  # seed 000's triple per image
 
 
 def test_normalize_modes() -> None:
@@ -109,7 +121,11 @@ def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
     model = cs.Model(net, input_size=(32, 32), labels=["a", "b", "c"], name="tiny")
     html = cs.report(model, ["coffee"], tmp_path, methods=["cam", "gradcam"]).read_text()
     assert "not applicable to this model" in html and "use gradcam" in html
-    assert len(_inline_images(html)) == 1 + 2 + 2  # input, gradcam overlay + map, region mask + crop
+    assert len(_inline_images(html[:html.index("Which pixels drove the decision")])) == 1  # the input
+    assert len(_inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))) == 2  # gradcam
+    for title in ("Region of interest", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
+                  "What the channels want to see", "Deep Dream"):  # a one-conv model gets every section
+        assert title in html, title
 
 
 def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:

@@ -377,3 +377,19 @@ def test_dream_takes_a_preprocessed_tensor_and_a_default_layer(lite0, cat_x):
     torch.testing.assert_close(result.meta["original"].mean(), (cat_x * 0.502 + 0.498).mean(), atol=0.01, rtol=0)
     figure = render_features.dream_figure(result)
     assert [ax.get_title() for ax in figure.axes if ax.images] == ["photo", f"dream: {result.layer}"]
+
+
+def test_fixed_size_head_models_optimize_at_any_size_up_to_a_layer():
+    """A Flatten -> Linear head takes 32x32 only: channel pictures and Deep Dream stop at their layer and
+    work at other sizes; a class picture needs the head, so another size is a clear one-line error."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 3))
+    model = cs.Model(net, input_size=(32, 32), labels=["a", "b", "c"], name="tiny")
+    before = snapshot(net)
+    assert cs.maximize(model, "0:1", steps=2, size=64, progress=False).data.shape == (1, 3, 64, 64)
+    assert cs.dream(model, cs.sample_image("coffee"), steps=1, octaves=2, size=80, progress=False).data.shape[-1] == 80
+    assert cs.class_image(model, 1, steps=2, progress=False).data.shape == (1, 3, 32, 32)
+    with pytest.raises(cs.InputError, match=r"built for 32x32") as caught:
+        cs.class_image(model, 1, steps=2, size=64, progress=False)
+    assert "\n" not in str(caught.value)
+    assert_unchanged(before, net)

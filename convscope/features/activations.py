@@ -79,6 +79,19 @@ class _Tap:
         return self.acts, out
 
 
+def structure_trace(model: Model, input_shape: tuple[int, ...]) -> list[Any]:
+    """``trace`` at ``input_shape``; for a model whose head takes one size only (Flatten -> Linear), the
+    trace at its own input size: which modules run, and how often, does not depend on the size, and
+    forwards that stop at a layer before the head run at any size."""
+    try:
+        return trace(model.module, input_shape)
+    except RuntimeError:
+        own = (model.channels, *model.input_size) if model.input_size else None
+        if own is None or tuple(own) == tuple(input_shape):
+            raise
+        return trace(model.module, own)
+
+
 def _resolve_refs(model: Model, keys: Sequence[Any], input_shape: tuple[int, ...]) -> dict[str, LayerRef]:
     """LayerRef by key (a name's label), checked against one traced forward (cached): a module that
     runs several times per forward must be named per call, ``name@k``."""
@@ -86,7 +99,7 @@ def _resolve_refs(model: Model, keys: Sequence[Any], input_shape: tuple[int, ...
     refs = {ref.label: ref for ref in resolved}
     if not refs:
         return refs
-    calls = Counter(record.module for record in trace(model.module, input_shape))
+    calls = Counter(record.module for record in structure_trace(model, input_shape))
     for ref in refs.values():
         count = calls.get(ref.module, 0)
         if count == 0:

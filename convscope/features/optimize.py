@@ -31,7 +31,7 @@ from ..models import Model, as_model
 from ..progress import ProgressArg, tracker
 from ..registry import choices
 from ..result import Result
-from .activations import _resolve_refs, _Tap
+from .activations import _resolve_refs, _Tap, structure_trace
 from .objectives import Evaluation, Objective, as_objective, class_logit, layer_l2
 from .param import PARAMS, Transform, correlate_gradient, image_param, resolve_transforms
 
@@ -83,6 +83,18 @@ def _batch(objective: Objective, batch: int | None) -> int:
     return batch or objective.batch or 1
 
 
+def _check_runs_at(model: Model, objective: Objective, size: tuple[int, int]) -> None:
+    """An objective that reads the model's output needs the whole model to run at ``size``."""
+    if not objective.needs_output:
+        return
+    try:
+        trace(model.module, (model.channels, *size))
+    except RuntimeError as exc:
+        own = f"; it was built for {model.input_size[0]}x{model.input_size[1]}" if model.input_size else ""
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the model's output cannot be computed on {size[0]}x{size[1]} pictures{own} ({first})") from None
+
+
 def default_rows(device: torch.device, size: tuple[int, int], batch: int) -> int:
     """Pictures per forward: on a CPU about 8 of 224x224 (a batch of 64 costs twice as much per picture
     as chunks of 8 with the default allocator; see benchmarks/bench_optimize.py); elsewhere all at once."""
@@ -103,6 +115,7 @@ def _optimize(wrapped: Model, objective: Objective, *, steps: int, size: tuple[i
     """
     device = wrapped.device
     refs = _resolve_refs(wrapped, objective.layers, (wrapped.channels, *size))
+    _check_runs_at(wrapped, objective, size)
     generator = torch.Generator().manual_seed(int(seed))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConvscopeError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -276,7 +289,7 @@ def default_dream_layer(model: Any, input_size: Sequence[int] | None = None) -> 
     else:
         shape = tuple(int(s) for s in input_size)
         shape = (wrapped.channels, *shape) if len(shape) == 2 else shape
-    records = trace(wrapped.module, shape)
+    records = structure_trace(wrapped, shape)
     convs = [r for r in records if is_conv(r.module) and r.output_shape is not None and len(r.output_shape) == 3]
     if not convs:
         raise LayerError("the model has no convolution to dream with; pass layer=...")
@@ -378,6 +391,7 @@ def dream(model: Any, image: Any, layer: Any = None, *, octaves: int = 4, octave
     else:
         objective = as_objective(objective)
     refs = _resolve_refs(wrapped, objective.layers, (wrapped.channels, height, width))
+    _check_runs_at(wrapped, objective, (height, width))
     # the pyramid: the smallest octave keeps at least 32 pixels on its shorter side
     octaves = max(1, min(octaves, 1 + int(math.log(max(1.0, min(height, width) / 32)) / math.log(octave_scale))))
     sizes = [(max(1, round(height / octave_scale**i)), max(1, round(width / octave_scale**i))) for i in reversed(range(octaves))]
