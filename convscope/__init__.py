@@ -32,6 +32,7 @@ from .attribution import (
     superpixels,
     xgradcam,
 )
+from .compare import Comparison, compare
 from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
 from .features import class_image, compare_filters, dream, feature_maps, filters, layer_info, maximize
 from .features import objectives as objectives
@@ -50,6 +51,7 @@ from .zoo.digits import digits_dataset
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "ConvscopeError",
     "Embedding",
     "Guard",
@@ -71,6 +73,7 @@ __all__ = [
     "cam",
     "class_image",
     "class_regions",
+    "compare",
     "compare_filters",
     "deconvnet",
     "default_cam_layer",

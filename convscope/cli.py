@@ -28,9 +28,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _images(names: Sequence[str]) -> list[tuple[str, Any]]:
-    from convscope.report import resolve_images
+    from convscope.images import named_images
 
-    return resolve_images(names)
+    return named_images(names)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -189,6 +189,23 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    targets: Any = args.targets
+    if targets is not None and not targets.lower().startswith("top"):
+        try:
+            numbers = [int(t) for t in targets.split(",")]
+        except ValueError:
+            raise cs.TargetError(f"--targets {targets!r}: use class indices (281 or 281,285) or topK (top3)") from None
+        targets = numbers[0] if len(numbers) == 1 else numbers
+    comparison = cs.compare(models, dict(_images(args.images)), args.methods, targets=targets, scale=args.scale)
+    print(comparison.table())
+    print(f"-> {comparison.save(args.out)}")
+    return 0
+
+
 def cmd_filters(args: argparse.Namespace) -> int:
     import convscope as cs
     from convscope.render.features import filters_figure
@@ -293,6 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=16, help="points on each deletion/insertion curve (default: 16)")
     p.add_argument("--out", help="also save the curves as a PNG here")
     p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("compare", help="several models (or a model's top classes) x several methods, side by side in one picture")
+    p.add_argument("images", nargs="+", help="pictures or sample names")
+    p.add_argument("--models", default="efficientnet_lite0",
+                   help="comma-separated model names or files (default: efficientnet_lite0); see `convscope predict --help`")
+    p.add_argument("--methods", default="gradcam,saliency", help="comma-separated methods (default: gradcam,saliency)")
+    p.add_argument("--targets", help="a class index for every model, one per model (281,285), or topK with one model (top3)")
+    p.add_argument("--scale", default="each", choices=("each", "column"),
+                   help="scale each map on its own, or one scale per method column")
+    p.add_argument("--out", default="compare.png", help="the PNG to write (default: compare.png)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("filters", help="a layer's filters as a picture (default: the first convolution)")
     _add_model_args(p)

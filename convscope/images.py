@@ -10,16 +10,17 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convscope.errors import ImageError
 
-__all__ = ["MAX_PIXELS", "SAMPLE_IMAGES", "ImageLike", "load_image", "sample_image"]
+__all__ = ["MAX_PIXELS", "SAMPLE_IMAGES", "ImageLike", "load_image", "named_images", "sample_image"]
 
 MAX_PIXELS: int = 64_000_000
 """Default limit on width * height, checked from the file header before decoding."""
@@ -85,6 +86,20 @@ def sample_image(name: str = "cat") -> Image.Image:
         raise _error(repr(name), "sample images need scikit-image: pip install scikit-image") from exc
     array = getattr(skimage.data, _SKIMAGE_SAMPLES[key])()
     return load_image(array)
+
+
+def named_images(images: Sequence[Any] | None) -> list[tuple[str, Image.Image]]:
+    """Paths, sample names (cat, coffee, astronaut, rocket) or pictures -> (name, PIL image); default: the cat."""
+    items = list(images) if images else ["cat"]
+    named: list[tuple[str, Image.Image]] = []
+    for item in items:
+        if isinstance(item, str) and item.strip().lower() in SAMPLE_IMAGES + tuple(_SAMPLE_ALIASES) and not Path(item).exists():
+            named.append((item, sample_image(item)))
+        elif isinstance(item, (str, Path)):
+            named.append((Path(item).name, load_image(item)))
+        else:
+            named.append((f"image {len(named) + 1}", load_image(item)))
+    return named
 
 
 # --- sources ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 
 from . import registry
 from .errors import ConvscopeError
-from .images import SAMPLE_IMAGES, sample_image
+from .images import named_images as resolve_images
 from .layers import default_cam_layer, layers
 from .models import Model
 from .progress import ProgressArg, tracker
@@ -144,6 +144,31 @@ def region_section(ctx: ReportContext) -> str:
     return (f'<section><h2>Region of interest</h2><p class="note">Where the Grad-CAM map reaches 40% of its range '
             f'(largest connected region): the picture seen through the mask, and the crop.</p>'
             f'<div class="cards">{"".join(cells)}</div></section>')
+
+
+def top_classes_section(ctx: ReportContext) -> str:
+    """The model's three best classes for the first picture side by side (seed 004's comparison grid):
+    class-discriminative maps move with the class, the others do not."""
+    from .compare import compare
+    from .render import figure_png
+
+    start = time.perf_counter()
+    name, picture = ctx.images[0]
+    chosen = [m for m in ("gradcam", "guided_gradcam") if m in ctx.methods] or ["gradcam"]
+    k = min(3, len(ctx.model.labels)) if ctx.model.labels else 3
+    try:
+        comparison = compare(ctx.model, {name: picture}, chosen, targets=f"top{k}", scale="column", progress=False)
+    except ConvscopeError as exc:  # e.g. a regression model: no classes to rank
+        return f'<section><h2>The top classes side by side</h2><p class="note">not applicable: {esc(str(exc))}</p></section>'
+
+    seconds = time.perf_counter() - start
+    agree = comparison.agreement(chosen[0], 0)
+    pairs = [float(agree[a, b]) for a in range(len(agree)) for b in range(a + 1, len(agree))]
+    spread = f" Rank correlation between the classes' {esc(chosen[0])} maps: {min(pairs):.2f} to {max(pairs):.2f}." if pairs else ""
+    return (f'<section><h2>The top {k} classes side by side</h2><p class="note">{esc(name)}: each row explains one of '
+            f'the model\'s {k} best classes with the same methods, one colour scale per column, so a weaker class '
+            f'shows weaker evidence.{spread} {seconds:.1f} s.</p>'
+            f'{_img(figure_png(comparison.figure()), "top classes compared")}</section>')
 
 
 def occlusion_section(ctx: ReportContext) -> str:
@@ -311,7 +336,8 @@ def embedding_section(ctx: ReportContext) -> str:
             f'{_img(figure_png(thumbnail_figure(found, maps[0])), "thumbnail map", 900)}{table}</section>')
 
 
-SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, occlusion_section, trust_section,
+SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, top_classes_section,
+                           occlusion_section, trust_section,
                            filters_section, feature_maps_section, visualization_section, embedding_section, summary_section]
 
 _CSS = """
@@ -326,22 +352,6 @@ figure img{margin-right:4px} figcaption{font-size:.85rem;color:#444}
 code{background:#f1f1f1;padding:0 .3rem;border-radius:3px}
 .layers td{font-family:ui-monospace,monospace;font-size:.8rem}
 """
-
-
-def resolve_images(images: Sequence[Any] | None) -> list[tuple[str, Any]]:
-    """Paths, sample names (cat, coffee, astronaut, rocket) or pictures -> (name, PIL image)."""
-    from .images import load_image
-
-    items = list(images) if images else ["cat"]
-    named = []
-    for item in items:
-        if isinstance(item, str) and item.lower() in SAMPLE_IMAGES + ("chelsea",) and not Path(item).exists():
-            named.append((item, sample_image(item)))
-        elif isinstance(item, (str, Path)):
-            named.append((Path(item).name, load_image(item)))
-        else:
-            named.append((f"image {len(named) + 1}", load_image(item)))
-    return named
 
 
 def build_report(model: Model, images: Sequence[Any] | None = None, out: str | Path = "convscope-report", *,

@@ -78,9 +78,11 @@ def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.Captur
     assert len(head) == 2 and all(p.shape == (224, 224, 3) for p in head)  # the two inputs
     methods = _inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))
     assert len(methods) == 2 * 2 * 2 and all(p.shape == (224, 224, 3) for p in methods)  # (overlay, map) per method per image
-    region = _inline_images(_between(html, "Region of interest", "Occlusion: heatmap"))
+    region = _inline_images(_between(html, "Region of interest", "classes side by side"))
     assert len(region) == 2 * 2 and region[0].shape == (224, 224, 3)  # masked picture and (smaller) crop per image
     assert region[1].shape[0] < 224 or region[1].shape[1] < 224
+    compared = _inline_images(_between(html, "classes side by side", "Occlusion: heatmap"))
+    assert len(compared) == 1 and "explains Egyptian cat" not in html  # one figure; matplotlib text is not HTML
     occluded = _inline_images(_between(html, "Occlusion: heatmap", "Which explanation to trust"))
     assert len(occluded) == 2 * 3  # seed 000's triple per image
 
@@ -123,7 +125,7 @@ def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
     assert "not applicable to this model" in html and "use gradcam" in html
     assert len(_inline_images(html[:html.index("Which pixels drove the decision")])) == 1  # the input
     assert len(_inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))) == 2  # gradcam
-    for title in ("Region of interest", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
+    for title in ("Region of interest", "The top 3 classes", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
                   "What the channels want to see", "Deep Dream"):  # a one-conv model gets every section
         assert title in html, title
 
@@ -136,7 +138,7 @@ def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
     for info in cs.methods():
         assert f'id="{info.name}"' in html
     assert "not applicable" not in html and "Region of interest" in html
-    for title in ("Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
+    for title in ("The top 3 classes side by side", "Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
                   "What the channels want to see", "The picture the model wants for", "Deep Dream"):
         assert title in html, title
     assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)
@@ -237,3 +239,18 @@ def test_cli_trust_and_feature_commands(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["maximize", "_blocks.5:99999", "--steps", "2", "--out", str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of range" in err
+
+
+def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`convscope compare IMAGE --models a,b --methods ...`: the table on stdout and the grid PNG."""
+    out = tmp_path / "cmp.png"
+    assert main(["compare", "cat", "coffee", "--models", "efficientnet_lite0,digits_cnn", "--methods", "gradcam,saliency",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet_lite0" in printed and "digits_cnn" in printed and "coffee" in printed and "ρ=" in printed
+    with Image.open(out) as picture:
+        assert picture.size[0] > 600 and picture.size[1] > picture.size[0]  # 2 models × 2 pictures stacked
+    assert main(["compare", "cat", "--targets", "top2", "--out", str(tmp_path / "top.png")]) == 0
+    assert "class #2" in capsys.readouterr().out
+    assert main(["compare", "cat", "--targets", "tabby", "--out", str(tmp_path / "bad.png")]) == 2
+    assert "--targets" in capsys.readouterr().err
