@@ -495,7 +495,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def selected_methods(spec: str | None, skip_slow: bool) -> list[Any]:
-    infos = cs.methods()
+    """Gradient and CAM methods (perturbation methods have their own benchmark, bench_perturbation.py)."""
+    infos = [info for info in cs.methods() if info.family != "perturbation"]
     if spec:
         wanted = [name.strip() for name in spec.split(",") if name.strip()]
         known = {info.name for info in infos}
