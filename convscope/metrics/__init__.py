@@ -1,8 +1,10 @@
 """Which explanation to trust: faithfulness (deletion / insertion curves, ranking methods against a
-random baseline) and the model-randomization sanity check."""
+random baseline) and the model-randomization sanity check; whether the model itself can be trusted:
+the shortcut audit."""
 
+from .audit import Audit, SwapTest, audit
 from .faithfulness import Curve, Ranking, RankingRow, compare, deletion, insertion, random_map
 from .sanity import SanityReport, layer_groups, rank_correlation, sanity, ssim
 
-__all__ = ["Curve", "Ranking", "RankingRow", "SanityReport", "compare", "deletion", "insertion", "layer_groups",
+__all__ = ["Audit", "Curve", "Ranking", "RankingRow", "SanityReport", "SwapTest", "audit", "compare", "deletion", "insertion", "layer_groups",
            "random_map", "rank_correlation", "sanity", "ssim"]

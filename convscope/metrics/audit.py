@@ -1,0 +1,484 @@
+"""Shortcut audit: does the model look at the object, or at what happens to surround it?
+
+The leopard classifier that learned snow, the tank detector that learned the weather: ``audit`` makes
+that a number. Two tests, both batched:
+
+1. **Where the explanation falls** (needs object regions: masks, boxes or a folder of mask pictures).
+   Each image is explained for the class the model predicted; the *share* is the part of the map's
+   positive mass inside the object region — the energy-based pointing game of Wang et al. 2020
+   (Score-CAM, §4.2) — next to the share a uniform map would get (the region's area). The *hit* is the
+   pointing game of Zhang et al. 2016 (does the map's peak fall inside the region). The *concentration*
+   ``(share - area) / (1 - area)`` says how much more of the map the object holds than a uniform map
+   would give it: 0 for a map that ignores the object, 1 for a map entirely on it, below 0 for a map
+   that avoids it. It is fair to small objects and coarse maps alike (a 16×16 Grad-CAM on an object of
+   4% of the picture puts about a third of its mass inside when the model looks at the object), and an
+   image is flagged when it is below ``threshold``: the prediction rests outside the object.
+2. **Whose class the prediction follows** (needs regions, not an explanation). Objects are pasted onto
+   the backgrounds of pictures of other classes (the other picture's own object filled in from its
+   surroundings first); a model that learned the object predicts the object's class, a model that
+   learned the background predicts the background's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import registry
+from ..errors import InputError
+from ..models import Model, as_model
+from ..progress import ProgressArg, tracker
+
+__all__ = ["Audit", "SwapTest", "audit", "fill_region", "region_share"]
+
+FLAG_CONCENTRATION = 0.1  # default threshold: the object holds hardly more of the map than its area
+EXAMPLES = 8  # pictures kept per kind (worst images, swap composites) for figures
+
+
+@dataclass
+class SwapTest:
+    """Objects pasted onto other classes' backgrounds. Per composite: ``object_class``,
+    ``background_class``, ``predicted``; ``examples``: a few composites (uint8 (h, w, 3)) with
+    (object class, background class, predicted) for figures."""
+
+    object_class: np.ndarray
+    background_class: np.ndarray
+    predicted: np.ndarray
+    class_names: list[str]
+    examples: list[tuple[np.ndarray, int, int, int]] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.predicted.shape[0])
+
+    @property
+    def follows_object(self) -> float:
+        """Fraction of composites predicted as the pasted object's class."""
+        return float(np.mean(self.predicted == self.object_class)) if len(self) else float("nan")
+
+    @property
+    def follows_background(self) -> float:
+        """Fraction of composites predicted as the background picture's class."""
+        return float(np.mean(self.predicted == self.background_class)) if len(self) else float("nan")
+
+    def per_class(self) -> dict[str, tuple[int, float, float]]:
+        """Object class -> (composites, follows object, follows background)."""
+        out = {}
+        for c in sorted(set(self.object_class.tolist())):
+            rows = self.object_class == c
+            out[self.class_names[c]] = (int(rows.sum()), float(np.mean(self.predicted[rows] == c)),
+                                        float(np.mean(self.predicted[rows] == self.background_class[rows])))
+        return out
+
+
+@dataclass
+class Audit:
+    """Per image (N,): ``label`` (-1 when unknown), ``predicted``, ``probability`` (of the prediction),
+    ``share`` of the explanation inside the region, ``area`` of the region (the share of a uniform map),
+    ``hit`` (the map's peak inside the region), ``concentration`` ((share - area) / (1 - area)),
+    ``flagged`` (concentration < ``threshold``); ``swap`` the
+    background-swap test (None when not run); ``pictures``/``maps``/``regions``: small copies (N, h, w[, 3])
+    for figures."""
+
+    method: str
+    threshold: float
+    class_names: list[str]
+    label: np.ndarray
+    predicted: np.ndarray
+    probability: np.ndarray
+    share: np.ndarray
+    area: np.ndarray
+    hit: np.ndarray
+    paths: list[str | None]
+    pictures: np.ndarray = field(repr=False)
+    maps: np.ndarray = field(repr=False)
+    regions: np.ndarray = field(repr=False)
+    swap: SwapTest | None = None
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.share.shape[0])
+
+    @property
+    def concentration(self) -> np.ndarray:
+        """(N,) how much more of the map the object holds than a uniform map would: (share - area) / (1 - area)."""
+        return (self.share - self.area) / np.clip(1 - self.area, 1e-6, None)
+
+    @property
+    def is_flagged(self) -> np.ndarray:
+        """(N,) bool: the prediction rests outside the object (concentration below the threshold)."""
+        return self.concentration < self.threshold
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Indices of the images whose prediction rests outside the object."""
+        return np.flatnonzero(self.is_flagged)
+
+    @property
+    def flagged_fraction(self) -> float:
+        return float(len(self.flagged) / max(1, len(self)))
+
+    @property
+    def relies_on_background(self) -> bool:
+        """The verdict: most explanations fall outside the objects, or (when run) most pasted objects
+        are classified by their new background."""
+        by_share = self.flagged_fraction > 0.5
+        by_swap = self.swap is not None and len(self.swap) > 0 and self.swap.follows_background > 0.5
+        return by_share or by_swap
+
+    @property
+    def verdict(self) -> str:
+        share = (f"{self.flagged_fraction:.0%} of images flagged (median share of the {self.method} map on the object "
+                 f"{np.median(self.share):.0%}, where a uniform map would give {np.median(self.area):.0%}; concentration "
+                 f"{np.median(self.concentration):.2f}, flagged below {self.threshold:.2f})")
+        swap = ("" if self.swap is None or not len(self.swap) else
+                f"; pasted onto another class's background, the prediction follows the background in "
+                f"{self.swap.follows_background:.0%} of {len(self.swap)} composites and the object in {self.swap.follows_object:.0%}")
+        head = "RELIES ON THE BACKGROUND" if self.relies_on_background else "looks at the objects"
+        return f"{head}: {share}{swap}"
+
+    def worst(self, k: int = EXAMPLES) -> np.ndarray:
+        """Indices of the ``k`` images with the lowest concentration, worst first."""
+        return np.argsort(self.concentration, kind="stable")[:k]
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Per true class (or predicted class when labels are unknown): images, accuracy, mean share,
+        mean area, pointing-game hit rate, flagged fraction."""
+        keys = self.label if (self.label >= 0).all() else self.predicted
+        out = {}
+        for c in sorted(set(keys.tolist())):
+            rows = keys == c
+            known = self.label[rows] >= 0
+            out[self._name(c)] = {
+                "images": int(rows.sum()),
+                "accuracy": float(np.mean(self.predicted[rows][known] == self.label[rows][known])) if known.any() else float("nan"),
+                "share": float(self.share[rows].mean()), "area": float(self.area[rows].mean()),
+                "concentration": float(self.concentration[rows].mean()),
+                "hit": float(self.hit[rows].mean()), "flagged": float(np.mean(self.is_flagged[rows])),
+            }
+        return out
+
+    def _name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
+
+    def table(self) -> str:
+        """The per-class summary, the swap test and the verdict as text."""
+        lines = [f"{'class':<16} {'images':>6} {'accuracy':>8} {'share':>6} {'area':>6} {'conc.':>6} {'hit':>6} {'flagged':>8}"]
+        for name, row in self.per_class().items():
+            lines.append(f"{name[:16]:<16} {row['images']:>6} {row['accuracy']:>8.1%} {row['share']:>6.1%} "
+                         f"{row['area']:>6.1%} {row['concentration']:>6.2f} {row['hit']:>6.1%} {row['flagged']:>8.1%}")
+        if self.swap is not None and len(self.swap):
+            lines.append("")
+            lines.append(f"{'object pasted':<16} {'onto':>6} {'follows object':>15} {'follows background':>19}")
+            for name, (count, obj, bg) in self.swap.per_class().items():
+                lines.append(f"{name[:16]:<16} {count:>6} {obj:>15.1%} {bg:>19.1%}")
+        lines.append("")
+        lines.append(f"share: the part of the {self.method} map's positive mass inside the object region (energy pointing "
+                     f"game); area: what a uniform map would get; conc.: (share - area) / (1 - area), flagged below "
+                     f"{self.threshold:.2f}; hit: the map's peak inside the region")
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers as a dict (for JSON)."""
+        return {"method": self.method, "images": len(self), "threshold": self.threshold,
+                "flagged_fraction": self.flagged_fraction, "median_share": float(np.median(self.share)),
+                "median_concentration": float(np.median(self.concentration)),
+                "median_area": float(np.median(self.area)), "hit_rate": float(self.hit.mean()),
+                "relies_on_background": self.relies_on_background, "per_class": self.per_class(),
+                "swap": None if self.swap is None else {"composites": len(self.swap), "follows_object": self.swap.follows_object,
+                                                       "follows_background": self.swap.follows_background},
+                "seconds": self.seconds}
+
+    def figure(self, k: int = EXAMPLES) -> Any:
+        """Worst images with their maps and regions, the per-class shares and swap examples."""
+        from ..render.audit import audit_figure
+
+        return audit_figure(self, k=k)
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+def region_share(maps: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(share, hit) per image for maps (B, H, W) and bool regions (B, H, W): the positive mass of the map
+    inside the region over all its positive mass (0 for a map with no positive value), and whether the
+    map's maximum lies inside the region."""
+    positive = maps.float().clamp_min(0).flatten(1)
+    inside = regions.flatten(1).to(positive.dtype)
+    total = positive.sum(1)
+    share = torch.where(total > 0, (positive * inside).sum(1) / total.clamp_min(1e-30), torch.zeros_like(total))
+    peak = maps.float().flatten(1).argmax(1)
+    hit = inside.gather(1, peak[:, None])[:, 0] > 0
+    return share, hit
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def fill_region(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Pictures (B, C, H, W) with their bool ``regions`` (B, H, W) filled in from the surroundings
+    (normalized convolution at three scales, the finest that reaches each pixel wins), so an object
+    disappears into its background."""
+    keep = (~regions)[:, None].to(x.dtype)
+    out = x.clone()
+    todo = regions.clone()
+    size = min(x.shape[-2:])
+    for sigma in (size / 32, size / 12, size / 4):
+        weight = _gaussian_blur(keep, max(0.8, sigma))
+        value = _gaussian_blur(x * keep, max(0.8, sigma)) / weight.clamp_min(1e-6)
+        ready = todo & (weight[:, 0] > 0.2)
+        out = torch.where(ready[:, None], value, out)
+        todo = todo & ~ready
+    if bool(todo.any()):  # a region too large to reach: the mean of what is left
+        mean = (x * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp_min(1)
+        out = torch.where(todo[:, None], mean.expand_as(x), out)
+    return out
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def _class_index(model: Model, label: str | None) -> int:
+    if label is None:
+        return -1
+    if model.labels and label in model.labels:
+        return model.labels.index(label)
+    if label.lstrip("-").isdigit():
+        return int(label)
+    return -1
+
+
+def _as_bool_masks(value: Any, count: int, size: tuple[int, int]) -> torch.Tensor:
+    """Masks (N, H, W) or (N, 1, H, W) or boxes (N, 4) -> bool (N, H, W) at the model's input size."""
+    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    if tensor.dim() == 2 and tensor.shape[1] == 4 and not tensor.dtype == torch.bool:
+        return _boxes(tensor, count, size)
+    if tensor.dim() == 4 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    if tensor.dim() != 3:
+        raise InputError(f"regions must be masks (N, H, W), boxes (N, 4) or a folder of masks; got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] != count:
+        raise InputError(f"{tensor.shape[0]} region masks for {count} images; give one per image")
+    masks = tensor > 0 if tensor.dtype != torch.bool else tensor
+    if tuple(masks.shape[-2:]) != size:
+        masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+    return masks.cpu()
+
+
+def _boxes(boxes: torch.Tensor, count: int, size: tuple[int, int]) -> torch.Tensor:
+    if boxes.shape[0] != count:
+        raise InputError(f"{boxes.shape[0]} boxes for {count} images; give one (x0, y0, x1, y1) per image")
+    height, width = size
+    b = boxes.float()
+    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise InputError(f"box {i} {tuple(b[i].tolist())} is not (x0, y0, x1, y1) with 0 <= x0 < x1 <= {width}, "
+                         f"0 <= y0 < y1 <= {height} (pixels of the model's {width}x{height} input)")
+    ys = torch.arange(height, dtype=torch.float32)[None, :, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float32)[None, None, :] + 0.5
+    return ((ys >= b[:, 1, None, None]) & (ys <= b[:, 3, None, None]) & (xs >= b[:, 0, None, None]) & (xs <= b[:, 2, None, None]))
+
+
+def _mask_folder(model: Model, folder: Path, root: Path | None, paths: Sequence[str | None]) -> torch.Tensor:
+    """The mask picture of every image, found by its path relative to the dataset folder (or its file
+    name) with any image extension, cropped exactly as the model crops the image."""
+    from ..features.embed import IMAGE_EXTENSIONS
+
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder of masks")
+    masks = []
+    for path in paths:
+        if path is None:
+            raise InputError("a folder of masks needs images read from files (a folder or a list of paths)")
+        relative = Path(path).relative_to(root) if root is not None else Path(Path(path).name)
+        candidates = [folder / relative.with_suffix(ext) for ext in IMAGE_EXTENSIONS] + \
+                     [folder / Path(path).with_suffix(ext).name for ext in IMAGE_EXTENSIONS]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise InputError(f"no mask for {path} in {folder} (looked for {relative.with_suffix('.png')})")
+        picture = model.crop(found).convert("L")
+        masks.append(torch.from_numpy(np.asarray(picture) > 127))
+    return torch.stack(masks)
+
+
+def _small(x: torch.Tensor, side: int = 96) -> tuple[int, int]:
+    height, width = x.shape[-2:]
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# -- the audit ---------------------------------------------------------------------------------------
+def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, method: str = "gradcam",
+          labels: Sequence[Any] | None = None, threshold: float = FLAG_CONCENTRATION, swap_backgrounds: bool = True,
+          swaps: int = 256, batch_size: int = 64, seed: int = 0, progress: ProgressArg = None,
+          **method_options: Any) -> Audit:
+    """Audit ``model`` on ``dataset`` for shortcuts: where its explanations fall and whose class its
+    predictions follow when objects change backgrounds (see the module docstring).
+
+    dataset:  a folder (ImageFolder layout: sub-folder = label), a list of paths or pictures, a
+              preprocessed tensor (N, C, H, W) with ``labels=``, or a torch Dataset of (image, label).
+    regions:  the object in each image: bool masks (N, H, W) at the model's input size (other sizes are
+              resized), boxes (N, 4) as (x0, y0, x1, y1) input pixels, or a folder of mask pictures
+              mirroring the dataset's files (same relative path or name, white = object).
+    method:   any registered map method (``convscope methods``), run batched on the predicted class.
+    threshold: an image is flagged when its concentration (share - area) / (1 - area) is below this.
+    swap_backgrounds: run the background-swap test on up to ``swaps`` composites per class.
+    Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
+    """
+    from ..features.embed import _source
+
+    wrapped = as_model(model)
+    info = registry.get(method)
+    if not -1 < float(threshold) < 1:
+        raise InputError(f"threshold (a concentration) must be between -1 and 1, got {threshold!r}")
+    if regions is None:
+        raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    source = _source(wrapped, dataset, labels, None)
+    root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
+    region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
+    size = wrapped.input_size
+    all_regions = None if region_folder is not None else regions
+    generator = torch.Generator().manual_seed(int(seed))
+    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "paths",
+                                                  "pictures", "maps", "regions")}
+    keep: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # class -> reservoir of (picture, region)
+    seen: dict[int, int] = {}
+    start, offset = time.perf_counter(), 0
+    with tracker(progress, source.count, "audit") as bar:
+        for x, names, paths in source.batches(batch_size):
+            count = x.shape[0]
+            if size is None:
+                size = tuple(x.shape[-2:])
+            if region_folder is not None:
+                masks = _mask_folder(wrapped, region_folder, root, paths)
+            else:
+                masks = _batch_regions(all_regions, offset, count, source.count, tuple(x.shape[-2:]))
+            empty = (~masks.flatten(1).any(1)).nonzero()
+            if len(empty):
+                raise InputError(f"the region of image {offset + int(empty[0])} is empty; every image needs its object")
+            result = info.fn(wrapped, x, **method_options)
+            maps = result.maps().float().cpu()  # (B, H, W)
+            if maps.shape[-2:] != masks.shape[-2:]:
+                maps = F.interpolate(maps[:, None], size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+            share, hit = region_share(maps, masks)
+            predicted, probability = _predictions(wrapped, x, result)
+            label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
+            small = _small(x)
+            rows["label"].append(label)
+            rows["predicted"].append(predicted)
+            rows["probability"].append(probability)
+            rows["share"].append(share)
+            rows["area"].append(masks.flatten(1).float().mean(1))
+            rows["hit"].append(hit)
+            rows["paths"] += list(paths)
+            rows["pictures"].append(_pictures(wrapped, x, small))
+            rows["maps"].append(F.interpolate(maps[:, None], size=small, mode="bilinear", align_corners=False)[:, 0].half())
+            rows["regions"].append(F.interpolate(masks[:, None].float(), size=small, mode="nearest")[:, 0] > 0.5)
+            if swap_backgrounds:
+                classes = torch.where(label >= 0, label, predicted)
+                _reservoir(keep, seen, x.detach().cpu(), masks, classes, swaps, generator)
+            offset += count
+            bar.advance(count)
+    cat = {k: torch.cat(v).numpy() if k != "paths" else v for k, v in rows.items()}
+    names = list(wrapped.labels) if wrapped.labels else [f"class {i}" for i in range(int(max(cat["predicted"].max(), cat["label"].max())) + 1)]
+    swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
+    return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
+                 cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
+                 cat["pictures"], cat["maps"].astype(np.float32), cat["regions"], swap, time.perf_counter() - start)
+
+
+def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tuple[int, int]) -> torch.Tensor:
+    """This batch's slice of masks/boxes given for the whole dataset."""
+    if isinstance(regions, (list, tuple)) and regions and not isinstance(regions[0], (int, float)):
+        if len(regions) != total:
+            raise InputError(f"{len(regions)} regions for {total} images; give one per image")
+        part = regions[offset:offset + count]
+        first = np.asarray(part[0].cpu() if isinstance(part[0], torch.Tensor) else part[0])
+        stacked = np.stack([np.asarray(p.cpu() if isinstance(p, torch.Tensor) else p) for p in part]) if first.ndim else np.asarray(part)
+        return _as_bool_masks(stacked, count, size)
+    tensor = regions if isinstance(regions, torch.Tensor) else torch.as_tensor(np.asarray(regions))
+    if tensor.dim() == 0 or tensor.shape[0] != total:
+        raise InputError(f"{tensor.shape[0] if tensor.dim() else 0} regions for {total} images; give one per image")
+    return _as_bool_masks(tensor[offset:offset + count], count, size)
+
+
+def _predictions(model: Model, x: torch.Tensor, result: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted class and its probability, from the explaining forward when the method recorded them."""
+    probs = result.meta.get("probabilities")
+    if result.target is not None and probs is not None:
+        return result.target.cpu().long(), probs.float().cpu()
+    out = model.forward(x).float().softmax(1).cpu()
+    value, index = out.max(1)
+    return index, value
+
+
+def _pictures(model: Model, x: torch.Tensor, small: tuple[int, int]) -> torch.Tensor:
+    from ..render import tensor_to_images
+
+    shrunk = F.interpolate(x.detach().float().cpu(), size=small, mode="bilinear", align_corners=False, antialias=True)
+    return torch.from_numpy(tensor_to_images(shrunk, model.mean, model.std))
+
+
+def _reservoir(keep: dict[int, list[Any]], seen: dict[int, int], x: torch.Tensor, masks: torch.Tensor,
+               classes: torch.Tensor, limit: int, generator: torch.Generator) -> None:
+    """Keep a uniform random sample of at most ``limit`` (picture, region) pairs per class (Vitter's
+    algorithm R), so the swap test needs bounded memory on any dataset size."""
+    for i, c in enumerate(classes.tolist()):
+        seen[c] = seen.get(c, 0) + 1
+        bucket = keep.setdefault(c, [])
+        if len(bucket) < limit:
+            bucket.append((x[i], masks[i]))
+        else:
+            j = int(torch.randint(0, seen[c], (1,), generator=generator))
+            if j < limit:
+                bucket[j] = (x[i], masks[i])
+
+
+def _swap_test(model: Model, keep: dict[int, list[Any]], names: list[str], batch_size: int,
+               generator: torch.Generator) -> SwapTest:
+    """Each kept object onto the (object-free) background of a kept picture of another class."""
+    from ..render import tensor_to_images
+
+    classes = sorted(c for c in keep if c >= 0)
+    objects, backgrounds, predicted, examples = [], [], [], []
+    if len(classes) < 2:
+        return SwapTest(np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), names)
+    pairs = []
+    for c in classes:
+        others = [o for o in classes if o != c]
+        for picture, region in keep[c]:
+            other = others[int(torch.randint(0, len(others), (1,), generator=generator))]
+            bucket = keep[other]
+            back, back_region = bucket[int(torch.randint(0, len(bucket), (1,), generator=generator))]
+            pairs.append((picture, region, back, back_region, c, other))
+    pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=generator).tolist()]  # classes mixed in every batch
+    for start in range(0, len(pairs), batch_size):
+        part = pairs[start:start + batch_size]
+        pictures = torch.stack([p[0] for p in part])
+        regions = torch.stack([p[1] for p in part])
+        backs = fill_region(torch.stack([p[2] for p in part]), torch.stack([p[3] for p in part]))
+        composite = torch.where(regions[:, None], pictures, backs)
+        guesses = model.forward(composite.to(model.device)).argmax(1).cpu()
+        predicted.append(guesses)
+        objects += [p[4] for p in part]
+        backgrounds += [p[5] for p in part]
+        if len(examples) < EXAMPLES:
+            shown = tensor_to_images(composite[:EXAMPLES - len(examples)], model.mean, model.std)
+            examples += [(shown[i], part[i][4], part[i][5], int(guesses[i])) for i in range(len(shown))]
+    return SwapTest(np.asarray(objects), np.asarray(backgrounds), torch.cat(predicted).numpy(), names, examples)
+

@@ -1,0 +1,186 @@
+"""The shortcut audit on the snow/sand shapes: it flags the model that learned the background and
+clears the one that learned the shapes; analytic cases for the measures; inputs; model safety."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_state import assert_unchanged, snapshot
+
+import convscope as cs
+from convscope.metrics.audit import audit, fill_region, region_share
+from convscope.zoo.shapes import shapes_dataset
+
+
+def normalized(model: cs.Model, images: torch.Tensor) -> torch.Tensor:
+    return (images - torch.tensor(model.mean).view(1, 3, 1, 1)) / torch.tensor(model.std).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """200 held-out pictures of the biased kind: circles on snow, squares on sand."""
+    return shapes_dataset(200, biased=True, split="test")
+
+
+@pytest.fixture(scope="module")
+def audits(data):
+    out = {}
+    for which in ("biased", "balanced"):
+        model = cs.load_model(f"shapes_{which}")
+        out[which] = audit(model, normalized(model, data.images), labels=data.labels.tolist(), regions=data.masks,
+                           swaps=64, progress=False)
+    return out
+
+
+def test_the_biased_model_is_flagged(audits) -> None:
+    found = audits["biased"]
+    assert found.relies_on_background and found.verdict.startswith("RELIES ON THE BACKGROUND")
+    assert found.flagged_fraction > 0.9  # its Grad-CAM sits on the snow and the sand, not on the shape
+    assert np.median(found.share) < np.median(found.area) * 1.5
+    assert found.swap is not None and len(found.swap) == 128
+    assert found.swap.follows_background > 0.9 and found.swap.follows_object < 0.1
+    assert set(found.per_class()) == {"circle", "square"}
+    assert (found.label == found.predicted).mean() > 0.95  # it is right on pictures like its training set
+
+
+def test_the_balanced_model_is_cleared(audits) -> None:
+    found = audits["balanced"]
+    assert not found.relies_on_background and found.verdict.startswith("looks at the objects")
+    assert found.flagged_fraction < 0.1
+    assert np.median(found.share) > 4 * np.median(found.area)  # the map is concentrated on the shape
+    assert found.hit.mean() > 0.8  # the pointing game
+    assert found.swap.follows_object > 0.9
+
+
+def test_the_training_claims_hold_on_swapped_pictures() -> None:
+    """The committed weights do what scripts/train_shapes.py printed: the biased model fails when shapes
+    change background, the balanced one does not."""
+    swapped = shapes_dataset(200, split="test", swap=True)
+    for which, low, high in (("biased", 0.0, 0.2), ("balanced", 0.9, 1.0)):
+        model = cs.load_model(f"shapes_{which}")
+        with torch.inference_mode():
+            accuracy = (model.module(normalized(model, swapped.images)).argmax(1) == swapped.labels).float().mean()
+        assert low <= float(accuracy) <= high, (which, float(accuracy))
+
+
+def test_dataset_is_deterministic_and_well_formed() -> None:
+    a, b = shapes_dataset(32, biased=True, split="train"), shapes_dataset(32, biased=True, split="train")
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.images, shapes_dataset(32, biased=True, split="test").images)
+    assert a.images.shape == (32, 3, 64, 64) and 0 <= float(a.images.min()) and float(a.images.max()) <= 1
+    assert torch.equal(a.backgrounds, a.labels)  # biased: circle (0) on snow (0), square (1) on sand (1)
+    balanced = shapes_dataset(400, biased=False)
+    assert 0.4 < float((balanced.backgrounds == balanced.labels).float().mean()) < 0.6
+    assert torch.equal(shapes_dataset(16, swap=True).backgrounds, 1 - shapes_dataset(16, swap=True).labels)
+    # the shape is darker than any background, and the mask marks exactly it
+    inside = a.images.mean(1)[a.masks]
+    outside = a.images.mean(1)[~a.masks]
+    assert float(inside.max()) < float(outside.quantile(0.001))
+
+
+def test_region_share_and_pointing_game_by_hand() -> None:
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 2:4, 2:4] = 1.0  # all the mass inside the region
+    maps[1] = 1.0  # uniform: the share is the area
+    maps[2, 6, 6] = 5.0
+    maps[2, 2, 2] = 1.0  # a sixth inside, the peak outside
+    maps[2, 0, 0] = -9.0  # negative evidence does not count
+    regions = torch.zeros(3, 8, 8, dtype=torch.bool)
+    regions[:, 2:4, 2:4] = True
+    share, hit = region_share(maps, regions)
+    assert torch.allclose(share, torch.tensor([1.0, 4 / 64, 1 / 6]))
+    assert hit.tolist() == [True, False, False]  # a uniform map's first maximum is the corner, outside
+
+
+def test_boxes_equal_the_same_masks(data) -> None:
+    model = cs.load_model("shapes_balanced")
+    x = normalized(model, data.images[:24])
+    rows, cols = data.masks[:24].any(2), data.masks[:24].any(1)
+    boxes = torch.stack([torch.tensor([c.nonzero().min(), r.nonzero().min(), c.nonzero().max() + 1, r.nonzero().max() + 1])
+                         for r, c in zip(rows, cols)]).float()
+    box_masks = torch.zeros_like(data.masks[:24])
+    for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+        box_masks[i, y0:y1, x0:x1] = True
+    by_box = audit(model, x, regions=boxes, swap_backgrounds=False, progress=False)
+    by_mask = audit(model, x, regions=box_masks, swap_backgrounds=False, progress=False)
+    assert np.allclose(by_box.share, by_mask.share, atol=1e-6)
+    assert np.allclose(by_box.area, by_mask.area)
+
+
+def test_batch_size_and_seed(data) -> None:
+    model = cs.load_model("shapes_biased")
+    x = normalized(model, data.images[:40])
+    one = audit(model, x, labels=data.labels[:40].tolist(), regions=data.masks[:40], batch_size=7, swaps=8, progress=False)
+    two = audit(model, x, labels=data.labels[:40].tolist(), regions=data.masks[:40], batch_size=40, swaps=8, progress=False)
+    assert np.allclose(one.share, two.share, atol=1e-5) and (one.predicted == two.predicted).all()
+    again = audit(model, x, labels=data.labels[:40].tolist(), regions=data.masks[:40], batch_size=40, swaps=8, progress=False)
+    assert (again.swap.predicted == two.swap.predicted).all() and (again.swap.background_class == two.swap.background_class).all()
+
+
+def test_fill_region_hides_the_object(data) -> None:
+    pictures, masks = data.images[:8], data.masks[:8]
+    filled = fill_region(pictures, masks)
+    assert torch.equal(filled[~masks[:, None].expand_as(filled)], pictures[~masks[:, None].expand_as(pictures)])
+    # the dark shape is gone: its pixels now look like the background around it
+    background = pictures.mean(1)[~masks].mean()
+    assert abs(float(filled.mean(1)[masks].mean() - background)) < 0.08
+
+
+def test_a_folder_with_a_folder_of_masks(tmp_path, data) -> None:
+    """ImageFolder layout for the pictures, the same relative paths for the masks."""
+    for i in range(12):
+        name = ("circle", "square")[int(data.labels[i])]
+        (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "masks" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((data.images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(tmp_path / "images" / name / f"{i}.png")
+        Image.fromarray(data.masks[i].numpy().astype("uint8") * 255).save(tmp_path / "masks" / name / f"{i}.png")
+    model = cs.load_model("shapes_balanced")
+    found = audit(model, tmp_path / "images", regions=tmp_path / "masks", progress=False)
+    assert len(found) == 12 and (found.label == found.predicted).all() and not found.relies_on_background
+    assert all(p is not None and p.endswith(".png") for p in found.paths)
+    (tmp_path / "masks" / "circle").rename(tmp_path / "elsewhere")
+    with pytest.raises(cs.InputError, match="no mask for"):
+        audit(model, tmp_path / "images", regions=tmp_path / "masks", progress=False)
+
+
+def test_bad_inputs_are_one_line_errors(data) -> None:
+    model = cs.load_model("shapes_biased")
+    x = normalized(model, data.images[:4])
+    cases = [
+        (dict(regions=None), "needs the object regions"),
+        (dict(regions=data.masks[:3]), "3 regions for 4 images"),
+        (dict(regions=torch.tensor([[0, 0, 70, 10]] * 4)), "box 0"),
+        (dict(regions=torch.zeros(4, 64, 64, dtype=torch.bool)), "empty"),
+        (dict(regions=data.masks[:4], method="gradcm"), "gradcam"),
+        (dict(regions=data.masks[:4], threshold=3), "threshold"),
+        (dict(regions=torch.ones(4, 2, 3, 64, 64)), "regions must be"),
+    ]
+    for options, match in cases:
+        with pytest.raises(cs.ConvscopeError, match=match) as caught:
+            audit(model, x, progress=False, **options)
+        assert "\n" not in str(caught.value)
+
+
+def test_model_and_input_untouched(data) -> None:
+    model = cs.load_model("shapes_biased")
+    model.module.train()
+    x = normalized(model, data.images[:16])
+    before = snapshot(model.module, x)
+    audit(model, x, labels=data.labels[:16].tolist(), regions=data.masks[:16], swaps=4, progress=False)
+    with pytest.raises(cs.InputError):
+        audit(model, x, regions=data.masks[:15], progress=False)
+    assert_unchanged(before, model.module, x)
+
+
+def test_figure_and_table(audits, tmp_path) -> None:
+    found = audits["biased"]
+    text = found.table()
+    assert "circle" in text and "follows background" in text and "verdict: RELIES" in text
+    from convscope.render import figure_png
+
+    (tmp_path / "a.png").write_bytes(figure_png(found.figure()))
+    assert Image.open(tmp_path / "a.png").size[0] > 800
+    summary = found.summary()
+    assert summary["relies_on_background"] is True and summary["swap"]["composites"] == 128
