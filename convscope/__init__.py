@@ -43,6 +43,7 @@ from .images import load_image, sample_image
 from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
 from .models import Model, Prediction, available_models, imagenet_labels, load_model
 from .metrics.audit import Audit, audit
+from .metrics.robustness import Robustness, robustness
 from .registry import explain, methods
 from .report import build_report as report
 from .result import Result
@@ -68,6 +69,7 @@ __all__ = [
     "Projection",
     "RegionOfInterest",
     "Result",
+    "Robustness",
     "TargetError",
     "__version__",
     "ablationcam",
@@ -113,6 +115,7 @@ __all__ = [
     "report",
     "resolve_layer",
     "rise",
+    "robustness",
     "roi",
     "saliency",
     "sample_image",

@@ -18,7 +18,7 @@ PUBLIC = {
     "occlusion", "rise", "superpixels", "occlusion_mask", "masked_image", "metrics",
     "features", "filters", "compare_filters", "feature_maps", "layer_info", "maximize", "class_image", "dream", "objectives",
     "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap", "export_projector", "digits_dataset",
-    "Comparison", "compare", "Audit", "audit",
+    "Comparison", "compare", "Audit", "audit", "Robustness", "robustness",
 }
 
 

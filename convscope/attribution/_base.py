@@ -50,10 +50,15 @@ def prepare(model: Any, x: Any, target: Target, precision: str = "fp32", *,
 
 def package(model: Model, x: torch.Tensor, data: torch.Tensor, *, method: str, classes: torch.Tensor | None,
             scores: torch.Tensor, output: torch.Tensor | None, layer: str | None = None, **meta: Any) -> Result:
-    """A Result with provenance: the explained classes' labels, scores and probabilities."""
+    """A Result with provenance: the explained classes' labels, scores and probabilities, and the
+    model's own top-1 (``meta["predicted"]``, ``meta["predicted_probabilities"]``) for class outputs."""
     meta["scores"] = scores.detach().float()
-    if classes is not None and isinstance(output, torch.Tensor) and output.dim() == 2:
-        meta["probabilities"] = output.detach().float().softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    if isinstance(output, torch.Tensor) and output.dim() == 2:
+        probs = output.detach().float().softmax(dim=1)
+        top, predicted = probs.max(dim=1)
+        meta["predicted"], meta["predicted_probabilities"] = predicted, top  # the model's top-1, whatever is explained
+        if classes is not None:
+            meta["probabilities"] = probs.gather(1, classes[:, None])[:, 0]
     data = data.detach().float() if data.dtype in (torch.bfloat16, torch.float16) else data.detach()
     return Result(data=data.contiguous(), method=method, target=classes, layer=layer,
                   labels=model.labels_for(classes), meta=meta, inputs=x.detach(), mean=model.mean, std=model.std)
