@@ -206,6 +206,63 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    import convscope as cs
+    from convscope.render.robustness import robustness_curves
+
+    model = _load(args)
+    picture = _images([args.image])[0][1]
+    sweep = cs.robustness(model, picture, perturbations=args.perturbations, target=args.target, method=args.method,
+                          seed=args.seed)
+    if args.json:
+        print(json.dumps({"original": {"class": sweep.original_class, "label": sweep.original_label,
+                                       "probability": sweep.original_probability}, "rows": sweep.records(),
+                          "notes": sweep.notes}, indent=2))
+    else:
+        print(sweep.table())
+    out = Path(args.out)
+    print(f"-> {_figure_to(out, sweep.figure())}, {_figure_to(out.with_name(out.stem + '_curves.png'), robustness_curves(sweep))}",
+          file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import convscope as cs
+
+    if args.demo:
+        return _audit_demo(args)
+    if not args.dataset or not args.masks:
+        raise cs.InputError("audit needs a dataset folder and --masks FOLDER (or --demo for the snow/sand story)")
+    found = cs.audit(_load(args), args.dataset, regions=args.masks, method=args.method, threshold=args.threshold,
+                     swap_backgrounds=not args.no_swap, batch_size=args.batch_size)
+    _audit_out(found, Path(args.out), args.json)
+    return 0
+
+
+def _audit_out(found: Any, out: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(found.summary(), indent=2))
+    else:
+        print(found.table())
+    print(f"-> {_figure_to(out, found.figure())}", file=sys.stderr if as_json else sys.stdout)
+
+
+def _audit_demo(args: argparse.Namespace) -> int:
+    """The leopard/tank story on convscope's shapes: circles on snow and squares on sand."""
+    import convscope as cs
+    from convscope.zoo.shapes import shapes_dataset
+
+    data = shapes_dataset(args.demo_images, biased=True, split="test")
+    out = Path(args.out)
+    for which in ("biased", "balanced"):
+        model = cs.load_model(f"shapes_{which}")
+        print(f"== shapes_{which}: trained on {'circles on snow, squares on sand' if which == 'biased' else 'any background'}")
+        found = cs.audit(model, data.inputs(model), labels=data.labels.tolist(), regions=data.masks,
+                         method=args.method, threshold=args.threshold, swap_backgrounds=not args.no_swap)
+        _audit_out(found, out.with_name(f"{out.stem}_{which}{out.suffix or '.png'}"), args.json)
+    return 0
+
+
 def cmd_filters(args: argparse.Namespace) -> int:
     import convscope as cs
     from convscope.render.features import filters_figure
@@ -321,6 +378,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale each map on its own, or one scale per method column")
     p.add_argument("--out", default="compare.png", help="the PNG to write (default: compare.png)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("robustness", help="perturb a picture (brightness, contrast, colour, shadow, blur, noise, rotation, "
+                                          "patch) and follow the prediction and its Grad-CAM evidence")
+    p.add_argument("image", help="a picture or sample name")
+    _add_model_args(p)
+    p.add_argument("--perturbations", help="comma-separated (default: all): " + "brightness,contrast,colour,shadow,blur,noise,rotation,patch")
+    p.add_argument("--method", default="gradcam", help="the map compared across perturbations (default: gradcam)")
+    p.add_argument("--target", type=int, help="the class to follow (default: the top-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--out", default="robustness.png", help="the grid PNG (and NAME_curves.png) (default: robustness.png)")
+    p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("audit", help="shortcut audit: where a dataset's explanations fall relative to the objects, and "
+                                     "whether predictions follow objects or backgrounds")
+    p.add_argument("dataset", nargs="?", help="a folder of images, one sub-folder per class")
+    _add_model_args(p)
+    p.add_argument("--masks", help="a folder of object masks mirroring the dataset's files (white = object)")
+    p.add_argument("--method", default="gradcam", help="the explanation method (default: gradcam)")
+    p.add_argument("--threshold", type=float, default=0.1, help="flag images whose concentration on the object is below this")
+    p.add_argument("--no-swap", action="store_true", help="skip the background-swap test")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--demo", action="store_true", help="audit convscope's two snow/sand shapes models (no dataset needed)")
+    p.add_argument("--demo-images", type=int, default=400, help="pictures in the demo (default: 400)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--out", default="audit.png", help="the figure (default: audit.png; the demo writes audit_biased/balanced.png)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("filters", help="a layer's filters as a picture (default: the first convolution)")
     _add_model_args(p)

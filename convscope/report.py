@@ -171,6 +171,37 @@ def top_classes_section(ctx: ReportContext) -> str:
             f'{_img(figure_png(comparison.figure()), "top classes compared")}</section>')
 
 
+def robustness_section(ctx: ReportContext) -> str:
+    """Seed 004's shadow and colour experiment on the first picture: does the prediction, and its Grad-CAM
+    evidence, survive light, colour, shadow, blur, noise, rotation and an occluding patch?"""
+    from .metrics.robustness import robustness
+    from .render import figure_png
+    from .render.robustness import robustness_curves
+
+    start = time.perf_counter()
+    name, picture = ctx.images[0]
+    try:
+        sweep = robustness(ctx.model, picture, progress=False)
+    except ConvscopeError as exc:
+        return f'<section><h2>Robustness</h2><p class="note">not applicable: {esc(str(exc))}</p></section>'
+    seconds = time.perf_counter() - start
+    worst = "; ".join(f"{r.perturbation} {r.strength:g}: p = {r.original_probability:.0%}" for r in sweep.worst(3))
+    rows = "".join(
+        f"<tr><td>{esc(r.perturbation)}</td><td>{r.strength:g}</td><td>{esc(r.label)}{' ✱' if r.predicted != sweep.original_class else ''}"
+        f"</td><td>{r.original_probability:.1%}</td><td>{r.rank_correlation:.2f}</td><td>{r.peak_shift_fraction:.0%}</td></tr>"
+        for r in sweep.rows)
+    notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in sweep.notes)
+    return (f'<section><h2>Robustness: light, colour, shadow, blur, noise, rotation, an occluding patch</h2>'
+            f'<p class="note">{esc(name)}: the model says \'{esc(sweep.original_label)}\' with p = {sweep.original_probability:.1%}. '
+            f'The top-1 changed on {len(sweep.flips)} of {len(sweep.rows)} perturbed pictures; the costliest: {esc(worst)}. '
+            f'Maps are {esc(sweep.method)} for the original class; ρ is their rank correlation with the original map '
+            f'(rotated with the picture for rotations) · {seconds:.1f} s.</p>{notes}'
+            f'{_img(figure_png(robustness_curves(sweep)), "probability against strength")}'
+            f'{_img(figure_png(sweep.figure()), "robustness grid")}'
+            f'<details><summary>table</summary><table><tr><th>perturbation</th><th>strength</th><th>top-1 (✱ changed)</th>'
+            f'<th>p(original)</th><th>ρ</th><th>peak moved</th></tr>{rows}</table></details></section>')
+
+
 def occlusion_section(ctx: ReportContext) -> str:
     """Seed 000's occlusion triple: the probability-drop heatmap, the mask from it, the picture through the mask."""
     from .attribution.perturbation import masked_image, occlusion_mask
@@ -337,7 +368,7 @@ def embedding_section(ctx: ReportContext) -> str:
 
 
 SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, top_classes_section,
-                           occlusion_section, trust_section,
+                           robustness_section, occlusion_section, trust_section,
                            filters_section, feature_maps_section, visualization_section, embedding_section, summary_section]
 
 _CSS = """

@@ -21,6 +21,31 @@ def main() -> None:
                    f"saliency: {sal.labels[i]}"]
     render.save_grid(panels, OUT / "readme_attribution.png", titles, ncols=3)
     print("wrote", OUT / "readme_attribution.png")
+    debugging(model)
+
+
+def debugging(model: cs.Model) -> None:
+    """The model-debugging pictures: compare, robustness, and the snow/sand shortcut audit."""
+    from convscope.render.robustness import robustness_curves
+    from convscope.zoo.shapes import shapes_dataset
+
+    models = {"efficientnet_lite0 (trained)": model, "efficientnet_lite0 (random weights)": cs.load_model("efficientnet_lite0", weights=None),
+              "digits_cnn (1x32x32)": cs.load_model("digits_cnn")}
+    written = [cs.compare(models, ["cat"], ["gradcam", "guided_gradcam", "saliency"], progress=False).save(OUT / "compare.png")]
+    sweep = cs.robustness(model, cs.sample_image("cat"), progress=False)
+    written.append(OUT / "robustness_cat.png")
+    written[-1].write_bytes(render.figure_png(sweep.figure()))
+    written.append(OUT / "robustness_cat_curves.png")
+    written[-1].write_bytes(render.figure_png(robustness_curves(sweep)))
+    data = shapes_dataset(400, biased=True, split="test")
+    for which in ("biased", "balanced"):
+        shapes = cs.load_model(f"shapes_{which}")
+        found = cs.audit(shapes, data.inputs(shapes), labels=data.labels.tolist(), regions=data.masks, progress=False)
+        written.append(OUT / f"audit_{which}.png")
+        written[-1].write_bytes(render.figure_png(found.figure()))
+    for path in written:
+        print("wrote", path)
+
 
 
 if __name__ == "__main__":

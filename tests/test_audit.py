@@ -176,6 +176,7 @@ def test_model_and_input_untouched(data) -> None:
 
 def test_figure_and_table(audits, tmp_path) -> None:
     found = audits["biased"]
+    assert set(found.worst(8).tolist()) <= set(found.examples) and len(found.examples) == 16  # kept for figures
     text = found.table()
     assert "circle" in text and "follows background" in text and "verdict: RELIES" in text
     from convscope.render import figure_png

@@ -81,7 +81,7 @@ def test_report_is_one_self_contained_file(tmp_path: Path, capsys: pytest.Captur
     region = _inline_images(_between(html, "Region of interest", "classes side by side"))
     assert len(region) == 2 * 2 and region[0].shape == (224, 224, 3)  # masked picture and (smaller) crop per image
     assert region[1].shape[0] < 224 or region[1].shape[1] < 224
-    compared = _inline_images(_between(html, "classes side by side", "Occlusion: heatmap"))
+    compared = _inline_images(_between(html, "classes side by side", "Robustness: light"))
     assert len(compared) == 1 and "explains Egyptian cat" not in html  # one figure; matplotlib text is not HTML
     occluded = _inline_images(_between(html, "Occlusion: heatmap", "Which explanation to trust"))
     assert len(occluded) == 2 * 3  # seed 000's triple per image
@@ -125,7 +125,7 @@ def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
     assert "not applicable to this model" in html and "use gradcam" in html
     assert len(_inline_images(html[:html.index("Which pixels drove the decision")])) == 1  # the input
     assert len(_inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))) == 2  # gradcam
-    for title in ("Region of interest", "The top 3 classes", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
+    for title in ("Region of interest", "The top 3 classes", "Robustness", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
                   "What the channels want to see", "Deep Dream"):  # a one-conv model gets every section
         assert title in html, title
 
@@ -138,7 +138,7 @@ def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
     for info in cs.methods():
         assert f'id="{info.name}"' in html
     assert "not applicable" not in html and "Region of interest" in html
-    for title in ("The top 3 classes side by side", "Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
+    for title in ("The top 3 classes side by side", "Robustness: light, colour", "Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
                   "What the channels want to see", "The picture the model wants for", "Deep Dream"):
         assert title in html, title
     assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)
@@ -254,3 +254,34 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "class #2" in capsys.readouterr().out
     assert main(["compare", "cat", "--targets", "tabby", "--out", str(tmp_path / "bad.png")]) == 2
     assert "--targets" in capsys.readouterr().err
+
+
+def test_cli_robustness_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`robustness IMAGE` prints the sweep and writes the grid and curves; `audit --demo` tells the snow/sand
+    story; `audit FOLDER --masks FOLDER` audits a dataset on disk."""
+    assert main(["robustness", "coffee", "--perturbations", "shadow,rotation", "--out", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert "shadow" in out and "rotation" in out and "espresso" in out
+    assert (tmp_path / "r.png").exists() and (tmp_path / "r_curves.png").exists()
+    assert main(["robustness", "coffee", "--perturbations", "shadw"]) == 2
+    assert "did you mean 'shadow'" in capsys.readouterr().err
+    assert main(["audit", "--demo", "--demo-images", "64", "--out", str(tmp_path / "a.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("verdict: RELIES ON THE BACKGROUND") == 1 and out.count("verdict: looks at the objects") == 1
+    assert (tmp_path / "a_biased.png").exists() and (tmp_path / "a_balanced.png").exists()
+    from convscope.zoo.shapes import SHAPES_LABELS, shapes_dataset
+
+    data = shapes_dataset(8, biased=True, split="test")
+    for i in range(8):
+        label = SHAPES_LABELS[int(data.labels[i])]
+        for kind, picture in (("images", data.images[i].permute(1, 2, 0).numpy()), ("masks", data.masks[i].float().numpy())):
+            (tmp_path / kind / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((picture * 255).round().astype("uint8")).save(tmp_path / kind / label / f"{i}.png")
+    assert main(["audit", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--model", "shapes_biased",
+                 "--json", "--out", str(tmp_path / "folder.png")]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["relies_on_background"] is True and summary["images"] == 8
+    assert main(["audit", str(tmp_path / "images")]) == 2
+    assert "--masks" in capsys.readouterr().err

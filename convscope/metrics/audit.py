@@ -21,6 +21,7 @@ that a number. Two tests, both batched:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -84,8 +85,8 @@ class Audit:
     ``share`` of the explanation inside the region, ``area`` of the region (the share of a uniform map),
     ``hit`` (the map's peak inside the region), ``concentration`` ((share - area) / (1 - area)),
     ``flagged`` (concentration < ``threshold``); ``swap`` the
-    background-swap test (None when not run); ``pictures``/``maps``/``regions``: small copies (N, h, w[, 3])
-    for figures."""
+    background-swap test (None when not run); ``examples``: image index -> (picture uint8 (h, w, 3), map
+    (h, w), region (h, w)) at most 96 px, for the lowest-concentration images (``keep_examples``)."""
 
     method: str
     threshold: float
@@ -97,9 +98,7 @@ class Audit:
     area: np.ndarray
     hit: np.ndarray
     paths: list[str | None]
-    pictures: np.ndarray = field(repr=False)
-    maps: np.ndarray = field(repr=False)
-    regions: np.ndarray = field(repr=False)
+    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(repr=False)
     swap: SwapTest | None = None
     seconds: float = 0.0
 
@@ -218,29 +217,23 @@ def region_share(maps: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tenso
     return share, hit
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-
-
 def fill_region(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Pictures (B, C, H, W) with their bool ``regions`` (B, H, W) filled in from the surroundings
-    (normalized convolution at three scales, the finest that reaches each pixel wins), so an object
-    disappears into its background."""
+    """Pictures (B, C, H, W) with their bool ``regions`` (B, H, W) filled in from the surroundings, so an
+    object disappears into its background: the mean of the surrounding pixels over cells of 1/16, 1/8, 1/4
+    and 1/2 of the picture (a pull-push pyramid; the finest cell that has enough background wins), smoothed
+    by bilinear upsampling. Outside the regions the pictures are unchanged."""
     keep = (~regions)[:, None].to(x.dtype)
     out = x.clone()
     todo = regions.clone()
     size = min(x.shape[-2:])
-    for sigma in (size / 32, size / 12, size / 4):
-        weight = _gaussian_blur(keep, max(0.8, sigma))
-        value = _gaussian_blur(x * keep, max(0.8, sigma)) / weight.clamp_min(1e-6)
-        ready = todo & (weight[:, 0] > 0.2)
+    for divisor in (16, 8, 4, 2):
+        cell = max(1, size // divisor)
+        weight = F.interpolate(F.avg_pool2d(keep, cell, stride=cell, ceil_mode=True), size=x.shape[-2:],
+                               mode="bilinear", align_corners=False)
+        total = F.interpolate(F.avg_pool2d(x * keep, cell, stride=cell, ceil_mode=True), size=x.shape[-2:],
+                              mode="bilinear", align_corners=False)
+        value = total / weight.clamp_min(1e-6)  # the mean of the background pixels nearby
+        ready = todo & (weight[:, 0] > 0.3)
         out = torch.where(ready[:, None], value, out)
         todo = todo & ~ready
     if bool(todo.any()):  # a region too large to reach: the mean of what is left
@@ -323,7 +316,7 @@ def _small(x: torch.Tensor, side: int = 96) -> tuple[int, int]:
 # -- the audit ---------------------------------------------------------------------------------------
 def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, method: str = "gradcam",
           labels: Sequence[Any] | None = None, threshold: float = FLAG_CONCENTRATION, swap_backgrounds: bool = True,
-          swaps: int = 256, batch_size: int = 64, seed: int = 0, progress: ProgressArg = None,
+          swaps: int = 256, batch_size: int = 64, seed: int = 0, keep_examples: int = 16, progress: ProgressArg = None,
           **method_options: Any) -> Audit:
     """Audit ``model`` on ``dataset`` for shortcuts: where its explanations fall and whose class its
     predictions follow when objects change backgrounds (see the module docstring).
@@ -336,6 +329,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
     method:   any registered map method (``convscope methods``), run batched on the predicted class.
     threshold: an image is flagged when its concentration (share - area) / (1 - area) is below this.
     swap_backgrounds: run the background-swap test on up to ``swaps`` composites per class.
+    keep_examples: the pictures, maps and regions of this many lowest-concentration images are kept for figures.
     Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
     """
     from ..features.embed import _source
@@ -348,14 +342,17 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
         raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    source = _source(wrapped, dataset, labels, None)
+    if isinstance(dataset, torch.Tensor) and dataset.dim() == 4 and dataset.shape[1] == wrapped.channels:
+        source = _tensor_source(wrapped, dataset, labels)  # values are checked batch by batch by the method
+    else:
+        source = _source(wrapped, dataset, labels, None)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
     size = wrapped.input_size
     all_regions = None if region_folder is not None else regions
     generator = torch.Generator().manual_seed(int(seed))
-    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "paths",
-                                                  "pictures", "maps", "regions")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "paths")}
+    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the lowest concentrations so far, for figures
     keep: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # class -> reservoir of (picture, region)
     seen: dict[int, int] = {}
     start, offset = time.perf_counter(), 0
@@ -378,28 +375,41 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
             share, hit = region_share(maps, masks)
             predicted, probability = _predictions(wrapped, x, result)
             label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
-            small = _small(x)
+            area = masks.flatten(1).float().mean(1)
             rows["label"].append(label)
             rows["predicted"].append(predicted)
             rows["probability"].append(probability)
             rows["share"].append(share)
-            rows["area"].append(masks.flatten(1).float().mean(1))
+            rows["area"].append(area)
             rows["hit"].append(hit)
             rows["paths"] += list(paths)
-            rows["pictures"].append(_pictures(wrapped, x, small))
-            rows["maps"].append(F.interpolate(maps[:, None], size=small, mode="bilinear", align_corners=False)[:, 0].half())
-            rows["regions"].append(F.interpolate(masks[:, None].float(), size=small, mode="nearest")[:, 0] > 0.5)
+            _keep_examples(examples, wrapped, x, maps, masks, (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
             if swap_backgrounds:
                 classes = torch.where(label >= 0, label, predicted)
                 _reservoir(keep, seen, x.detach().cpu(), masks, classes, swaps, generator)
             offset += count
             bar.advance(count)
     cat = {k: torch.cat(v).numpy() if k != "paths" else v for k, v in rows.items()}
+    examples = {i: examples[i][1:] for i in sorted(examples)}
     names = list(wrapped.labels) if wrapped.labels else [f"class {i}" for i in range(int(max(cat["predicted"].max(), cat["label"].max())) + 1)]
     swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
     return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
-                 cat["pictures"], cat["maps"].astype(np.float32), cat["regions"], swap, time.perf_counter() - start)
+                 examples, swap, time.perf_counter() - start)
+
+
+def _tensor_source(model: Model, x: torch.Tensor, labels: Sequence[Any] | None) -> Any:
+    """Batches of a preprocessed tensor, without a pass over all of it first."""
+    from ..features.embed import _check_labels, _Source
+
+    texts = _check_labels(model, labels, int(x.shape[0]))
+
+    def batches(batch_size: int) -> Any:
+        for start in range(0, x.shape[0], batch_size):
+            part = texts[start:start + batch_size]
+            yield x[start:start + batch_size], part, [None] * len(part)
+
+    return _Source(int(x.shape[0]), batches)
 
 
 def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tuple[int, int]) -> torch.Tensor:
@@ -427,10 +437,34 @@ def _predictions(model: Model, x: torch.Tensor, result: Any) -> tuple[torch.Tens
     return index, value
 
 
+def _keep_examples(examples: dict[int, Any], model: Model, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
+                   concentration: torch.Tensor, offset: int, limit: int) -> None:
+    """Keep small copies of the ``limit`` lowest-concentration images seen so far (only those are converted)."""
+    if limit <= 0:
+        return
+    worst_kept = max((c for c, *_ in examples.values()), default=math.inf) if len(examples) >= limit else math.inf
+    order = torch.argsort(concentration, stable=True)[:limit]
+    chosen = [int(i) for i in order if float(concentration[i]) < worst_kept or len(examples) < limit]
+    if not chosen:
+        return
+    small = _small(x)
+    index = torch.tensor(chosen)
+    pictures = _pictures(model, x[index.to(x.device)], small).numpy()
+    same = tuple(maps.shape[-2:]) == small
+    these = maps[index] if same else F.interpolate(maps[index][:, None], size=small, mode="bilinear", align_corners=False)[:, 0]
+    regions = masks[index] if same else F.interpolate(masks[index][:, None].float(), size=small, mode="nearest")[:, 0] > 0.5
+    for k, i in enumerate(chosen):
+        examples[offset + i] = (float(concentration[i]), pictures[k], these[k].numpy(), regions[k].numpy())
+    while len(examples) > limit:
+        del examples[max(examples, key=lambda j: (examples[j][0], j))]
+
+
 def _pictures(model: Model, x: torch.Tensor, small: tuple[int, int]) -> torch.Tensor:
     from ..render import tensor_to_images
 
-    shrunk = F.interpolate(x.detach().float().cpu(), size=small, mode="bilinear", align_corners=False, antialias=True)
+    shrunk = x.detach().float().cpu()
+    if tuple(shrunk.shape[-2:]) != small:
+        shrunk = F.interpolate(shrunk, size=small, mode="bilinear", align_corners=False, antialias=True)
     return torch.from_numpy(tensor_to_images(shrunk, model.mean, model.std))
 
 

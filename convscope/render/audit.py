@@ -33,7 +33,7 @@ def audit_figure(audit: Audit, k: int = 8) -> Figure:
     background-swap composites titled with what the model predicted."""
     from matplotlib.figure import Figure
 
-    worst = audit.worst(k)
+    worst = [i for i in audit.worst(k) if i in audit.examples]
     swaps = [] if audit.swap is None else audit.swap.examples[:k]
     ncols = max(len(worst), len(swaps), 4)
     nrows = 2 + (1 if swaps else 0)
@@ -41,8 +41,9 @@ def audit_figure(audit: Audit, k: int = 8) -> Figure:
     grid = fig.add_gridspec(nrows, ncols, height_ratios=[2.1, 1.5] + ([2.1] if swaps else []))
     for col, i in enumerate(worst):
         ax = fig.add_subplot(grid[0, col])
-        heat = overlay(audit.pictures[i], normalize(audit.maps[i], "minmax"), alpha=0.5)
-        ax.imshow(region_outline(heat, audit.regions[i]))
+        picture, heat_map, region = audit.examples[i]
+        heat = overlay(picture, normalize(heat_map, "minmax"), alpha=0.5)
+        ax.imshow(region_outline(heat, region))
         truth = f"{audit._name(int(audit.label[i]))} → " if audit.label[i] >= 0 else ""
         flagged = bool(audit.is_flagged[i])
         ax.set_title(f"{truth}{audit._name(int(audit.predicted[i]))}\nshare {audit.share[i]:.0%} of area {audit.area[i]:.0%}"
