@@ -185,3 +185,13 @@ def test_figure_and_table(audits, tmp_path) -> None:
     assert Image.open(tmp_path / "a.png").size[0] > 800
     summary = found.summary()
     assert summary["relies_on_background"] is True and summary["swap"]["composites"] == 128
+
+
+def test_maps_without_evidence_are_not_judged(data) -> None:
+    """An untrained model's Grad-CAM can be all zeros: nothing to locate, so nothing is flagged for it."""
+    model = cs.load_model("shapes_balanced", weights=None)
+    with torch.no_grad():
+        model.module.fc.weight.zero_()  # no class depends on any channel: every Grad-CAM map is 0
+    found = audit(model, data.inputs(model)[:16], regions=data.masks[:16], swap_backgrounds=False, progress=False)
+    assert found.without_evidence == 16 and len(found.flagged) == 0
+    assert found.verdict.startswith("NO EVIDENCE TO JUDGE") and "16 maps without positive evidence" in found.verdict

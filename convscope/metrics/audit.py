@@ -101,6 +101,7 @@ class Audit:
     examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(repr=False)
     swap: SwapTest | None = None
     seconds: float = 0.0
+    evidence: np.ndarray | None = None  # (N,) bool: the map has some positive value (else nothing to locate)
 
     def __len__(self) -> int:
         return int(self.share.shape[0])
@@ -112,8 +113,15 @@ class Audit:
 
     @property
     def is_flagged(self) -> np.ndarray:
-        """(N,) bool: the prediction rests outside the object (concentration below the threshold)."""
-        return self.concentration < self.threshold
+        """(N,) bool: the prediction rests outside the object (concentration below the threshold). A map
+        without any positive value locates nothing and is not flagged (see ``without_evidence``)."""
+        located = np.ones(len(self), dtype=bool) if self.evidence is None else self.evidence
+        return located & (self.concentration < self.threshold)
+
+    @property
+    def without_evidence(self) -> int:
+        """Images whose map has no positive value (e.g. Grad-CAM of an untrained model)."""
+        return 0 if self.evidence is None else int((~self.evidence).sum())
 
     @property
     def flagged(self) -> np.ndarray:
@@ -141,7 +149,10 @@ class Audit:
                 f"; pasted onto another class's background, the prediction follows the background in "
                 f"{self.swap.follows_background:.0%} of {len(self.swap)} composites and the object in {self.swap.follows_object:.0%}")
         head = "RELIES ON THE BACKGROUND" if self.relies_on_background else "looks at the objects"
-        return f"{head}: {share}{swap}"
+        empty = f"; {self.without_evidence} maps without positive evidence were not judged" if self.without_evidence else ""
+        if self.without_evidence == len(self) and not self.relies_on_background:
+            head = "NO EVIDENCE TO JUDGE"
+        return f"{head}: {share}{swap}{empty}"
 
     def worst(self, k: int = EXAMPLES) -> np.ndarray:
         """Indices of the ``k`` images with the lowest concentration, worst first."""
@@ -189,7 +200,7 @@ class Audit:
         """The numbers as a dict (for JSON)."""
         return {"method": self.method, "images": len(self), "threshold": self.threshold,
                 "flagged_fraction": self.flagged_fraction, "median_share": float(np.median(self.share)),
-                "median_concentration": float(np.median(self.concentration)),
+                "median_concentration": float(np.median(self.concentration)), "without_evidence": self.without_evidence,
                 "median_area": float(np.median(self.area)), "hit_rate": float(self.hit.mean()),
                 "relies_on_background": self.relies_on_background, "per_class": self.per_class(),
                 "swap": None if self.swap is None else {"composites": len(self.swap), "follows_object": self.swap.follows_object,
@@ -348,10 +359,9 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
         source = _source(wrapped, dataset, labels, None)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
-    size = wrapped.input_size
     all_regions = None if region_folder is not None else regions
     generator = torch.Generator().manual_seed(int(seed))
-    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "paths")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "evidence", "paths")}
     examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the lowest concentrations so far, for figures
     keep: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # class -> reservoir of (picture, region)
     seen: dict[int, int] = {}
@@ -359,8 +369,6 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
     with tracker(progress, source.count, "audit") as bar:
         for x, names, paths in source.batches(batch_size):
             count = x.shape[0]
-            if size is None:
-                size = tuple(x.shape[-2:])
             if region_folder is not None:
                 masks = _mask_folder(wrapped, region_folder, root, paths)
             else:
@@ -382,6 +390,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
             rows["share"].append(share)
             rows["area"].append(area)
             rows["hit"].append(hit)
+            rows["evidence"].append(maps.flatten(1).amax(1) > 0)
             rows["paths"] += list(paths)
             _keep_examples(examples, wrapped, x, maps, masks, (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
             if swap_backgrounds:
@@ -395,7 +404,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
     swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
     return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
-                 examples, swap, time.perf_counter() - start)
+                 examples, swap, time.perf_counter() - start, cat["evidence"])
 
 
 def _tensor_source(model: Model, x: torch.Tensor, labels: Sequence[Any] | None) -> Any:
