@@ -41,9 +41,9 @@ from .features.projector import export_projector
 from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
 from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
-from .models import Model, Prediction, available_models, imagenet_labels, load_model
 from .metrics.audit import Audit, audit
 from .metrics.robustness import Robustness, robustness
+from .models import Model, Prediction, available_models, imagenet_labels, load_model
 from .registry import explain, methods
 from .report import build_report as report
 from .result import Result

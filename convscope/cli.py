@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "patch) and follow the prediction and its Grad-CAM evidence")
     p.add_argument("image", help="a picture or sample name")
     _add_model_args(p)
-    p.add_argument("--perturbations", help="comma-separated (default: all): " + "brightness,contrast,colour,shadow,blur,noise,rotation,patch")
+    p.add_argument("--perturbations", help="comma-separated (default: all of brightness,contrast,colour,shadow,blur,noise,"
+                                                 "rotation,patch)")
     p.add_argument("--method", default="gradcam", help="the map compared across perturbations (default: gradcam)")
     p.add_argument("--target", type=int, help="the class to follow (default: the top-1)")
     p.add_argument("--seed", type=int, default=0)

@@ -66,7 +66,7 @@ class Comparison:
 
     def cell(self, row: str | int, method: str | int, image: str | int = 0) -> Cell:
         """The cell by names or positions."""
-        pick = lambda value, names: names[value] if isinstance(value, int) else value  # noqa: E731
+        pick = lambda value, names: names[value] if isinstance(value, int) else value
         key = (pick(row, self.rows), pick(method, self.methods), pick(image, self.images))
         if key not in self.cells:
             raise KeyError(f"no cell {key}; rows {self.rows}, methods {self.methods}, images {self.images}")
@@ -176,8 +176,8 @@ def place_in_frame(model: Model, map_hw: torch.Tensor, picture_size: tuple[int, 
     height, width = frame
     x0, y0, x1, y1 = crop_box(model, picture_size)
     sx, sy = width / picture_size[0], height / picture_size[1]
-    left, top = int(round(x0 * sx)), int(round(y0 * sy))
-    right, bottom = max(left + 1, min(width, int(round(x1 * sx)))), max(top + 1, min(height, int(round(y1 * sy))))
+    left, top = round(x0 * sx), round(y0 * sy)
+    right, bottom = max(left + 1, min(width, round(x1 * sx))), max(top + 1, min(height, round(y1 * sy)))
     resized = F.interpolate(map_hw.detach().float().cpu()[None, None], size=(bottom - top, right - left),
                             mode="bilinear", align_corners=False)[0, 0].numpy()
     placed = np.full((height, width), np.nan, dtype=np.float32)

@@ -29,7 +29,8 @@ def debugging(model: cs.Model) -> None:
     from convscope.render.robustness import robustness_curves
     from convscope.zoo.shapes import shapes_dataset
 
-    models = {"efficientnet_lite0 (trained)": model, "efficientnet_lite0 (random weights)": cs.load_model("efficientnet_lite0", weights=None),
+    models = {"efficientnet_lite0 (trained)": model,
+              "efficientnet_lite0 (random weights)": cs.load_model("efficientnet_lite0", weights=None),
               "digits_cnn (1x32x32)": cs.load_model("digits_cnn")}
     written = [cs.compare(models, ["cat"], ["gradcam", "guided_gradcam", "saliency"], progress=False).save(OUT / "compare.png")]
     sweep = cs.robustness(model, cs.sample_image("cat"), progress=False)

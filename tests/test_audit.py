@@ -69,7 +69,7 @@ def test_dataset_is_deterministic_and_well_formed() -> None:
     a, b = shapes_dataset(32, biased=True, split="train"), shapes_dataset(32, biased=True, split="train")
     assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
     assert not torch.equal(a.images, shapes_dataset(32, biased=True, split="test").images)
-    assert a.images.shape == (32, 3, 64, 64) and 0 <= float(a.images.min()) and float(a.images.max()) <= 1
+    assert a.images.shape == (32, 3, 64, 64) and float(a.images.min()) >= 0 and float(a.images.max()) <= 1
     assert torch.equal(a.backgrounds, a.labels)  # biased: circle (0) on snow (0), square (1) on sand (1)
     balanced = shapes_dataset(400, biased=False)
     assert 0.4 < float((balanced.backgrounds == balanced.labels).float().mean()) < 0.6
@@ -134,7 +134,8 @@ def test_a_folder_with_a_folder_of_masks(tmp_path, data) -> None:
         name = ("circle", "square")[int(data.labels[i])]
         (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
         (tmp_path / "masks" / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((data.images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(tmp_path / "images" / name / f"{i}.png")
+        picture = (data.images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(picture).save(tmp_path / "images" / name / f"{i}.png")
         Image.fromarray(data.masks[i].numpy().astype("uint8") * 255).save(tmp_path / "masks" / name / f"{i}.png")
     model = cs.load_model("shapes_balanced")
     found = audit(model, tmp_path / "images", regions=tmp_path / "masks", progress=False)

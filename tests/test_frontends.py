@@ -125,7 +125,8 @@ def test_report_says_when_a_method_does_not_apply(tmp_path: Path) -> None:
     assert "not applicable to this model" in html and "use gradcam" in html
     assert len(_inline_images(html[:html.index("Which pixels drove the decision")])) == 1  # the input
     assert len(_inline_images(_between(html, "Which pixels drove the decision", "Region of interest"))) == 2  # gradcam
-    for title in ("Region of interest", "The top 3 classes", "Robustness", "Occlusion: heatmap", "Which explanation to trust", "First-layer filters",
+    for title in ("Region of interest", "The top 3 classes", "Robustness", "Occlusion: heatmap", "Which explanation to trust",
+                  "First-layer filters",
                   "What the channels want to see", "Deep Dream"):  # a one-conv model gets every section
         assert title in html, title
 
@@ -138,7 +139,8 @@ def test_main_job_report_has_every_attribution_method(tmp_path: Path) -> None:
     for info in cs.methods():
         assert f'id="{info.name}"' in html
     assert "not applicable" not in html and "Region of interest" in html
-    for title in ("The top 3 classes side by side", "Robustness: light, colour", "Occlusion: heatmap, mask", "Which explanation to trust", "First-layer filters", "Feature maps at four depths",
+    for title in ("The top 3 classes side by side", "Robustness: light, colour", "Occlusion: heatmap, mask", "Which explanation to trust",
+                  "First-layer filters", "Feature maps at four depths",
                   "What the channels want to see", "The picture the model wants for", "Deep Dream"):
         assert title in html, title
     assert re.search(r"(tabby|tiger cat|Egyptian cat)", html)

@@ -267,7 +267,7 @@ def _class_index(model: Model, label: str | None) -> int:
 def _as_bool_masks(value: Any, count: int, size: tuple[int, int]) -> torch.Tensor:
     """Masks (N, H, W) or (N, 1, H, W) or boxes (N, 4) -> bool (N, H, W) at the model's input size."""
     tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
-    if tensor.dim() == 2 and tensor.shape[1] == 4 and not tensor.dtype == torch.bool:
+    if tensor.dim() == 2 and tensor.shape[1] == 4 and tensor.dtype != torch.bool:
         return _boxes(tensor, count, size)
     if tensor.dim() == 4 and tensor.shape[1] == 1:
         tensor = tensor[:, 0]
@@ -400,7 +400,8 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
             bar.advance(count)
     cat = {k: torch.cat(v).numpy() if k != "paths" else v for k, v in rows.items()}
     examples = {i: examples[i][1:] for i in sorted(examples)}
-    names = list(wrapped.labels) if wrapped.labels else [f"class {i}" for i in range(int(max(cat["predicted"].max(), cat["label"].max())) + 1)]
+    classes = int(max(cat["predicted"].max(), cat["label"].max())) + 1
+    names = list(wrapped.labels) if wrapped.labels else [f"class {i}" for i in range(classes)]
     swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
     return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],

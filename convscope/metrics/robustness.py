@@ -85,7 +85,7 @@ def _blur(x: torch.Tensor, sigma: float, _: torch.Generator) -> torch.Tensor:
     sigma = sigma * min(x.shape[-2:]) / 224
     if sigma <= 0:
         return x.clone()
-    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
@@ -202,7 +202,8 @@ class Robustness:
     def table(self) -> str:
         head = (f"original: {self.original_label} (class {self.original_class}) p = {self.original_probability:.1%}; "
                 f"maps: {self.method} for '{self.original_label}'")
-        lines = [head, f"{'perturbation':<12} {'strength':>8} {'top-1':<24} {'p(top-1)':>8} {'p(orig)':>8} {'rank ρ':>7} {'peak moved':>10}"]
+        columns = f"{'perturbation':<12} {'strength':>8} {'top-1':<24} {'p(top-1)':>8} {'p(orig)':>8} {'rank ρ':>7} {'peak moved':>10}"
+        lines = [head, columns]
         for r in self.rows:
             mark = " *" if r.predicted != self.original_class else ""
             lines.append(f"{r.perturbation:<12} {r.strength:>8g} {(r.label[:22] + mark):<24} {r.probability:>8.1%} "

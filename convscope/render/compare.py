@@ -41,7 +41,7 @@ def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int
         x0, y0, x1, y1 = crop_box(comparison.models[row], picture.size)
         sx, sy = width / picture.size[0], height / picture.size[1]
         framed = base.copy()
-        box = (int(round(y0 * sy)), int(round(x0 * sx)), max(1, int(round(y1 * sy))) - 1, max(1, int(round(x1 * sx))) - 1)
+        box = (round(y0 * sy), round(x0 * sx), max(1, round(y1 * sy)) - 1, max(1, round(x1 * sx)) - 1)
         _outline(framed, box)
         rows[r].append(framed)
     for method in comparison.methods:

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConvscopeError, InputError, ModelError
 from ..models import Model
 
-__all__ = ["SHAPES_LABELS", "ShapesCNN", "ShapesData", "shapes_dataset", "shapes_model", "snow", "sand"]
+__all__ = ["SHAPES_LABELS", "ShapesCNN", "ShapesData", "sand", "shapes_dataset", "shapes_model", "snow"]
 
 SHAPES_LABELS = ("circle", "square")
 BACKGROUNDS = ("snow", "sand")
@@ -110,8 +110,10 @@ def shapes_dataset(count: int = 2000, *, biased: bool = True, split: str = "trai
         raise InputError(f"count must be an int >= 2, got {count!r}")
     rng = np.random.default_rng([SEEDS[split], 0 if seed is None else int(seed) + 1, int(biased), int(swap)])
     labels = rng.permutation(np.arange(count) % 2)
-    if biased or swap:
-        backgrounds = labels.copy() if not swap else 1 - labels
+    if swap:
+        backgrounds = 1 - labels
+    elif biased:
+        backgrounds = labels.copy()
     else:
         backgrounds = rng.permutation(np.arange(count) % 2)
     pictures = np.where(backgrounds[:, None, None, None] == 0, snow(rng, count), sand(rng, count))
