@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam", help="the explanation method (default: gradcam)")
     p.add_argument("--threshold", type=float, default=0.1, help="flag images whose concentration on the object is below this")
     p.add_argument("--no-swap", action="store_true", help="skip the background-swap test")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="images per batch (default: chosen from the image size)")
     p.add_argument("--demo", action="store_true", help="audit convscope's two snow/sand shapes models (no dataset needed)")
     p.add_argument("--demo-images", type=int, default=400, help="pictures in the demo (default: 400)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -38,12 +38,17 @@ def debugging(model: cs.Model) -> None:
     written[-1].write_bytes(render.figure_png(sweep.figure()))
     written.append(OUT / "robustness_cat_curves.png")
     written[-1].write_bytes(render.figure_png(robustness_curves(sweep)))
+    from convscope.render.audit import swap_figure
+
     data = shapes_dataset(400, biased=True, split="test")
+    audits = {}
     for which in ("biased", "balanced"):
         shapes = cs.load_model(f"shapes_{which}")
-        found = cs.audit(shapes, data.inputs(shapes), labels=data.labels.tolist(), regions=data.masks, progress=False)
+        audits[which] = cs.audit(shapes, data.inputs(shapes), labels=data.labels.tolist(), regions=data.masks, progress=False)
         written.append(OUT / f"audit_{which}.png")
-        written[-1].write_bytes(render.figure_png(found.figure()))
+        written[-1].write_bytes(render.figure_png(audits[which].figure()))
+    written.append(OUT / "audit_swap.png")
+    written[-1].write_bytes(render.figure_png(swap_figure(audits)))
     for path in written:
         print("wrote", path)
 

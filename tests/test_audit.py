@@ -10,7 +10,7 @@ from PIL import Image
 from test_state import assert_unchanged, snapshot
 
 import convscope as cs
-from convscope.metrics.audit import audit, fill_region, region_share
+from convscope.metrics.audit import _boxes, audit, fill_region, region_share, smooth_fill
 from convscope.zoo.shapes import shapes_dataset
 
 
@@ -92,6 +92,8 @@ def test_region_share_and_pointing_game_by_hand() -> None:
     share, hit = region_share(maps, regions)
     assert torch.allclose(share, torch.tensor([1.0, 4 / 64, 1 / 6]))
     assert hit.tolist() == [True, False, False]  # a uniform map's first maximum is the corner, outside
+    box = _boxes(torch.tensor([[2, 2, 4, 4]]), 1, (8, 8))  # (x0, y0, x1, y1): pixels 2 and 3 of each axis
+    assert torch.equal(box, regions[:1]) and float(region_share(maps[:1], box)[0]) == 1.0
 
 
 def test_boxes_equal_the_same_masks(data) -> None:
@@ -119,13 +121,39 @@ def test_batch_size_and_seed(data) -> None:
     assert (again.swap.predicted == two.swap.predicted).all() and (again.swap.background_class == two.swap.background_class).all()
 
 
-def test_fill_region_hides_the_object(data) -> None:
-    pictures, masks = data.images[:8], data.masks[:8]
+def test_fill_region_hides_the_object_in_its_texture(data) -> None:
+    pictures, masks = data.images[:16], data.masks[:16]
     filled = fill_region(pictures, masks)
-    assert torch.equal(filled[~masks[:, None].expand_as(filled)], pictures[~masks[:, None].expand_as(pictures)])
-    # the dark shape is gone: its pixels now look like the background around it
-    background = pictures.mean(1)[~masks].mean()
-    assert abs(float(filled.mean(1)[masks].mean() - background)) < 0.08
+    outside = ~masks[:, None].expand_as(filled)
+    assert torch.equal(filled[outside], pictures[outside]) and not torch.equal(filled, pictures)
+    for i in range(16):  # the dark shape is gone, and where it was looks like the background: grain included
+        inside, background = filled[i].mean(0)[masks[i]], pictures[i].mean(0)[~masks[i]]
+        assert abs(float(inside.mean() - background.mean())) < 0.05
+        assert 0.6 < float(inside.std() / background.std()) < 1.5
+        assert float(smooth_fill(pictures[i:i + 1], masks[i:i + 1])[0].mean(0)[masks[i]].std()) < 0.5 * float(background.std())
+    # an object too large for any patch of its picture falls back to the smooth fill
+    large = torch.zeros(1, 64, 64, dtype=torch.bool)
+    large[:, 8:56, 8:56] = True
+    assert torch.equal(fill_region(pictures[:1], large), smooth_fill(pictures[:1], large))
+
+
+def test_targets_datasets_and_default_batch(data) -> None:
+    """target= picks the explained class; an (images, labels) pair is a dataset; batch_size=None is automatic."""
+    model = cs.load_model("shapes_biased")
+    swapped = shapes_dataset(24, split="test", swap=True)  # the biased model gets every one wrong
+    x, labels = swapped.inputs(model), swapped.labels
+    top = audit(model, (x, labels), regions=swapped.masks, swap_backgrounds=False, progress=False)
+    truth = audit(model, x, labels=labels.tolist(), target="label", regions=swapped.masks, swap_backgrounds=False,
+                  progress=False)
+    assert (top.explained == top.predicted).all() and (top.predicted != top.label).all()
+    assert (truth.explained == truth.label).all() and (truth.predicted == top.predicted).all()  # top-1 whatever is explained
+    assert not np.allclose(truth.share, top.share)
+    each = audit(model, x, target=labels, regions=swapped.masks, swap_backgrounds=False, batch_size=5, progress=False)
+    assert np.allclose(each.share, truth.share, atol=1e-5)
+    assert (audit(model, x, target=1, regions=swapped.masks, swap_backgrounds=False, progress=False).explained == 1).all()
+    as_dataset = audit(model, torch.utils.data.TensorDataset(x, labels), regions=swapped.masks, swap_backgrounds=False,
+                       batch_size=10, progress=False)
+    assert (as_dataset.label == top.label).all() and np.allclose(as_dataset.share, top.share, atol=1e-5)
 
 
 def test_a_folder_with_a_folder_of_masks(tmp_path, data) -> None:
@@ -157,6 +185,12 @@ def test_bad_inputs_are_one_line_errors(data) -> None:
         (dict(regions=data.masks[:4], method="gradcm"), "gradcam"),
         (dict(regions=data.masks[:4], threshold=3), "threshold"),
         (dict(regions=torch.ones(4, 2, 3, 64, 64)), "regions must be"),
+        (dict(regions=torch.ones(4, 32, 48, dtype=torch.bool)), "32x48 but the images are 64x64"),
+        (dict(regions=data.masks[:4], target=[0, 1]), "2 classes for 4 images"),
+        (dict(regions=data.masks[:4], target="cat"), "target must be"),
+        (dict(regions=data.masks[:4], target="label"), "needs every image's label"),
+        (dict(regions=data.masks[:4], batch_size=0), "batch_size"),
+        (dict(regions=data.masks[:4], layer="block9"), "block9"),
     ]
     for options, match in cases:
         with pytest.raises(cs.ConvscopeError, match=match) as caught:
@@ -168,10 +202,13 @@ def test_model_and_input_untouched(data) -> None:
     model = cs.load_model("shapes_biased")
     model.module.train()
     x = normalized(model, data.images[:16])
-    before = snapshot(model.module, x)
-    audit(model, x, labels=data.labels[:16].tolist(), regions=data.masks[:16], swaps=4, progress=False)
+    before, regions = snapshot(model.module, x), data.masks[:16].clone()
+    audit(model, x, labels=data.labels[:16].tolist(), regions=regions, swaps=4, progress=False)
+    assert torch.equal(regions, data.masks[:16])
     with pytest.raises(cs.InputError):
         audit(model, x, regions=data.masks[:15], progress=False)
+    with pytest.raises(cs.ConvscopeError):  # fails inside the method, after the first forward has started
+        audit(model, x, regions=data.masks[:16], layer="block9", progress=False)
     assert_unchanged(before, model.module, x)
 
 
@@ -184,6 +221,16 @@ def test_figure_and_table(audits, tmp_path) -> None:
 
     (tmp_path / "a.png").write_bytes(figure_png(found.figure()))
     assert Image.open(tmp_path / "a.png").size[0] > 800
+    from convscope.render.audit import share_figure, swap_figure, worst_figure
+
+    both = swap_figure({"biased": found, "balanced": audits["balanced"]}, k=4)  # the same composites, two models
+    texts = [t.get_text() for ax in both.axes for t in ax.texts]
+    assert len(both.axes) == 4 and "biased → square" in texts and "balanced → circle" in texts
+    assert len(worst_figure(found, k=3).axes) == 3 and len(share_figure(found).axes) == 1
+    few, balanced = shapes_dataset(8, split="test"), cs.load_model("shapes_balanced")
+    other = audit(balanced, few.inputs(balanced), regions=few.masks, swaps=2, progress=False)
+    with pytest.raises(cs.InputError, match="other composites"):
+        swap_figure({"biased": found, "other": other})
     summary = found.summary()
     assert summary["relies_on_background"] is True and summary["swap"]["composites"] == 128
 

@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..attribution.gradient import default_batch_size
 from ..errors import InputError
 from ..models import Model, as_model
 from ..progress import ProgressArg, tracker
 
-__all__ = ["Audit", "SwapTest", "audit", "fill_region", "region_share"]
+__all__ = ["Audit", "SwapTest", "audit", "fill_region", "region_share", "smooth_fill"]
 
 FLAG_CONCENTRATION = 0.1  # default threshold: the object holds hardly more of the map than its area
 EXAMPLES = 8  # pictures kept per kind (worst images, swap composites) for figures
@@ -84,7 +85,7 @@ class Audit:
     """Per image (N,): ``label`` (-1 when unknown), ``predicted``, ``probability`` (of the prediction),
     ``share`` of the explanation inside the region, ``area`` of the region (the share of a uniform map),
     ``hit`` (the map's peak inside the region), ``concentration`` ((share - area) / (1 - area)),
-    ``flagged`` (concentration < ``threshold``); ``swap`` the
+    ``flagged`` (concentration < ``threshold``), ``explained`` (the class each map explains); ``swap`` the
     background-swap test (None when not run); ``examples``: image index -> (picture uint8 (h, w, 3), map
     (h, w), region (h, w)) at most 96 px, for the lowest-concentration images (``keep_examples``)."""
 
@@ -102,6 +103,7 @@ class Audit:
     swap: SwapTest | None = None
     seconds: float = 0.0
     evidence: np.ndarray | None = None  # (N,) bool: the map has some positive value (else nothing to locate)
+    explained: np.ndarray | None = None  # (N,) the class each map explains (the top-1 unless target= said otherwise)
 
     def __len__(self) -> int:
         return int(self.share.shape[0])
@@ -230,9 +232,50 @@ def region_share(maps: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tenso
 
 def fill_region(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Pictures (B, C, H, W) with their bool ``regions`` (B, H, W) filled in from the surroundings, so an
-    object disappears into its background: the mean of the surrounding pixels over cells of 1/16, 1/8, 1/4
-    and 1/2 of the picture (a pull-push pyramid; the finest cell that has enough background wins), smoothed
-    by bilinear upsampling. Outside the regions the pictures are unchanged."""
+    object disappears into its background with the background's texture: each region is covered by the
+    patch of the same picture one object-size away (8 directions), the one whose surroundings match the
+    region's own surroundings best (a one-patch, exemplar-based inpainting in the spirit of Criminisi et
+    al. 2004). Regions with no such patch (objects that fill most of the picture) get a smooth fill
+    (``smooth_fill``). Outside the regions the pictures are unchanged."""
+    batch, channels, height, width = x.shape
+    regions = regions.to(x.device)
+    out = x.clone()
+    rows, cols = regions.any(2), regions.any(1)  # (B, H), (B, W)
+    ys, xs = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    extent_y = torch.where(rows, ys, -1).amax(1) - torch.where(rows, ys, height).amin(1) + 1  # (B,) bounding box
+    extent_x = torch.where(cols, xs, -1).amax(1) - torch.where(cols, xs, width).amin(1) + 1
+    keep = ~regions
+    ring = (F.max_pool2d(regions[:, None].float(), 5, stride=1, padding=2)[:, 0] > 0) & keep  # 2 px around the object
+    flat_regions, flat_ring = regions.flatten(1), ring.flatten(1)
+    best_error = torch.full((batch,), math.inf, device=x.device)
+    grey, flat_keep = x.mean(1).flatten(1), keep.flatten(1)  # (B, H*W): patches are compared in grey
+    best_index = torch.zeros_like(flat_keep, dtype=torch.long)
+    for dir_y, dir_x in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+        shift_y, shift_x = dir_y * (extent_y + 2), dir_x * (extent_x + 2)  # (B,) one object size plus a gap
+        source_y = ys[None, :, None] + shift_y[:, None, None]  # (B, H, 1)
+        source_x = xs[None, None, :] + shift_x[:, None, None]  # (B, 1, W)
+        inside = (source_y >= 0) & (source_y < height) & (source_x >= 0) & (source_x < width)  # (B, H, W)
+        index = (source_y.clamp(0, height - 1) * width + source_x.clamp(0, width - 1)).flatten(1)  # (B, H*W)
+        usable = inside.flatten(1) & flat_keep.gather(1, index)  # the source pixel is background
+        valid = ~(flat_regions & ~usable).any(1)  # every object pixel has a background source
+        compared = flat_ring & usable
+        error = ((grey.gather(1, index) - grey).abs() * compared).sum(1) / compared.sum(1).clamp_min(1)
+        better = valid & (error < best_error)
+        best_index = torch.where(better[:, None], index, best_index)
+        best_error = torch.where(better, error, best_error)
+    best = x.flatten(2).gather(2, best_index[:, None].expand(batch, channels, -1)).view_as(x)
+    patched = torch.isfinite(best_error)
+    out = torch.where((regions & patched[:, None, None])[:, None], best, out)
+    if not bool(patched.all()):
+        rest = ~patched
+        out[rest] = smooth_fill(x[rest], regions[rest])
+    return out
+
+
+def smooth_fill(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """``regions`` (B, H, W) of pictures (B, C, H, W) filled with the mean of the surrounding pixels over
+    cells of 1/16, 1/8, 1/4 and 1/2 of the picture (a pull-push pyramid; the finest cell that has enough
+    background wins), smoothed by bilinear upsampling. Texture is lost: the fallback of ``fill_region``."""
     keep = (~regions)[:, None].to(x.dtype)
     out = x.clone()
     todo = regions.clone()
@@ -277,6 +320,10 @@ def _as_bool_masks(value: Any, count: int, size: tuple[int, int]) -> torch.Tenso
         raise InputError(f"{tensor.shape[0]} region masks for {count} images; give one per image")
     masks = tensor > 0 if tensor.dtype != torch.bool else tensor
     if tuple(masks.shape[-2:]) != size:
+        height, width = masks.shape[-2:]
+        if height * size[1] != width * size[0]:
+            raise InputError(f"region masks are {height}x{width} but the images are {size[0]}x{size[1]}; give masks at the "
+                             f"model input's size (or a folder of mask pictures, cropped like the images)")
         masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
     return masks.cpu()
 
@@ -325,20 +372,26 @@ def _small(x: torch.Tensor, side: int = 96) -> tuple[int, int]:
 
 
 # -- the audit ---------------------------------------------------------------------------------------
-def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, method: str = "gradcam",
-          labels: Sequence[Any] | None = None, threshold: float = FLAG_CONCENTRATION, swap_backgrounds: bool = True,
-          swaps: int = 256, batch_size: int = 64, seed: int = 0, keep_examples: int = 16, progress: ProgressArg = None,
-          **method_options: Any) -> Audit:
+def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradcam", regions: Any = None,
+          target: Any = None, labels: Sequence[Any] | None = None, threshold: float = FLAG_CONCENTRATION,
+          batch_size: int | None = None, swap_backgrounds: bool = True, swaps: int = 256, seed: int = 0,
+          keep_examples: int = 16, progress: ProgressArg = None, **method_options: Any) -> Audit:
     """Audit ``model`` on ``dataset`` for shortcuts: where its explanations fall and whose class its
     predictions follow when objects change backgrounds (see the module docstring).
 
     dataset:  a folder (ImageFolder layout: sub-folder = label), a list of paths or pictures, a
-              preprocessed tensor (N, C, H, W) with ``labels=``, or a torch Dataset of (image, label).
-    regions:  the object in each image: bool masks (N, H, W) at the model's input size (other sizes are
-              resized), boxes (N, 4) as (x0, y0, x1, y1) input pixels, or a folder of mask pictures
-              mirroring the dataset's files (same relative path or name, white = object).
-    method:   any registered map method (``convscope methods``), run batched on the predicted class.
+              preprocessed tensor (N, C, H, W) (labels from ``labels=``), an ``(images, labels)`` pair,
+              or a torch Dataset of (image, label).
+    method:   any registered attribution method (``convscope methods``), run batched; extra keyword
+              options (``layer=``, ``steps=``…) go to it.
+    regions:  the object in each image: bool masks (N, H, W) at the model's input size (or a multiple of
+              it with the same aspect ratio), boxes (N, 4) as (x0, y0, x1, y1) in input pixels, or a
+              folder of mask pictures mirroring the dataset's files (same relative path or name, white =
+              object), cropped as the model crops the images.
+    target:   the class each map explains: None (the model's top-1, default), ``"label"`` (the true
+              class), an int, or one class per image (N,).
     threshold: an image is flagged when its concentration (share - area) / (1 - area) is below this.
+    batch_size: images per call of the method (None: about 16 images of 224x224, 196 of 64x64).
     swap_backgrounds: run the background-swap test on up to ``swaps`` composites per class.
     keep_examples: the pictures, maps and regions of this many lowest-concentration images are kept for figures.
     Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
@@ -351,17 +404,29 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
         raise InputError(f"threshold (a concentration) must be between -1 and 1, got {threshold!r}")
     if regions is None:
         raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("swaps", swaps, 1), ("keep_examples", keep_examples, 0)):
+        if (value is not None or name != "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+    if _is_pair(dataset):
+        if labels is not None:
+            raise InputError("dataset is an (images, labels) pair; do not also pass labels=")
+        dataset, labels = dataset[0], list(dataset[1].tolist() if isinstance(dataset[1], (torch.Tensor, np.ndarray)) else dataset[1])
     if isinstance(dataset, torch.Tensor) and dataset.dim() == 4 and dataset.shape[1] == wrapped.channels:
         source = _tensor_source(wrapped, dataset, labels)  # values are checked batch by batch by the method
+        if batch_size is None:
+            batch_size = default_batch_size(dataset)
     else:
         source = _source(wrapped, dataset, labels, None)
+    if batch_size is None:  # pictures: the model's input size decides
+        height, width = wrapped.input_size or (224, 224)
+        batch_size = max(1, (16 * 224 * 224) // (height * width))
+    targets = _check_audit_target(target, source.count)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
     all_regions = None if region_folder is not None else regions
     generator = torch.Generator().manual_seed(int(seed))
-    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "evidence", "paths")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("label", "predicted", "probability", "share", "area", "hit", "evidence",
+                                                  "explained", "paths")}
     examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the lowest concentrations so far, for figures
     keep: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # class -> reservoir of (picture, region)
     seen: dict[int, int] = {}
@@ -376,13 +441,14 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
             empty = (~masks.flatten(1).any(1)).nonzero()
             if len(empty):
                 raise InputError(f"the region of image {offset + int(empty[0])} is empty; every image needs its object")
-            result = info.fn(wrapped, x, **method_options)
+            label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
+            explain = _batch_target(targets, label, offset, count)
+            result = info.fn(wrapped, x, target=explain, **method_options)
             maps = result.maps().float().cpu()  # (B, H, W)
             if maps.shape[-2:] != masks.shape[-2:]:
                 maps = F.interpolate(maps[:, None], size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
             share, hit = region_share(maps, masks)
             predicted, probability = _predictions(wrapped, x, result)
-            label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
             area = masks.flatten(1).float().mean(1)
             rows["label"].append(label)
             rows["predicted"].append(predicted)
@@ -391,6 +457,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
             rows["area"].append(area)
             rows["hit"].append(hit)
             rows["evidence"].append(maps.flatten(1).amax(1) > 0)
+            rows["explained"].append(predicted if result.target is None else result.target.cpu().long())
             rows["paths"] += list(paths)
             _keep_examples(examples, wrapped, x, maps, masks, (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
             if swap_backgrounds:
@@ -405,7 +472,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, regions: Any = None, 
     swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
     return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
-                 examples, swap, time.perf_counter() - start, cat["evidence"])
+                 examples, swap, time.perf_counter() - start, cat["evidence"], cat["explained"])
 
 
 def _tensor_source(model: Model, x: torch.Tensor, labels: Sequence[Any] | None) -> Any:
@@ -420,6 +487,42 @@ def _tensor_source(model: Model, x: torch.Tensor, labels: Sequence[Any] | None) 
             yield x[start:start + batch_size], part, [None] * len(part)
 
     return _Source(int(x.shape[0]), batches)
+
+
+def _is_pair(dataset: Any) -> bool:
+    """An ``(images (N, C, H, W), labels (N,))`` pair (not a list of two pictures)."""
+    return (isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], torch.Tensor)
+            and dataset[0].dim() == 4 and not isinstance(dataset[1], (str, bytes)) and hasattr(dataset[1], "__len__"))
+
+
+def _check_audit_target(target: Any, total: int) -> Any:
+    """None, "label", an int, or (N,) classes for the whole dataset (sliced per batch later)."""
+    if target is None or (isinstance(target, str) and target == "label"):
+        return target
+    if isinstance(target, str):
+        raise InputError(f"target must be None (top-1), 'label', an int or one class per image, got {target!r}")
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        raise InputError("audit explains classes: target must be None (top-1), 'label', an int or one class per image")
+    classes = torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target))
+    if classes.dim() != 1 or classes.is_floating_point() or classes.dtype == torch.bool:
+        raise InputError(f"target must be one integer class per image, shape ({total},); got {tuple(classes.shape)} {classes.dtype}")
+    if classes.shape[0] != total:
+        raise InputError(f"target has {classes.shape[0]} classes for {total} images; give one per image, an int or None")
+    return classes.long()
+
+
+def _batch_target(targets: Any, label: torch.Tensor, offset: int, count: int) -> Any:
+    """This batch's explained classes (None: the method takes the top-1 from its own forward)."""
+    if targets is None or isinstance(targets, int):
+        return targets
+    if isinstance(targets, str):  # "label"
+        if bool((label < 0).any()):
+            raise InputError(f"target='label' needs every image's label; image {offset + int((label < 0).nonzero()[0])} has "
+                             f"none the model knows (labels must be its class names or indices)")
+        return label
+    return targets[offset:offset + count]
 
 
 def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tuple[int, int]) -> torch.Tensor:
@@ -438,10 +541,11 @@ def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tupl
 
 
 def _predictions(model: Model, x: torch.Tensor, result: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The predicted class and its probability, from the explaining forward when the method recorded them."""
-    probs = result.meta.get("probabilities")
-    if result.target is not None and probs is not None:
-        return result.target.cpu().long(), probs.float().cpu()
+    """The model's top-1 and its probability, from the explaining forward when the method recorded them
+    (whatever class it explained)."""
+    predicted, probability = result.meta.get("predicted"), result.meta.get("predicted_probabilities")
+    if isinstance(predicted, torch.Tensor) and isinstance(probability, torch.Tensor) and predicted.shape[0] == x.shape[0]:
+        return predicted.cpu().long(), probability.float().cpu()
     out = model.forward(x).float().softmax(1).cpu()
     value, index = out.max(1)
     return index, value

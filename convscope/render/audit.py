@@ -1,20 +1,30 @@
-"""Pictures of a shortcut audit: the worst images with map and region, shares per class, swap examples."""
+"""Pictures of a shortcut audit: the worst images with map and region, shares per class, swap examples.
+
+Each picture exists as a panel drawn into a given figure area (``draw_*``) and as a figure of its own
+(``worst_figure``, ``share_figure``, ``swap_figure``); ``audit_figure`` stacks the three.
+"""
 
 from __future__ import annotations
 
 import textwrap
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError
 from .core import normalize, overlay
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from ..metrics.audit import Audit
 
-__all__ = ["audit_figure", "region_outline"]
+__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_outline", "share_figure", "swap_figure",
+           "worst_figure"]
+
+FLAG_COLOR = "#b00020"
 
 
 def region_outline(picture: np.ndarray, region: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
@@ -27,47 +37,125 @@ def region_outline(picture: np.ndarray, region: np.ndarray, color: tuple[int, in
     return out
 
 
-def audit_figure(audit: Audit, k: int = 8) -> Figure:
-    """Three rows: the ``k`` worst images (the map over the picture, the object's outline in white,
-    titled with prediction, share and area), per-class mean share against a uniform map's, and up to ``k``
-    background-swap composites titled with what the model predicted."""
-    from matplotlib.figure import Figure
+def _worst_kept(audit: Audit, k: int) -> list[int]:
+    """The ``k`` lowest-concentration images whose pictures the audit kept."""
+    return [int(i) for i in audit.worst(len(audit)) if int(i) in audit.examples][:k]
 
-    worst = [i for i in audit.worst(k) if i in audit.examples]
-    swaps = [] if audit.swap is None else audit.swap.examples[:k]
-    ncols = max(len(worst), len(swaps), 4)
-    nrows = 2 + (1 if swaps else 0)
-    fig = Figure(figsize=(1.7 * ncols, 2.1 * (nrows - 1) + 1.5 + 0.7), layout="constrained")
-    grid = fig.add_gridspec(nrows, ncols, height_ratios=[2.1, 1.5] + ([2.1] if swaps else []))
-    for col, i in enumerate(worst):
-        ax = fig.add_subplot(grid[0, col])
+
+def draw_worst(fig: Any, cells: list[Any], audit: Audit) -> None:
+    """One image per cell (subplot specs), worst first: the map (scaled by its maximum: zero stays
+    transparent blue) over the picture, the object's outline in white, titled with the true and
+    predicted class, the share of the map on the object and the share a uniform map would get."""
+    for cell, i in zip(cells, _worst_kept(audit, len(cells))):
+        ax = fig.add_subplot(cell)
         picture, heat_map, region = audit.examples[i]
-        heat = overlay(picture, normalize(heat_map, "minmax"), alpha=0.5)
+        heat = overlay(picture, normalize(heat_map, "max"), alpha=0.5)
         ax.imshow(region_outline(heat, region))
         truth = f"{audit._name(int(audit.label[i]))} → " if audit.label[i] >= 0 else ""
         flagged = bool(audit.is_flagged[i])
         ax.set_title(f"{truth}{audit._name(int(audit.predicted[i]))}\nshare {audit.share[i]:.0%} of area {audit.area[i]:.0%}"
-                     f"{' FLAG' if flagged else ''}", fontsize=7, color="#b00020" if flagged else "black")
+                     f"{' FLAG' if flagged else ''}", fontsize=7, color=FLAG_COLOR if flagged else "black")
         ax.set_axis_off()
-    bars = fig.add_subplot(grid[1, :])
+
+
+def draw_shares(ax: Axes, audit: Audit) -> None:
+    """Per class: the mean share of the map on the object next to a uniform map's (the object's area)."""
     table = audit.per_class()
     names = list(table)
     positions = np.arange(len(names))
-    bars.bar(positions - 0.2, [table[n]["share"] for n in names], 0.4, label=f"share of the {audit.method} map on the object",
-             color="#4a78c2")
-    bars.bar(positions + 0.2, [table[n]["area"] for n in names], 0.4, label="a uniform map (the object's area)", color="#bbbbbb")
-    bars.set_xticks(positions, [f"{n}: {table[n]['flagged']:.0%} flagged, concentration {table[n]['concentration']:.2f}"
-                                for n in names], fontsize=8)
-    bars.set_ylim(0, 1)
-    bars.set_ylabel("share", fontsize=8)
-    bars.legend(fontsize=7, loc="upper right")
-    for col, (picture, obj, back, guess) in enumerate(swaps):
-        ax = fig.add_subplot(grid[2, col])
+    ax.bar(positions - 0.2, [table[n]["share"] for n in names], 0.4, label=f"share of the {audit.method} map on the object",
+           color="#4a78c2")
+    ax.bar(positions + 0.2, [table[n]["area"] for n in names], 0.4, label="a uniform map (the object's area)", color="#bbbbbb")
+    ax.set_xticks(positions, [f"{n}: {table[n]['flagged']:.0%} flagged, concentration {table[n]['concentration']:.2f}"
+                              for n in names], fontsize=8)
+    for label, name in zip(ax.get_xticklabels(), names):
+        label.set_color(FLAG_COLOR if table[name]["flagged"] > 0.5 else "black")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1], ["0", "25%", "50%", "75%", "100%"], fontsize=7)  # fixed: a stable layout
+    ax.set_ylabel("share", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _same_composites(audits: Mapping[str, Audit]) -> list[tuple[np.ndarray, int, int, int]]:
+    """The swap examples shared by every audit (the same data, regions and seed give the same composites)."""
+    runs = [a.swap.examples if a.swap is not None else [] for a in audits.values()]
+    if not runs[0]:
+        raise InputError("the audit has no swap examples; run it with swap_backgrounds=True")
+    for name, run in zip(list(audits)[1:], runs[1:]):
+        if len(run) != len(runs[0]) or any(not np.array_equal(a[0], b[0]) for a, b in zip(run, runs[0])):
+            raise InputError(f"audit {name!r} pasted other composites; audit the same data and regions with the same seed")
+    return runs[0]
+
+
+def draw_swaps(fig: Any, cells: list[Any], audits: Audit | Mapping[str, Audit]) -> None:
+    """One background-swap composite per cell, titled with what was pasted where, and under it what each
+    model predicted (red when the prediction follows the background, green when it follows the object)."""
+    runs = audits if isinstance(audits, Mapping) else {"": audits}
+    composites = _same_composites(runs)
+    first = next(iter(runs.values()))
+    guesses = {name: [e[3] for e in (a.swap.examples if a.swap is not None else [])] for name, a in runs.items()}
+    for col, (cell, (picture, obj, back, _)) in enumerate(zip(cells, composites)):
+        ax = fig.add_subplot(cell)
         ax.imshow(picture)
-        follows = "object" if guess == obj else "background" if guess == back else "neither"
-        ax.set_title(f"{audit._name(obj)} on {audit._name(back)}'s\nbackground → {audit._name(guess)}", fontsize=7,
-                     color="#b00020" if follows == "background" else "black")
+        ax.set_title(f"{first._name(obj)} pasted on\n{first._name(back)}'s background", fontsize=7)
+        for line, (name, guess) in enumerate(guesses.items()):
+            color = FLAG_COLOR if guess[col] == back else "#1b7a2f" if guess[col] == obj else "black"
+            ax.text(0.5, -0.04 - 0.13 * line, f"{name + ' ' if name else ''}→ {first._name(guess[col])}", color=color,
+                    fontsize=7, ha="center", va="top", transform=ax.transAxes)
         ax.set_axis_off()
-    fig.suptitle(textwrap.fill(audit.verdict, 12 * ncols + 40), fontsize=8)
+
+
+def _grid(rows: int, ncols: int, heights: list[float], width: float = 1.7) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, sum(heights) + 0.7), layout="constrained")
+    return fig, fig.add_gridspec(rows, ncols, height_ratios=heights)
+
+
+def worst_figure(audit: Audit, k: int = 8) -> Figure:
+    """The ``k`` lowest-concentration images (at most those the audit kept) with map and outline."""
+    ncols = max(1, min(k, len(_worst_kept(audit, k))))
+    fig, grid = _grid(1, ncols, [2.1])
+    draw_worst(fig, [grid[0, c] for c in range(ncols)], audit)
+    fig.suptitle(f"{audit.method}: the {ncols} images with the least of the map on the object", fontsize=8)
     return fig
 
+
+def share_figure(audit: Audit) -> Figure:
+    """Per-class bar chart: the share of the map on the object against a uniform map's."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 2.2 * len(audit.per_class())), 2.6), layout="constrained")
+    draw_shares(fig.add_subplot(), audit)
+    return fig
+
+
+def swap_figure(audits: Audit | Mapping[str, Audit], k: int = 8) -> Figure:
+    """Up to ``k`` background-swap composites titled with each audited model's prediction: one audit, or
+    several by name (``{"biased": a, "balanced": b}``) run on the same data and regions with the same seed."""
+    runs = audits if isinstance(audits, Mapping) else {"": audits}
+    composites = _same_composites(runs)[:k]
+    fig, grid = _grid(1, len(composites), [1.7 + 0.2 * len(runs)])
+    draw_swaps(fig, [grid[0, c] for c in range(len(composites))], runs)
+    rates = "; ".join(f"{name or 'the model'} follows the background in {a.swap.follows_background:.0%} of "
+                      f"{len(a.swap)} composites" for name, a in runs.items() if a.swap is not None)
+    fig.suptitle(f"objects pasted onto another class's background: {rates}", fontsize=8)
+    return fig
+
+
+def audit_figure(audit: Audit, k: int = 8) -> Figure:
+    """Three rows: the ``k`` worst images (the map over the picture, the object's outline in white,
+    titled with prediction, share and area), per-class mean share against a uniform map's, and up to ``k``
+    background-swap composites titled with what the model predicted."""
+    worst = _worst_kept(audit, k)
+    swaps = [] if audit.swap is None else audit.swap.examples[:k]
+    ncols = max(len(worst), len(swaps), 4)
+    heights = [2.1, 1.5] + ([2.2] if swaps else [])
+    fig, grid = _grid(len(heights), ncols, heights)
+    draw_worst(fig, [grid[0, c] for c in range(len(worst))], audit)
+    draw_shares(fig.add_subplot(grid[1, :]), audit)
+    if swaps:
+        draw_swaps(fig, [grid[2, c] for c in range(len(swaps))], audit)
+    fig.suptitle(textwrap.fill(audit.verdict, 12 * ncols + 40), fontsize=8)
+    return fig

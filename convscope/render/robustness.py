@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,59 +10,121 @@ import numpy as np
 from .core import normalize, overlay
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from ..metrics.robustness import Robustness
 
-__all__ = ["robustness_curves", "robustness_figure"]
+__all__ = ["SCALES", "robustness_curves", "robustness_figure"]
+
+FLIP_COLOR = "#c8102e"
+SCALES = ("each", "original")
 
 
-def robustness_figure(sweep: Robustness, *, alpha: float = 0.6, panel_size: float = 1.9) -> Figure:
-    """Rows = perturbations, columns = the original and each strength: the perturbed picture with the map
-    for the original class over it, titled with the top-1, p(original class) and the rank correlation
-    with the original map; a changed top-1 is titled in red."""
+def _scaled(values: np.ndarray, scale: str, reference_max: float) -> np.ndarray:
+    """A raw (H, W) map in [0, 1] for display: min-max per cell, or divided by the original map's maximum
+    (so weaker evidence looks weaker)."""
+    if scale == "each":
+        return normalize(values, "minmax")
+    return np.clip(np.nan_to_num(values) / reference_max, 0, 1) if reference_max > 0 else np.zeros_like(values)
+
+
+def _frame(ax: Axes, color: str, width: float) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color(color)
+        spine.set_linewidth(width)
+
+
+def robustness_figure(sweep: Robustness, *, alpha: float = 0.65, scale: str = "each", panel_size: float = 1.9,
+                      peaks: bool = True) -> Figure:
+    """Rows = perturbations, columns = the original and each strength (mildest to strongest as given):
+    the perturbed picture with the map for the original class over it, titled with the top-1, p(original
+    class) and the rank correlation ρ with the original map. A changed top-1 is titled and framed in red.
+
+    scale: "each" (every map min-max on its own: where the evidence is) or "original" (divided by the
+           original map's maximum: how strong it still is).
+    alpha: the map's opacity where it is highest (it fades with the value, so the perturbed picture shows).
+    peaks: mark each map's maximum with a white ``+``.
+    """
     from matplotlib.figure import Figure
 
-    names = list(dict.fromkeys(row.perturbation for row in sweep.rows))
-    per_row = {name: [i for i, row in enumerate(sweep.rows) if row.perturbation == name] for name in names}
-    ncols = 1 + max((len(v) for v in per_row.values()), default=0)
-    fig = Figure(figsize=(panel_size * ncols, (panel_size + 0.45) * len(names) + 0.5), layout="constrained")
-    axes = fig.subplots(max(1, len(names)), ncols, squeeze=False)
-    original = overlay(sweep.original_picture, normalize(sweep.original_map, "minmax"), alpha=alpha, weighted=True)
-    for r, name in enumerate(names):
-        axes[r, 0].imshow(original)
-        axes[r, 0].set_title(f"original\n{sweep.original_label[:18]} {sweep.original_probability:.0%}", fontsize=7)
-        axes[r, 0].set_ylabel(name, fontsize=9)
-        axes[r, 0].set_xticks([])
-        axes[r, 0].set_yticks([])
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    groups = sweep.by_perturbation()
+    index = {id(row): i for i, row in enumerate(sweep.rows)}
+    ncols = 1 + max((len(rows) for rows in groups.values()), default=0)
+    nrows = max(1, len(groups))
+    fig = Figure(figsize=(panel_size * ncols, (panel_size + 0.42) * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    reference_max = float(np.nanmax(sweep.original.map)) if sweep.original.map.size else 0.0
+    original = overlay(sweep.original.picture, _scaled(sweep.original.map, scale, reference_max), alpha=alpha,
+                       weighted=True)
+    for r, (name, rows) in enumerate(groups.items()):
+        ax = axes[r, 0]
+        ax.imshow(original)
+        if peaks and sweep.original.peak is not None:
+            ax.plot(sweep.original.peak[1], sweep.original.peak[0], "+", color="white", ms=7, mew=1.5)
+        ax.set_title(f"original\n{sweep.original.label[:18]} {sweep.original.probability:.0%}", fontsize=7)
+        ax.set_ylabel(name, fontsize=9)
+        _frame(ax, "black", 1.0)
         for c in range(1, ncols):
             axes[r, c].set_axis_off()
-        for c, i in enumerate(per_row[name], start=1):
-            row = sweep.rows[i]
+        for c, row in enumerate(rows, start=1):
+            i = index[id(row)]
             ax = axes[r, c]
-            ax.imshow(overlay(sweep.pictures[i], normalize(sweep.maps[i], "minmax"), alpha=alpha, weighted=True))
-            flipped = row.predicted != sweep.original_class
-            ax.set_title(f"{row.strength:g}: {row.label[:16]}\np(orig) {row.original_probability:.0%} · ρ {row.rank_correlation:.2f}",
-                         fontsize=7, color="#b00020" if flipped else "black")
-    fig.suptitle(f"robustness of '{sweep.original_label}' ({sweep.method} for the original class; red: the top-1 changed)",
-                 fontsize=9)
+            ax.set_axis_on()
+            ax.imshow(overlay(sweep.pictures[i], _scaled(sweep.maps[i], scale, reference_max), alpha=alpha,
+                              weighted=True))
+            if peaks and row.peak is not None:
+                ax.plot(row.peak[1], row.peak[0], "+", color="white", ms=7, mew=1.5)
+            color = FLIP_COLOR if row.flipped else "black"
+            rho = "—" if math.isnan(row.rank_correlation) else f"{row.rank_correlation:.2f}"
+            ax.set_title(f"{row.strength:g}: {row.label[:16]}\np(orig) {row.original_probability:.0%} · ρ {rho}",
+                         fontsize=7, color=color)
+            _frame(ax, color, 2.5 if row.flipped else 0.5)
+    how = "each map scaled on its own" if scale == "each" else "maps on the original map's scale"
+    fig.suptitle(f"robustness of '{sweep.original.label}': {sweep.method} for the original class ({how}; "
+                 f"red: the top-1 changed; +: the map's peak)", fontsize=9)
     return fig
 
 
-def robustness_curves(sweep: Robustness, *, size: tuple[float, float] = (7.0, 3.2)) -> Figure:
-    """p(original class) against strength, one line per perturbation (strengths in each one's own unit,
-    so each line is drawn against its position in the sweep)."""
+def robustness_curves(sweep: Robustness, *, ncols: int = 4, panel_size: tuple[float, float] = (2.2, 1.7)) -> Figure:
+    """Small multiples, one per perturbation: p(original class) against the strength in its own unit,
+    starting from the unperturbed picture where the perturbation has an identity strength (grey dot);
+    the dashed line is the original probability, a red ``x`` marks a changed top-1."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, layout="constrained")
-    ax = fig.subplots()
-    names = list(dict.fromkeys(row.perturbation for row in sweep.rows))
-    for name in names:
-        rows = [row for row in sweep.rows if row.perturbation == name]
-        ax.plot(np.arange(1, len(rows) + 1), [row.original_probability for row in rows], marker="o", label=name)
-    ax.axhline(sweep.original_probability, color="#777777", lw=1, ls="--", label="original")
-    ax.set_xlabel("strength (mildest to strongest)", fontsize=8)
-    ax.set_ylabel(f"p({sweep.original_label[:20]})", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=3)
+    groups = sweep.by_perturbation()
+    ncols = max(1, min(ncols, len(groups)))
+    nrows = max(1, -(-len(groups) // ncols))
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax in axes.flat[len(groups):]:
+        ax.set_axis_off()
+    for ax, (name, rows) in zip(axes.flat, groups.items()):
+        perturbation = sweep.perturbations.get(name)
+        points = sorted((row.strength, row.original_probability, row.flipped) for row in rows)
+        identity = perturbation.identity if perturbation is not None else None
+        if identity is not None:
+            points = sorted(points + [(identity, sweep.original.probability, False)])
+            ax.plot([identity], [sweep.original.probability], "o", color="#777777", ms=5, zorder=3)
+        strengths = [p[0] for p in points]
+        probabilities = [p[1] for p in points]
+        ax.plot(strengths, probabilities, "-o", color="#1f4e79", ms=3.5, lw=1.5)
+        flips = [(p[0], p[1]) for p in points if p[2]]
+        if flips:
+            ax.plot(*zip(*flips), "x", color=FLIP_COLOR, ms=7, mew=2, zorder=4)
+        ax.axhline(sweep.original.probability, color="#777777", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(perturbation.unit if perturbation is not None else "strength", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"p({sweep.original.label[:18]})", fontsize=7)
+    fig.suptitle(f"p('{sweep.original.label}') against strength (grey: unperturbed; dashed: its p; red x: the top-1 changed)",
+                 fontsize=8)
     return fig
