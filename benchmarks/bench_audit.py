@@ -24,18 +24,17 @@ Method
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's convscope
+from bench_embed import rounds  # the same interleaved rounds (this folder is on sys.path when run as a script)
+
 import convscope as cs
 from convscope.metrics.audit import audit
 
@@ -64,24 +63,6 @@ def inputs(model: cs.Model, count: int, seed: int = 0) -> tuple[torch.Tensor, to
         top, left = int(rng.integers(0, height - bh)), int(rng.integers(0, width - bw))
         regions[i, top:top + bh, left:left + bw] = True
     return x, regions
-
-
-def rounds(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(repeats + 1):
-        order = names[index % len(names):] + names[:index % len(names)]
-        gc.collect()
-        gc.disable()
-        try:
-            for name in order:
-                start = time.perf_counter()
-                contenders[name]()
-                if index:  # the first round warms up
-                    times[name].append(time.perf_counter() - start)
-        finally:
-            gc.enable()
-    return times
 
 
 def main() -> None:

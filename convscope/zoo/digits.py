@@ -40,9 +40,9 @@ class DigitsCNN(nn.Module):
     """(B, 1, 32, 32) -> (B, 10) logits: block1 (16 × 32²) → max-pool → block2 (32 × 16²) → max-pool
     → block3 (64 × 8²) → global average pool → ``fc``. The input of ``fc`` is the 64-D embedding."""
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), classes: int = 10, channels: int = 1) -> None:
         super().__init__()
-        self.block1 = _block(1, widths[0])
+        self.block1 = _block(channels, widths[0])
         self.pool1 = nn.MaxPool2d(2)
         self.block2 = _block(widths[0], widths[1])
         self.pool2 = nn.MaxPool2d(2)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConvscopeError, InputError, ModelError
 from ..models import Model
+from .digits import DigitsCNN
 
 __all__ = ["SHAPES_LABELS", "ShapesCNN", "ShapesData", "sand", "shapes_dataset", "shapes_model", "snow"]
 
@@ -126,27 +127,13 @@ def shapes_dataset(count: int = 2000, *, biased: bool = True, split: str = "trai
                       torch.from_numpy(masks))
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class ShapesCNN(nn.Module):
-    """(B, 3, 64, 64) -> (B, 2) logits: block1 (16 × 64²) → max-pool → block2 (32 × 32²) → max-pool →
-    block3 (32 × 16²) → global average pool → ``fc`` (a CAM-style head; Grad-CAM's default layer is block3)."""
+class ShapesCNN(DigitsCNN):
+    """(B, 3, 64, 64) -> (B, 2) logits: the digits CNN's layout on colour pictures — block1 (16 × 64²) →
+    max-pool → block2 (32 × 32²) → max-pool → block3 (32 × 16²) → global average pool → ``fc`` (a CAM-style
+    head; Grad-CAM's default layer is block3)."""
 
     def __init__(self, widths: tuple[int, int, int] = (16, 32, 32), classes: int = 2) -> None:
-        super().__init__()
-        self.block1 = _block(3, widths[0])
-        self.pool1 = nn.MaxPool2d(2)
-        self.block2 = _block(widths[0], widths[1])
-        self.pool2 = nn.MaxPool2d(2)
-        self.block3 = _block(widths[1], widths[2])
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[2], classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool2(self.block2(self.pool1(self.block1(x))))
-        return self.fc(self.gap(self.block3(x)).flatten(1))
+        super().__init__(widths, classes, channels=3)
 
 
 def wrap(module: nn.Module, which: str) -> Model:
