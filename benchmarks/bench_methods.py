@@ -496,7 +496,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def selected_methods(spec: str | None, skip_slow: bool) -> list[Any]:
     """Gradient and CAM methods (perturbation methods have their own benchmark, bench_perturbation.py)."""
-    infos = [info for info in cs.methods() if info.family != "perturbation"]
+    infos = [info for info in cs.methods() if info.group != "perturbation"]
     if spec:
         wanted = [name.strip() for name in spec.split(",") if name.strip()]
         known = {info.name for info in infos}

@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     windows = per_side**2
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
-    rows = cs.attribution.perturbation.perturbation_batch_size(model, x, args.batch_size)
+    rows = cs.engine.perturbation_rows(model, x, args.batch_size)
     print(f"convscope {cs.__version__} from {os.path.dirname(cs.__file__)}")
     print(f"env: torch {torch.__version__}, threads {torch.get_num_threads()}, cpu_count {os.cpu_count()} "
           f"(usable {affinity}){load}")

@@ -5,10 +5,11 @@
     x = m.preprocess(cs.sample_image("cat"))
     cs.gradcam(m, x).save("cat_gradcam.png")
 
-Every method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -> cs.Result``.
+Every attribution method is ``cs.<method>(model, x, *, target=None, layer=None, **options) -> cs.Result``;
+``cs.tools()`` lists every tool (attribution, features, trust, workflows, embeddings) with its typed options.
 """
 
-from . import features, metrics, targets
+from . import data, engine, features, metrics, options, registry, render, targets
 from .attribution import (
     ablationcam,
     cam,
@@ -33,7 +34,8 @@ from .attribution import (
     xgradcam,
 )
 from .compare import Comparison, compare
-from .errors import ConvscopeError, ImageError, InputError, LayerError, ModelError, TargetError
+from .engine import Cost, limits
+from .errors import ConvscopeError, CostError, ImageError, InputError, LayerError, ModelError, OptionError, TargetError
 from .features import class_image, compare_filters, dream, feature_maps, filters, layer_info, maximize
 from .features import objectives as objectives
 from .features.embed import Embedding, Projection, embed, pca, tsne, tsne_sweep, umap
@@ -44,9 +46,9 @@ from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
 from .metrics.audit import Audit, audit
 from .metrics.robustness import Robustness, robustness
 from .models import Model, Prediction, available_models, imagenet_labels, load_model
-from .registry import explain, methods
+from .registry import explain, methods, tools
 from .report import build_report as report
-from .result import Result
+from .result import Result, Table
 from .roi import RegionOfInterest, class_regions, roi
 from .zoo.digits import digits_dataset
 
@@ -56,6 +58,8 @@ __all__ = [
     "Audit",
     "Comparison",
     "ConvscopeError",
+    "Cost",
+    "CostError",
     "Embedding",
     "Guard",
     "ImageError",
@@ -65,11 +69,13 @@ __all__ = [
     "LayerRef",
     "Model",
     "ModelError",
+    "OptionError",
     "Prediction",
     "Projection",
     "RegionOfInterest",
     "Result",
     "Robustness",
+    "Table",
     "TargetError",
     "__version__",
     "ablationcam",
@@ -80,12 +86,14 @@ __all__ = [
     "class_regions",
     "compare",
     "compare_filters",
+    "data",
     "deconvnet",
     "default_cam_layer",
     "digits_dataset",
     "dream",
     "eigencam",
     "embed",
+    "engine",
     "explain",
     "export_projector",
     "feature_maps",
@@ -102,6 +110,7 @@ __all__ = [
     "layer_info",
     "layercam",
     "layers",
+    "limits",
     "load_image",
     "load_model",
     "masked_image",
@@ -111,7 +120,10 @@ __all__ = [
     "objectives",
     "occlusion",
     "occlusion_mask",
+    "options",
     "pca",
+    "registry",
+    "render",
     "report",
     "resolve_layer",
     "rise",
@@ -124,6 +136,7 @@ __all__ = [
     "summary",
     "superpixels",
     "targets",
+    "tools",
     "tsne",
     "tsne_sweep",
     "umap",

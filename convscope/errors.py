@@ -23,3 +23,11 @@ class ModelError(ConvscopeError):
 
 class InputError(ConvscopeError):
     """A method's input tensor has the wrong type, shape, channel count or dtype."""
+
+
+class OptionError(ConvscopeError):
+    """An option has the wrong type or is outside its allowed range (names the option and the range)."""
+
+
+class CostError(ConvscopeError):
+    """A call would cost more forward passes or memory than the limits allow (says the estimate)."""

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convscope.errors import ImageError
 
-__all__ = ["MAX_PIXELS", "SAMPLE_IMAGES", "ImageLike", "load_image", "named_images", "sample_image"]
+__all__ = ["MAX_PIXELS", "SAMPLE_IMAGES", "ImageLike", "load_image", "named_images", "sample_image", "to_uint8"]
 
 MAX_PIXELS: int = 64_000_000
 """Default limit on width * height, checked from the file header before decoding."""
@@ -86,6 +86,19 @@ def sample_image(name: str = "cat") -> Image.Image:
         raise _error(repr(name), "sample images need scikit-image: pip install scikit-image") from exc
     array = getattr(skimage.data, _SKIMAGE_SAMPLES[key])()
     return load_image(array)
+
+
+def to_uint8(pictures: Any) -> np.ndarray:
+    """Pictures (B, C, H, W) with values in [0, 1] (clamped) -> uint8 RGB (B, H, W, 3): one channel is
+    repeated, more than three keep the first three (two: their mean)."""
+    import torch
+
+    data = pictures.detach().float().cpu().clamp(0, 1)
+    if data.shape[1] == 1:
+        data = data.expand(-1, 3, -1, -1)
+    elif data.shape[1] != 3:
+        data = data[:, :3] if data.shape[1] > 3 else data.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return (data * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def named_images(images: Sequence[Any] | None) -> list[tuple[str, Image.Image]]:

@@ -157,12 +157,28 @@ class Model:
         batch = batch[:, None] if batch.dim() == 3 else batch.permute(0, 3, 1, 2)
         if self.channels not in (1, 3):
             raise InputError(f"preprocess makes 1- or 3-channel pictures; this model takes {self.channels} channels")
-        if self.mean is not None:
-            batch = batch - torch.tensor(self.mean).view(1, -1, 1, 1)
-        if self.std is not None:
-            batch = batch / torch.tensor(self.std).view(1, -1, 1, 1)
         device, dtype = module_device_dtype(self.module)
-        return batch.to(device=device, dtype=dtype).contiguous()
+        return self.normalize(batch).to(device=device, dtype=dtype).contiguous()
+
+    def normalize(self, pictures: torch.Tensor) -> torch.Tensor:
+        """Pictures in [0, 1], (B, C, H, W) -> the model's input space, ``(p - mean) / std`` (a new tensor;
+        differentiable, so feature visualization optimizes through it)."""
+        out = pictures
+        if self.mean is not None:
+            out = out - torch.tensor(self.mean, device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+        if self.std is not None:
+            out = out / torch.tensor(self.std, device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+        return out if out is not pictures else out.clone()
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input space -> pictures, ``x * std + mean`` (B, C, H, W), not clamped: the inverse of
+        :meth:`normalize`. With neither mean nor std known, a copy of ``x``."""
+        out = x
+        if self.std is not None:
+            out = out * torch.tensor(self.std, device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+        if self.mean is not None:
+            out = out + torch.tensor(self.mean, device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+        return out if out is not x else out.clone()
 
     def check_input(self, x: Any) -> torch.Tensor:
         """Validate a method's input batch; a clear error for what it is not. Returns ``x`` unchanged."""

@@ -1,178 +1,356 @@
-"""The method registry: ``@register`` once, and the CLI, the report and the web app find the method.
+"""One registry of tools: ``@register`` once, and the Python API checks it, the CLI, the report and the
+web app are generated from it, and the contract and state tests run over it.
 
-timm-style discovery instead of hand-kept lists; the contract tests are parametrized over it, so a
-new method is tested without new test code.
+A tool is a function ``fn(<inputs>, *, target=None, layer=None, **options, progress=None) -> result`` plus
+what the front ends need to know: its family, what it takes (``TAKES``), the kind of result it returns
+(``convscope.result.RESULT_KINDS`` or another displayable object's ``kind``), its paper, its options as a
+typed model (``convscope.options``), a cost estimate in forward passes (``convscope.engine.Cost``) and how
+the report shows it. Calling the registered function validates the options and checks the cost before
+any work — the same check the CLI and the web app make before they start a job.
+
+timm-style discovery instead of hand-kept lists: adding a tool is one function in one file and its
+``@register`` line.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConvscopeError
+from .engine import Cost, approved, check_cost
+from .errors import ConvscopeError, OptionError
+from .options import Options, OptionSpec, option_specs, options_model, validate_options
 
-__all__ = ["MethodInfo", "OptionSpec", "choices", "describe_options", "explain", "get", "methods", "register"]
+__all__ = ["FAMILIES", "GROUPS", "TAKES", "CostContext", "MethodInfo", "Plan", "ReportSpec", "Tool", "explain", "get",
+           "methods", "register", "tools"]
 
-FAMILIES = ("gradient", "cam", "perturbation", "feature")
-OUTPUTS = ("map", "pixels")
+FAMILIES = {
+    "model": "the model itself: its layers and its predictions",
+    "attribution": "which pixels drove a decision",
+    "workflow": "debugging a model: models and classes side by side, robustness, shortcut audits",
+    "trust": "which explanation to believe",
+    "features": "what the network has learned",
+    "embedding": "a dataset in the model's feature space",
+}
+GROUPS = ("gradient", "cam", "perturbation")  # the attribution families
+TAKES = {
+    "images": "a model and a batch of preprocessed pictures x (B, C, H, W)",
+    "image": "a model and one picture (a path, PIL image, array, sample name or preprocessed tensor)",
+    "model": "a model only",
+    "models": "several models (or one) and pictures",
+    "dataset": "a model and a dataset (a folder, file list, tensor, (images, labels) pair or torch Dataset)",
+}
+INPUT_COUNT = {"images": 2, "image": 2, "model": 1, "models": 2, "dataset": 2}
+SPECIAL = ("target", "layer", "progress")  # parameters every front end handles itself
+
+CostFn = Callable[["CostContext"], Cost]
 
 
 @dataclass(frozen=True)
-class MethodInfo:
-    """A registered method: ``fn(model, x, *, target=None, layer=None, **options) -> Result``."""
+class ReportSpec:
+    """How the report shows a tool: with ``options`` (for ``--quick``, ``quick`` on top of them; None: the
+    tool's own quick options), under ``title`` with a one-line ``note`` on how to read it; ``order`` sorts
+    sections within the tool's family (default: registration order)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] | None = None
+    title: str | None = None
+    note: str = ""
+    order: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Tool:
+    """A registered tool. ``fn`` is the checked entry point (what ``cs.<name>`` is); ``impl`` the function
+    as written, for code that has validated its own call."""
 
     name: str
-    fn: Callable[..., Any]
-    family: str  # gradient | cam | perturbation | feature
-    output: str  # "map": (B, 1, H, W); "pixels": (B, C, H, W)
-    uses_layer: bool  # whether ``layer`` changes the answer
+    impl: Callable[..., Any]
+    family: str
+    takes: str
+    returns: str
     paper: str
-    quick: dict[str, Any] = field(default_factory=dict)  # options for a fast, coarser run (previews, tests)
+    options_model: type[Options]
+    group: str | None = None
+    quick: dict[str, Any] = field(default_factory=dict)
+    uses_layer: bool = False
+    uses_target: bool = False
+    loops: bool = False  # accepts progress= (reports progress, can be cancelled)
+    cost: CostFn | None = None
+    report: ReportSpec | None = field(default_factory=ReportSpec)
+    aliases: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    fn: Callable[..., Any] = field(init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        signature = inspect.signature(self.impl)
+
+        def entry(*args: Any, **kwargs: Any) -> Any:
+            return self.plan(*args, **kwargs).run()
+
+        entry.__name__ = entry.__qualname__ = getattr(self.impl, "__name__", self.name)
+        entry.__doc__ = self.impl.__doc__
+        entry.__module__ = self.impl.__module__
+        entry.__signature__ = signature  # type: ignore[attr-defined]
+        entry.__wrapped__ = self.impl  # type: ignore[attr-defined]
+        entry.__convscope_tool__ = self  # type: ignore[attr-defined]
+        object.__setattr__(self, "fn", entry)
+        object.__setattr__(self, "_signature", signature)
+
+    # -- what it is ------------------------------------------------------------------------------------
     @property
     def summary(self) -> str:
         """The docstring's first paragraph, as one line of plain text."""
-        paragraph = (inspect.getdoc(self.fn) or self.name).split("\n\n")[0]
+        paragraph = (inspect.getdoc(self.impl) or self.name).split("\n\n")[0]
         return " ".join(paragraph.split()).replace("``", "")
 
     @property
+    def output(self) -> str:
+        """The result kind (``returns``); "map" or "pixels" for attribution methods."""
+        return self.returns
+
+    @property
     def options(self) -> dict[str, inspect.Parameter]:
-        """The keyword options beyond model, x, target and layer, with their defaults."""
-        params = inspect.signature(self.fn).parameters
-        return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("target", "layer")}
+        """The options' parameters (beyond inputs, target, layer and progress), with their defaults."""
+        params = self._signature.parameters  # type: ignore[attr-defined]
+        return {k: p for k, p in params.items() if k in self.options_model.model_fields}
 
     def option_specs(self) -> list[OptionSpec]:
-        """Every option described for a form or ``--help``: name, default, type, choices, help text
-        (from the docstring's ``Options:`` section, ``name: text`` per option)."""
-        return describe_options(self.fn, skip=("target", "layer"))
+        """Every option a front end offers: name, default, type, bounds, choices, help."""
+        return option_specs(self.options_model)
+
+    def options_schema(self) -> dict[str, Any]:
+        """The JSON schema of the options the front ends offer (python-only values left out)."""
+        schema = self.options_model.model_json_schema(mode="validation")
+        offered = {spec.name for spec in self.option_specs()}
+        schema["properties"] = {k: v for k, v in schema.get("properties", {}).items() if k in offered}
+        if "required" in schema:
+            schema["required"] = [k for k in schema["required"] if k in offered]
+        return schema
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    # -- a call, checked before any work ------------------------------------------------------------------
+    def validate(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` checked and converted by the options model; every option with its value."""
+        return validate_options(self.name, self.options_model, options)
+
+    def plan(self, *args: Any, **kwargs: Any) -> Plan:
+        """Bind a call, validate its options and estimate its cost — no work yet (``plan(...).run()`` does it).
+        The web app plans a job before it answers 202; the CLI before it loads pictures."""
+        signature: inspect.Signature = self._signature  # type: ignore[attr-defined]
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise OptionError(self._binding_error(str(exc), kwargs)) from None
+        arguments = dict(bound.arguments)
+        inputs = {name: arguments.pop(name) for name in self.inputs if name in arguments}
+        special = {name: arguments.pop(name) for name in SPECIAL if name in arguments}
+        extra: dict[str, Any] = {}
+        for name, param in signature.parameters.items():
+            if param.kind is param.VAR_KEYWORD and name in arguments:
+                extra = arguments.pop(name)
+        options = self.validate({**arguments, **extra})
+        plan = Plan(self, inputs, special, options)
+        plan.estimate()
+        return plan
+
+    def _binding_error(self, message: str, kwargs: dict[str, Any]) -> str:
+        known = [n for n in self._signature.parameters if n not in self.inputs]  # type: ignore[attr-defined]
+        for name in kwargs:
+            if name not in self._signature.parameters:  # type: ignore[attr-defined]
+                close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                return f"{self.name} has no option {name!r}{hint} (options: {', '.join(known)})"
+        return f"{self.name}: {message}"
+
+    def cost_of(self, *args: Any, **kwargs: Any) -> Cost | None:
+        """The cost estimate of a call (forward passes, memory), without running it."""
+        return self.plan(*args, **kwargs).cost
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """One keyword option of a registered function, as a front end shows it."""
+@dataclass
+class CostContext:
+    """What a cost function sees: the wrapped model, the call's inputs, special arguments and checked options."""
 
-    name: str
-    default: Any  # inspect.Parameter.empty when required
-    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "any"
-    choices: tuple[Any, ...]
-    help: str
+    tool: Tool
+    model: Any  # convscope.Model or None (tools taking several models)
+    inputs: dict[str, Any]
+    special: dict[str, Any]
+    options: dict[str, Any]
 
-    def as_json(self) -> dict[str, Any]:
-        """JSON-safe description (the web app's forms); defaults that are not plain values become None."""
-        plain = self.default if isinstance(self.default, (int, float, str, bool, type(None))) else None
-        return {"name": self.name, "default": plain, "kind": self.kind, "choices": list(self.choices), "help": self.help}
+    @property
+    def x(self) -> Any:
+        """The batch of a tool that takes images, (B, C, H, W)."""
+        return self.inputs.get(self.tool.inputs[1]) if len(self.tool.inputs) > 1 else None
 
+    @property
+    def pictures(self) -> int:
+        """How many pictures the call explains (B for a batch, 1 for one picture or a model-only tool)."""
+        import torch
 
-def _option_help(doc: str) -> dict[str, str]:
-    """``name: text`` entries of a docstring's ``Options:`` section (continuation lines indented more)."""
-    lines = doc.split("\n")
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Options:")
-    except StopIteration:
-        return {}
-    helps: dict[str, str] = {}
-    current, indent = None, None
-    for line in lines[start + 1:]:
-        if not line.strip():
-            if current is not None:
-                break
-            continue
-        width = len(line) - len(line.lstrip())
-        if indent is None:
-            indent = width
-        if width < indent:
-            break
-        match = re.match(r"\s*(?:``)?(\w+)(?:``)?\s*:\s*(.*)", line) if width == indent else None
-        if match:
-            current = match.group(1)
-            helps[current] = match.group(2).strip()
-        elif current is not None:
-            helps[current] += " " + line.strip()
-    return {k: " ".join(v.replace("``", "").split()) for k, v in helps.items()}
+        x = self.x
+        if self.tool.takes == "images" and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return int(x.shape[0])
+        return 1
 
+    def area(self, height: int | None = None, width: int | None = None) -> float:
+        """A picture's area relative to the model's input size (1.0 at the model's own size): what one forward
+        of that picture costs in forwards at the input size."""
+        import torch
 
-def _kind(param: inspect.Parameter) -> str:
-    annotation = str(param.annotation)
-    default = param.default
-    if isinstance(default, bool) or annotation == "bool":
-        return "bool"
-    if "Literal" in annotation:
-        return "choice"
-    for name in ("int", "float", "str"):
-        if annotation == name or annotation.startswith(name + " |"):
-            return name
-    if isinstance(default, (int, float, str)) and not isinstance(default, bool):
-        return type(default).__name__
-    return "any"
+        x = self.x
+        if height is None and isinstance(x, torch.Tensor) and x.dim() == 4:
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+        size = getattr(self.model, "input_size", None) or (224, 224)
+        if height is None or width is None:
+            return 1.0
+        return (height * width) / float(size[0] * size[1])
 
+    def layer_shape(self, layer: Any = None) -> tuple[int, ...] | None:
+        """The output shape (C, h, w) of ``layer`` (default: the call's layer, else the default CAM layer) for
+        this call's picture size, from the cached layer trace; None when it cannot be known cheaply."""
+        import torch
 
-def describe_options(fn: Callable[..., Any], *, skip: tuple[str, ...] = ()) -> list[OptionSpec]:
-    """The keyword-only options of ``fn`` (see ``MethodInfo.option_specs``); ``Literal[...]``
-    annotations and ``CHOICES`` give the allowed values."""
-    helps = _option_help(inspect.getdoc(fn) or "")
-    choices_of = getattr(fn, "__convscope_choices__", {})
-    specs = []
-    for name, param in inspect.signature(fn).parameters.items():
-        if param.kind is not param.KEYWORD_ONLY or name in skip:
-            continue
-        choices = tuple(choices_of.get(name, ()))
-        kind = "choice" if choices else _kind(param)
-        specs.append(OptionSpec(name, param.default, kind, choices, helps.get(name, "")))
-    return specs
+        from .layers import default_cam_layer, layers, resolve_layer
+
+        x = self.x
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or self.model is None:
+            return None
+        chosen = layer if layer is not None else self.special.get("layer")
+        if isinstance(chosen, (list, tuple)):
+            chosen = chosen[0] if chosen else None
+        ref = default_cam_layer(self.model, tuple(x.shape[1:])) if chosen is None else resolve_layer(self.model, chosen)
+        for info in layers(self.model, input_size=tuple(x.shape[1:])):
+            if info.name == ref.label:
+                return tuple(info.output_shape) if info.output_shape else None
+        return None
 
 
-def choices(**allowed: tuple[Any, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator recording the allowed values of options (``@choices(variant=("mean", "square"))``)."""
+@dataclass
+class Plan:
+    """A checked call of a tool: ``run()`` does the work (nested tool calls are not cost-checked again)."""
+
+    tool: Tool
+    inputs: dict[str, Any]
+    special: dict[str, Any]
+    options: dict[str, Any]
+    cost: Cost | None = None
+
+    def estimate(self) -> Cost | None:
+        """Estimate the cost and refuse a call over the limits (skipped inside an approved call)."""
+        from .engine import _APPROVED
+        from .models import Model, as_model
+
+        if self.tool.cost is None or _APPROVED.get():
+            return None
+        first = self.inputs.get(self.tool.inputs[0]) if self.tool.inputs else None
+        model = first if isinstance(first, Model) else None
+        if model is None and self.tool.takes != "models":
+            try:
+                model = as_model(first)
+            except ConvscopeError:
+                model = None  # the tool itself says what is wrong with it
+        if self.tool.takes == "images" and model is not None:
+            model.check_input(self.inputs.get(self.tool.inputs[1]))
+        self.cost = self.tool.cost(CostContext(self.tool, model, self.inputs, self.special, self.options))
+        check_cost(self.tool.name, self.cost, getattr(model, "device", None))
+        return self.cost
+
+    def run(self, **special: Any) -> Any:
+        """Do the work; ``special`` overrides target / layer / progress (the web passes its progress)."""
+        with approved():
+            return self.tool.impl(**self.inputs, **{**self.special, **special}, **self.options)
+
+
+MethodInfo = Tool  # the name attribution code used before every tool was registered
+
+_TOOLS: dict[str, Tool] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *, family: str, takes: str, returns: str, paper: str, group: str | None = None,
+             quick: dict[str, Any] | None = None, cost: CostFn | None = None, report: ReportSpec | None = ReportSpec(),
+             aliases: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding a tool to the registry under ``name``; returns the checked entry point.
+
+    family:  one of ``FAMILIES``; group: for attribution, one of ``GROUPS``.
+    takes:   one of ``TAKES`` (its first parameters are those inputs: ``model``, then ``x`` / the picture / the
+             dataset; ``models`` then the pictures).
+    returns: the kind of result (``Result.kind`` or another displayable object's ``kind``).
+    quick:   options for a fast, coarse run (previews, ``--quick``, tests); cost: ``CostContext -> Cost``;
+    report:  how the report shows it (None: not in the report).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"bad registration for {name}: family {family!r} is not one of {', '.join(FAMILIES)}")
+    if family == "attribution" and group not in GROUPS:
+        raise ValueError(f"bad registration for {name}: attribution tools need group= one of {', '.join(GROUPS)}")
+    if takes not in TAKES:
+        raise ValueError(f"bad registration for {name}: takes {takes!r} is not one of {', '.join(TAKES)}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__convscope_choices__ = {**getattr(fn, "__convscope_choices__", {}), **allowed}  # type: ignore[attr-defined]
-        return fn
+        if name in _TOOLS or name in _ALIASES:
+            raise ValueError(f"tool {name!r} is registered twice")
+        signature = inspect.signature(fn)
+        positional = [p.name for p in signature.parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        inputs = tuple(positional[:INPUT_COUNT[takes]])
+        model = options_model(fn, name=name, skip=(*inputs, *SPECIAL))
+        tool = Tool(name, fn, family, takes, returns, paper, model, group, dict(quick or {}),
+                    uses_layer="layer" in signature.parameters, uses_target="target" in signature.parameters,
+                    loops="progress" in signature.parameters, cost=cost, report=report, aliases=tuple(aliases),
+                    inputs=inputs)
+        tool.validate(dict(quick or {}))  # a typo in the quick options fails at import, not in a test
+        _TOOLS[name] = tool
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return tool.fn
 
     return decorate
 
 
-_METHODS: dict[str, MethodInfo] = {}
-
-
-def register(name: str, *, family: str, output: str, uses_layer: bool, paper: str,
-             quick: dict[str, Any] | None = None) -> Callable:
-    """Decorator adding a method to the registry under ``name``; ``quick`` = options for a fast preview."""
-    if family not in FAMILIES or output not in OUTPUTS:
-        raise ValueError(f"bad registration for {name}: family {family!r}, output {output!r}")
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, fn, family, output, uses_layer, paper, dict(quick or {}))
-        return fn
-
-    return decorate
+def unregister(name: str) -> None:
+    """Remove a tool (tests that register a throwaway tool clean up with this)."""
+    tool = _TOOLS.pop(name, None)
+    for alias in getattr(tool, "aliases", ()):
+        _ALIASES.pop(alias, None)
 
 
 def _load_builtin() -> None:
-    from . import attribution  # noqa: F401  (registers the built-in methods)
+    from . import attribution, compare, features, metrics  # noqa: F401  (importing registers the built-in tools)
 
 
-def methods(family: str | None = None) -> list[MethodInfo]:
-    """All registered methods (optionally one family), in registration order."""
+def tools(family: str | None = None) -> list[Tool]:
+    """Every registered tool (optionally one family), in registration order."""
     _load_builtin()
-    return [m for m in _METHODS.values() if family is None or m.family == family]
+    return [t for t in _TOOLS.values() if family is None or t.family == family]
 
 
-def get(name: str) -> MethodInfo:
-    """The method called ``name``; an error suggesting close names otherwise."""
+def methods(group: str | None = None) -> list[Tool]:
+    """The attribution methods (optionally one group: gradient, cam, perturbation), in registration order."""
+    return [t for t in tools("attribution") if group is None or t.group == group]
+
+
+def get(name: str) -> Tool:
+    """The tool called ``name`` (or one of its aliases); an error suggesting close names otherwise."""
     _load_builtin()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3, cutoff=0.5)
+    name = _ALIASES.get(name, name)
+    if name not in _TOOLS:
+        known = [*_TOOLS, *_ALIASES]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConvscopeError(f"unknown method {name!r}{hint} (available: {', '.join(_METHODS)})")
-    return _METHODS[name]
+        raise ConvscopeError(f"unknown tool {name!r}{hint} (available: {', '.join(_TOOLS)})")
+    return _TOOLS[name]
 
 
 def explain(model: Any, x: Any, method: str = "gradcam", **options: Any) -> Any:
-    """Run a registered method by name: ``cs.explain(model, x, "gradcam", target=281)``."""
-    return get(method).fn(model, x, **options)
+    """Run a registered attribution method by name: ``cs.explain(model, x, "gradcam", target=281)``."""
+    tool = get(method)
+    if tool.family != "attribution":
+        raise ConvscopeError(f"{method!r} is a {tool.family} tool, not an attribution method; call cs.{tool.name}(...) "
+                             f"(attribution methods: {', '.join(t.name for t in methods())})")
+    return tool.fn(model, x, **options)

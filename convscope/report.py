@@ -30,7 +30,7 @@ __all__ = ["SECTIONS", "ReportContext", "build_report", "default_methods"]
 
 def default_methods() -> list[str]:
     """Every registered attribution method (gradient, CAM and perturbation families), in registry order."""
-    return [info.name for info in registry.methods() if info.family in ("gradient", "cam", "perturbation")]
+    return [info.name for info in registry.methods()]
 
 
 TRUST_METHODS = ("gradcam", "integrated_gradients", "saliency", "occlusion")  # ranked in the trust section

@@ -1,7 +1,10 @@
-"""The single Result type every method returns: raw values plus where they came from.
+"""The single Result type every tool returns for tensors, and what every computed object shares to be seen.
 
 ``data`` is never display-normalized, so results can be compared and combined; rendering
-(``convscope.render``) is the only place that scales values into colours.
+(``convscope.render``) is the only place that scales values into colours. Every object a tool returns
+(``Result``, ``Comparison``, ``Audit``, ``Embedding``, tables, ...) knows its ``kind`` and is
+:class:`Displayable`: ``save`` / ``show`` / ``figure`` / notebook display all go through one render entry
+point, which draws by kind. Compute code never imports render; this module hands over to it lazily.
 """
 
 from __future__ import annotations
@@ -14,15 +17,98 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Result"]
+__all__ = ["RESULT_KINDS", "Displayable", "Result", "Table"]
+
+# What a Result's ``data`` holds (other displayable objects carry their own ``kind``):
+RESULT_KINDS = {
+    "map": "(B, 1, H, W) one value per pixel: an explanation map",
+    "pixels": "(B, C, H, W) a value per pixel and channel: a pixel attribution (gradients)",
+    "picture": "(B, C, H, W) pictures in [0, 1]: made by optimization (activation maximization, class images, Deep Dream)",
+    "feature_maps": "(B, K, h, w) a layer's raw activations",
+    "filters": "(out, in, kh, kw) a convolution's kernels",
+}
+
+
+class Displayable:
+    """Anything convscope computes that can be looked at. ``kind`` says what it is; the render entry point
+    (``convscope.render``) draws it by kind: ``save`` (format from the suffix), ``show`` (a window, a
+    notebook, or a file when there is no display), ``figure`` (matplotlib), ``to_png``, ``to_html`` and
+    the notebook's rich display."""
+
+    kind: str = ""
+
+    def figure(self, **style: Any) -> Any:
+        """A matplotlib Figure of this object (no GUI backend needed)."""
+        from . import render
+
+        return render.figure(self, **style)
+
+    def to_png(self, **style: Any) -> bytes:
+        """PNG bytes of this object's picture."""
+        from . import render
+
+        return render.to_png(self, **style)
+
+    def to_html(self, **style: Any) -> str:
+        """An HTML fragment (the picture inline, with its caption or table): reports and notebooks."""
+        from . import render
+
+        return render.to_html(self, **style)
+
+    def save(self, path: str | Path, **style: Any) -> Path:
+        """Write the picture; the format follows the suffix (.png, .jpg, .webp, .tif, .pdf, .svg, .html)."""
+        from . import render
+
+        return render.save(self, path, **style)
+
+    def show(self, **style: Any) -> None:
+        """Display it: inline in a notebook, in a window when one can open, else written to a PNG whose
+        path is printed (a plain script on a machine without a display)."""
+        from . import render
+
+        render.show(self, **style)
+
+    def _repr_png_(self) -> bytes | None:
+        from . import render
+
+        return render.to_png(self)
+
+    def _repr_html_(self) -> str | None:
+        from . import render
+
+        return render.to_html(self)
+
+
+class Table(str, Displayable):
+    """Text that is a table (``cs.summary``, predictions): prints as text, displays as an HTML table in a
+    notebook. ``columns`` and ``rows`` hold the cells; the string is the text rendering."""
+
+    kind = "table"
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    title: str
+
+    def __new__(cls, text: str, *, columns: Sequence[str] = (), rows: Sequence[Sequence[Any]] = (),
+                title: str = "") -> Table:
+        self = super().__new__(cls, text)
+        self.columns, self.rows, self.title = tuple(columns), tuple(tuple(r) for r in rows), title
+        return self
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython: the text, not its repr
+        printer.text(str(self))
+
+    def _repr_png_(self) -> bytes | None:  # a table is text: no picture in notebooks
+        return None
 
 
 @dataclass(eq=False)
-class Result:
-    """What a method computed for a batch.
+class Result(Displayable):
+    """What a tool computed for a batch.
 
-    data:    float tensor, batch-first, at the input's H×W: (B, 1, H, W) for map methods (CAM family,
-             occlusion…), (B, C, H, W) for pixel-gradient methods.
+    data:    float tensor, batch-first; what it holds is ``kind`` (see ``RESULT_KINDS``): for explanations
+             at the input's H×W, (B, 1, H, W) for map methods (CAM family, occlusion…), (B, C, H, W) for
+             pixel-gradient methods.
+    kind:    "map", "pixels", "picture", "feature_maps" or "filters" (how it is drawn).
     target:  LongTensor (B,) of the classes explained (resolved when the call said ``None``); None
              when the target was a callable.
     method, layer: what produced it; labels: the label of each explained class (or None).
@@ -40,13 +126,18 @@ class Result:
     inputs: torch.Tensor | None = field(default=None, repr=False)
     mean: tuple[float, ...] | None = field(default=None, repr=False)
     std: tuple[float, ...] | None = field(default=None, repr=False)
+    kind: str = "map"
+
+    def __post_init__(self) -> None:
+        if self.kind not in RESULT_KINDS:
+            raise ValueError(f"unknown Result kind {self.kind!r}; one of {', '.join(RESULT_KINDS)}")
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
     def __repr__(self) -> str:
         target = None if self.target is None else self.target.tolist()
-        return (f"Result(method={self.method!r}, data={tuple(self.data.shape)}, layer={self.layer!r}, "
+        return (f"Result(method={self.method!r}, kind={self.kind!r}, data={tuple(self.data.shape)}, layer={self.layer!r}, "
                 f"target={target}, labels={self.labels})")
 
     def __getitem__(self, index: int | slice | Sequence[int]) -> Result:
@@ -90,33 +181,16 @@ class Result:
         return replace(self, data=self.data.cpu(), target=move(self.target), inputs=move(self.inputs),
                        meta={k: move(v) for k, v in self.meta.items()})
 
-    # -- pictures (delegated to convscope.render) ----------------------------------------------
+    # -- pictures (convscope.render draws them; see Displayable) ---------------------------------
     def overlay(self, index: int = 0, *, image: Any = None, **style: Any) -> np.ndarray:
         """The heatmap of image ``index`` over its picture, uint8 (H, W, 3)."""
         from .render import overlay_result
 
         return overlay_result(self, index, image=image, **style)
 
-    def figure(self, **style: Any) -> Any:
-        """A matplotlib figure: every image of the batch with its overlay, titled with the label."""
-        from .render import result_figure
-
-        return result_figure(self, **style)
-
     def save(self, path: str | Path, *, image: Any = None, index: int | None = None, **style: Any) -> Path:
-        """Write a PNG: the overlay of one image (``index``), or a grid of the whole batch."""
-        from .render import save_result
+        """Write the picture (format from the suffix): one image's overlay (``index``, or a batch of one),
+        else the batch figure. ``image``: draw over this picture instead of the explained input."""
+        from . import render
 
-        return save_result(self, path, image=image, index=index, **style)
-
-    def show(self, **style: Any) -> None:
-        """Display the figure (notebooks, or a window when one is available)."""
-        import matplotlib.pyplot as plt
-
-        self.figure(**style)
-        plt.show()
-
-    def _repr_png_(self) -> bytes:
-        from .render import figure_png
-
-        return figure_png(self.figure())
+        return render.save(self, path, image=image, index=index, **style)

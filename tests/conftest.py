@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,18 +22,27 @@ SMALL_SIZE = 64  # H = W of the pictures fed to the random-weight torchvision mo
 SAMPLES = ("cat", "coffee")  # the default batch of two pictures
 
 
-def registered_methods(family: str | None = None) -> list[cs.registry.MethodInfo]:
-    """Every registered method, its ``fn`` running with the method's ``quick`` options (few steps or
-    samples) unless a test passes its own — the contract holds for any options, and the suite stays fast."""
-    import dataclasses
-    from functools import partial
+class QuickTool:
+    """A registered tool whose ``fn`` runs with the tool's ``quick`` options (few steps or samples) unless a
+    test passes its own; every other attribute is the tool's."""
 
-    def quick(info: cs.registry.MethodInfo) -> cs.registry.MethodInfo:
-        if not info.quick:
-            return info
-        return dataclasses.replace(info, fn=partial(info.fn, **info.quick))
+    def __init__(self, tool: cs.registry.Tool) -> None:
+        self.tool = tool
 
-    return [quick(info) for info in cs.methods(family)]
+    def __getattr__(self, name: str):
+        return getattr(self.tool, name)
+
+    def fn(self, *args, **kwargs):
+        return self.tool.fn(*args, **{**self.tool.quick, **kwargs})
+
+    def __repr__(self) -> str:
+        return f"QuickTool({self.tool.name})"
+
+
+def registered_methods(group: str | None = None) -> list[QuickTool]:
+    """Every registered attribution method (optionally one group: gradient, cam, perturbation), its ``fn``
+    running with the method's ``quick`` options — the contract holds for any options, and the suite stays fast."""
+    return [QuickTool(info) for info in cs.methods(group)]
 
 
 @cache
@@ -108,3 +118,15 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float =
 def assert_close() -> Callable[..., None]:
     """``assert_close(actual, expected, rtol=1e-4, atol=1e-5)``, atol relative to max |expected|."""
     return _assert_close
+
+
+def digit_folder(root: Path, count: int = 40) -> Path:
+    """``count`` sklearn digits as PNGs in an ImageFolder layout under ``root`` (sub-folder = label)."""
+    from convscope.zoo.digits import digits_dataset
+
+    data = digits_dataset("test")
+    for i in range(count):
+        picture, label = data[i]
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        picture.save(root / str(label) / f"{i}.png")
+    return root

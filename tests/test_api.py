@@ -19,6 +19,7 @@ PUBLIC = {
     "features", "filters", "compare_filters", "feature_maps", "layer_info", "maximize", "class_image", "dream", "objectives",
     "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap", "export_projector", "digits_dataset",
     "Comparison", "compare", "Audit", "audit", "Robustness", "robustness",
+    "tools", "registry", "options", "engine", "data", "render", "limits", "Cost", "CostError", "OptionError", "Table",
 }
 
 
@@ -32,6 +33,7 @@ def test_every_registered_method_is_public_and_follows_the_contract() -> None:
 
     for info in cs.methods():
         assert getattr(cs, info.name) is info.fn, f"{info.name} is registered but not exported"
+        assert info.fn.__wrapped__ is info.impl
         params = inspect.signature(info.fn).parameters
         names = list(params)
         assert names[:2] == ["model", "x"]

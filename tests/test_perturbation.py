@@ -11,8 +11,8 @@ from test_state import assert_unchanged, snapshot
 from torch import nn
 
 import convscope as cs
+from convscope import engine
 from convscope.attribution import masked_image, occlusion, occlusion_mask, rise, superpixels
-from convscope.attribution import perturbation as pert
 from convscope.progress import Cancelled
 
 PATCH = (16, 32, 16)  # top, left, side of the square the patch model reads, in a 64x64 picture
@@ -295,12 +295,12 @@ def test_mask_and_masked_image(patch_net):
 
 def test_automatic_batch_size_fits_the_memory_budget(small_net, monkeypatch):
     x = noise(1, 224)
-    per_row = pert._bytes_per_row(cs.models.as_model(small_net), x)
+    per_row = engine.bytes_per_row(cs.models.as_model(small_net), tuple(x.shape[1:]))
     assert per_row >= 4 * 6 * 224 * 224 * 4  # the first conv's output, 6 x 224 x 224 floats
-    assert pert.perturbation_batch_size(small_net, x) == 16  # the fast size when memory is plentiful
-    monkeypatch.setattr(pert, "_memory_budget", lambda device: 3 * per_row)
-    assert pert.perturbation_batch_size(small_net, x) == 3
-    assert pert.perturbation_batch_size(small_net, x, 40) == 40
+    assert engine.perturbation_rows(small_net, x) == 16  # the fast size when memory is plentiful
+    monkeypatch.setattr(engine, "memory_budget", lambda device: 3 * per_row)
+    assert engine.perturbation_rows(small_net, x) == 3
+    assert engine.perturbation_rows(small_net, x, 40) == 40
 
 
 # --- EfficientNet-Lite0 --------------------------------------------------------------------------

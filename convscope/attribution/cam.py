@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ..engine import Cost, compute_precision, default_rows, package, prepare
 from ..errors import ConvscopeError, LayerError, TargetError
 from ..hooks import Guard, LayerRef
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
 from ..models import Model, as_model
-from ..registry import choices, register
+from ..options import BatchSize, Fp32Only, Precision
+from ..progress import ProgressArg, tracker
+from ..registry import CostContext, register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import FP32_ONLY, PRECISIONS, compute_precision, package, prepare
-from .gradient import default_batch_size, guided_backprop
+from .gradient import guided_backprop
 
 __all__ = ["ablationcam", "cam", "cam_engine", "eigencam", "gradcam", "gradcam_pp", "guided_gradcam", "hirescam",
            "layercam", "scorecam", "xgradcam"]
@@ -49,6 +52,7 @@ class CamInputs:
     batch_size: int
     top_channels: int | None = None  # perturbation variants: evaluate only the K strongest channels
     output: torch.Tensor | None = None  # the model's output in the explaining forward (detached)
+    progress: ProgressArg = False  # perturbation variants: progress per channel evaluated (a callback may cancel)
 
 
 Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, h, w) before the ReLU
@@ -66,7 +70,8 @@ def _layers(model: Model, x: torch.Tensor, layer: LayerSpec | Sequence[LayerSpec
 
 def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec | Sequence[LayerSpec], method: str,
                combine: Combine, needs_grad: bool = True, relu: bool = True, precision: str = "fp32",
-               batch_size: int | None = None, no_bf16: str | None = None, top_channels: int | None = None) -> Result:
+               batch_size: int | None = None, no_bf16: str | None = None, top_channels: int | None = None,
+               progress: ProgressArg = False) -> Result:
     """Shared CAM computation: ``relu(combine(A))`` per layer, upsampled to (B, 1, H, W).
 
     With several layers each map is scaled by its per-image maximum and the maps are averaged.
@@ -92,12 +97,12 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
             if missing:
                 raise LayerError(f"the target score does not depend on layer {missing[0]!r}; pick a layer before the output")
     fixed: Target = classes if classes is not None else target
-    rows = batch_size or default_batch_size(x)
+    rows = batch_size or default_rows(*x.shape[-2:])
     maps = []
     for ref, a, g in zip(refs, acts, grads):
         inputs = CamInputs(wrapped, x, ref, a.detach().float(), None if g is None else g.float(), fixed,
                            scores.detach(), precision, rows, top_channels,
-                           output.detach() if isinstance(output, torch.Tensor) else None)
+                           output.detach() if isinstance(output, torch.Tensor) else None, progress)
         low = combine(inputs)
         maps.append(low.clamp_min(0) if relu else low)
     size = tuple(x.shape[-2:])
@@ -144,9 +149,32 @@ def _hirescam(c: CamInputs) -> torch.Tensor:
     return weighted_sum(c.acts, c.grads)  # element-wise gradients, no averaging
 
 
+# -- costs, in forward passes of one picture (a backward counts as two) ---------------------------------------
+def _cam_cost(context: CostContext) -> Cost:
+    """One forward, and the head's backward from the output to the layer (at most one more forward's worth)."""
+    return Cost(2.0 * context.pictures * context.area())
+
+
+def _forward_cost(context: CostContext) -> Cost:
+    """One forward (CAM, Eigen-CAM: no gradients)."""
+    return Cost(1.0 * context.pictures * context.area())
+
+
+def _channel_cost(context: CostContext) -> Cost:
+    """One forward per channel of the layer (Score-CAM, Ablation-CAM), or per ``top_channels``; the masked
+    pictures of one image (K, H, W) twice over in float32."""
+    shape = context.layer_shape()
+    channels = int(shape[0]) if shape else 512
+    evaluated = min(channels, context.options.get("top_channels") or channels)
+    height, width = (int(v) for v in context.x.shape[-2:])
+    memory = 2 * channels * height * width * 4
+    return Cost((1 + evaluated) * context.pictures * context.area(), memory,
+                f"{evaluated:,} channels of the layer per picture")
+
+
 def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable[..., Result]:
     def method(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-               relu: bool = True, precision: str = "fp32") -> Result:
+               relu: bool = True, precision: Precision = "fp32") -> Result:
         return cam_engine(model, x, target=target, layer=layer, method=name, combine=combine, relu=relu,
                           precision=precision)
 
@@ -160,8 +188,8 @@ def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable
         relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
         precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
     """
-    choices(precision=PRECISIONS)(method)
-    return register(name, family="cam", output="map", uses_layer=True, paper=paper)(method)
+    return register(name, family="attribution", group="cam", takes="images", returns="map", paper=paper,
+                    cost=_cam_cost)(method)
 
 
 gradcam = _register_cam(
@@ -206,11 +234,10 @@ def _cam(c: CamInputs) -> torch.Tensor:
     return weighted_sum(c.acts, weights[:, :, None, None])
 
 
-@register("cam", family="cam", output="map", uses_layer=True,
+@register("cam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
           paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization")
-@choices(precision=PRECISIONS)
 def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None, relu: bool = True,
-        precision: str = "fp32") -> Result:
+        precision: Precision = "fp32") -> Result:
     """CAM: the last feature maps weighted by the class's weights in the linear layer after global
     average pooling, (B, 1, H, W). Only for GAP→linear heads; a clear error otherwise.
 
@@ -234,11 +261,10 @@ def _eigencam(c: CamInputs) -> torch.Tensor:
     return (projection * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(batch, 1, height, width)
 
 
-@register("eigencam", family="cam", output="map", uses_layer=True,
+@register("eigencam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
           paper="Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components")
-@choices(precision=PRECISIONS)
 def eigencam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-             relu: bool = True, precision: str = "fp32") -> Result:
+             relu: bool = True, precision: Precision = "fp32") -> Result:
     """Eigen-CAM: the first principal component of the layer's activations, (B, 1, H, W). Class-agnostic:
     ``target`` only names the class in the result; no gradients.
 
@@ -269,7 +295,9 @@ def _scorecam_combine(score: str) -> Combine:
         size = tuple(c.x.shape[-2:])
         module = c.model.module
         weights = torch.zeros(batch, channels, device=c.acts.device)
-        with Guard(module, grad=False), compute_precision(c.model, c.precision):
+        per_image = min(channels, c.top_channels or channels)
+        with Guard(module, grad=False), compute_precision(c.model, c.precision), \
+                tracker(c.progress, batch * per_image, "scorecam channels") as bar:
             pixels = c.model.working_copy(c.x)
             for b in range(batch):
                 up = F.interpolate(c.acts[b:b + 1], size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
@@ -289,6 +317,8 @@ def _scorecam_combine(score: str) -> Combine:
                     chunk = live[start:start + c.batch_size]
                     masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
                     scores[chunk] = _target_scores(c, module(masked), b, score)
+                    bar.advance(chunk.numel())
+                bar.advance(per_image - live.numel())  # constant maps: nothing to evaluate
                 if score == "logit_softmax":
                     scores = scores.softmax(dim=0) if torch.isfinite(scores).any() else torch.zeros_like(scores)
                 weights[b] = scores
@@ -297,13 +327,13 @@ def _scorecam_combine(score: str) -> Combine:
     return combine
 
 
-@register("scorecam", family="cam", output="map", uses_layer=True,
+@register("scorecam", family="attribution", group="cam", takes="images", returns="map", cost=_channel_cost,
           paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
           quick={"top_channels": 4})
-@choices(score=("probability", "logit_softmax"), precision=PRECISIONS)
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-             score: str = "probability", relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
-             precision: str = "fp32") -> Result:
+             score: Literal["probability", "logit_softmax"] = "probability", relu: bool = True,
+             top_channels: Annotated[int, Field(ge=1, le=100_000)] | None = None, batch_size: BatchSize = None, precision: Precision = "fp32",
+             progress: ProgressArg = None) -> Result:
     """Score-CAM: each channel weighted by the target's score on the input masked by that channel's
     upsampled, min-max-normalized map, (B, 1, H, W). One forward per non-constant channel, batched.
 
@@ -317,11 +347,13 @@ def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: Layer
         top_channels: evaluate only this many strongest channels (faster, approximate); None: all.
         batch_size: masked images per forward (None: about 16 images of 224x224).
         precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+        progress: None (a bar on a terminal), False, True, or a callback fn(done, total, what) that may raise Cancelled.
     """
     if score not in ("probability", "logit_softmax"):
         raise ConvscopeError(f"unknown score {score!r}; choose 'probability' or 'logit_softmax'")
     return cam_engine(model, x, target=target, layer=layer, method="scorecam", combine=_scorecam_combine(score),
-                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size, top_channels=top_channels)
+                      needs_grad=False, relu=relu, precision=precision, batch_size=batch_size, top_channels=top_channels,
+                      progress=progress)
 
 
 # -- Ablation-CAM ------------------------------------------------------------------------------------
@@ -336,7 +368,9 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
         edited[torch.arange(rows.numel(), device=output.device), rows] = 0  # row i loses channel rows[i]
         return edited
 
-    with Guard(c.model.module, grad=False) as guard, compute_precision(c.model, c.precision):
+    per_image = min(channels, c.top_channels or channels)
+    with Guard(c.model.module, grad=False) as guard, compute_precision(c.model, c.precision), \
+            tracker(c.progress, batch * per_image, "ablationcam channels") as bar:
         pixels = c.model.working_copy(c.x)
         guard.edit(c.ref, ablate)
         for b in range(batch):
@@ -348,6 +382,8 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
                 rows = pixels[b:b + 1].repeat(chunk.numel(), 1, 1, 1)  # real copies: the model may work in place
                 ablated = _target_scores(c, c.model.module(rows), b, "logit")
                 weights[b, chunk.to(weights.device)] = (base - ablated) / _nonzero(base)
+                bar.advance(chunk.numel())
+            bar.advance(per_image - live.numel())  # all-zero channels: nothing to ablate
     return weighted_sum(c.acts, weights[:, :, None, None])
 
 
@@ -363,13 +399,12 @@ def _nonzero(value: torch.Tensor) -> torch.Tensor:
     return torch.where(value.abs() < EPS, torch.full_like(value, EPS), value)
 
 
-@register("ablationcam", family="cam", output="map", uses_layer=True,
+@register("ablationcam", family="attribution", group="cam", takes="images", returns="map", cost=_channel_cost,
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
           quick={"top_channels": 4})
-@choices(precision=FP32_ONLY)
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-                relu: bool = True, top_channels: int | None = None, batch_size: int | None = None,
-                precision: str = "fp32") -> Result:
+                relu: bool = True, top_channels: Annotated[int, Field(ge=1, le=100_000)] | None = None, batch_size: BatchSize = None,
+                precision: Fp32Only = "fp32", progress: ProgressArg = None) -> Result:
     """Ablation-CAM: each channel weighted by the relative drop of the target score when that channel
     is set to zero, (B, 1, H, W). One forward per non-zero channel, batched; ``top_channels`` ablates
     only the channels with the largest mean activation (a faster approximation; others weigh 0).
@@ -379,19 +414,24 @@ def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: La
         top_channels: ablate only this many strongest channels (faster, approximate); None: all.
         batch_size: ablated copies per forward (None: about 16 images of 224x224).
         precision: "fp32" only (bf16 is refused: the score drops are below its resolution).
+        progress: None (a bar on a terminal), False, True, or a callback fn(done, total, what) that may raise Cancelled.
     """
     return cam_engine(model, x, target=target, layer=layer, method="ablationcam", combine=_ablationcam,
                       needs_grad=False, relu=relu, precision=precision, batch_size=batch_size,
                       no_bf16="the per-channel score drops it measures are below bfloat16's resolution",
-                      top_channels=top_channels)
+                      top_channels=top_channels, progress=progress)
 
 
 # -- Guided Grad-CAM ---------------------------------------------------------------------------------
-@register("guided_gradcam", family="cam", output="pixels", uses_layer=True,
+def _guided_gradcam_cost(context: CostContext) -> Cost:
+    """Guided backpropagation (a forward and a backward to the input) and Grad-CAM."""
+    return Cost(5.0 * context.pictures * context.area())
+
+
+@register("guided_gradcam", family="attribution", group="cam", takes="images", returns="pixels", cost=_guided_gradcam_cost,
           paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM: guided backpropagation x Grad-CAM)")
-@choices(precision=FP32_ONLY)
 def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None,
-                   precision: str = "fp32") -> Result:
+                   precision: Fp32Only = "fp32") -> Result:
     """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W).
 
     Options:

@@ -8,18 +8,18 @@ Integrated gradients and SmoothGrad evaluate their many points in batches.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
+from ..engine import BF16_GRADIENTS, compute_precision, default_rows, gaussian_blur, package, prepare
 from ..errors import ConvscopeError, LayerError, TargetError
 from ..hooks import Guard
 from ..models import Model
-from ..registry import choices, register
+from ..options import Fp32Only, PythonOnly
+from ..registry import register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import BF16_GRADIENTS, FP32_ONLY, compute_precision, package, prepare
 
 __all__ = ["deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad"]
 
@@ -37,7 +37,7 @@ def _no_layer(method: str, layer: Any) -> None:
 
 
 def gradient_pass(model: Model, x: torch.Tensor, target: Target, *, rule: str | None = None,
-                  precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, int | None]:
+                  precision: Fp32Only = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, int | None]:
     """One forward + backward to the input: (gradient (B, C, H, W) float32, scores, classes, output,
     number of activations the rectifier ``rule`` rewrote)."""
     with Guard(model.module) as guard, compute_precision(model, precision):
@@ -49,11 +49,10 @@ def gradient_pass(model: Model, x: torch.Tensor, target: Target, *, rule: str | 
     return grad.float(), scores, classes, output, (mode.count if mode else None)
 
 
-@register("saliency", family="gradient", output="pixels", uses_layer=False,
+@register("saliency", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Simonyan, Vedaldi & Zisserman 2013, Deep Inside Convolutional Networks")
-@choices(precision=FP32_ONLY)
 def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, abs: bool = True,
-             precision: str = "fp32") -> Result:
+             precision: Fp32Only = "fp32") -> Result:
     """Vanilla gradient saliency: |d score / d pixel|, (B, C, H, W).
 
     Rendering shows the maximum over channels, as in the paper. Cost: one forward and one backward
@@ -70,11 +69,10 @@ def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None 
     return package(wrapped, x, data, method="saliency", classes=classes, scores=scores, output=output)
 
 
-@register("input_x_gradient", family="gradient", output="pixels", uses_layer=False,
+@register("input_x_gradient", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through Propagating Activation Differences")
-@choices(precision=FP32_ONLY)
 def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
-                     precision: str = "fp32") -> Result:
+                     precision: Fp32Only = "fp32") -> Result:
     """Input × gradient: x · d score / d x, signed, (B, C, H, W) (a first-order Taylor attribution).
 
     Options:
@@ -97,11 +95,10 @@ def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Targ
     return package(wrapped, x, grad, method=method, classes=classes, scores=scores, output=output, rewritten=count)
 
 
-@register("guided_backprop", family="gradient", output="pixels", uses_layer=False,
+@register("guided_backprop", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
-@choices(precision=FP32_ONLY)
 def guided_backprop(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
-                    precision: str = "fp32") -> Result:
+                    precision: Fp32Only = "fp32") -> Result:
     """Guided backpropagation: at every ReLU-like activation only positive gradients pass where the
     input was positive, (B, C, H, W). ``meta["rewritten"]`` counts the activations changed.
 
@@ -111,11 +108,10 @@ def guided_backprop(model: Any, x: torch.Tensor, *, target: Target = None, layer
     return _rectified("guided_backprop", "guided", model, x, target, layer, precision)
 
 
-@register("deconvnet", family="gradient", output="pixels", uses_layer=False,
+@register("deconvnet", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks")
-@choices(precision=FP32_ONLY)
 def deconvnet(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
-              precision: str = "fp32") -> Result:
+              precision: Fp32Only = "fp32") -> Result:
     """Deconvnet: ReLU-like activations pass only positive gradients, ignoring the forward's sign,
     (B, C, H, W). ``meta["rewritten"]`` counts the activations changed.
 
@@ -167,31 +163,16 @@ def baseline_for(model: Model, x: torch.Tensor, baseline: Any) -> torch.Tensor:
         std = torch.tensor(model.std or (1.0,), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return ((0 - mean) / std).expand_as(x).clone()
     if baseline == "blur":
-        sigma = max(1.0, x.shape[-1] / 20)
-        radius = int(3 * sigma)
-        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-        kernel = kernel / kernel.sum()
-        channels = x.shape[1]
-        padded = F.pad(x, (radius, radius, radius, radius), mode="reflect" if radius < min(x.shape[-2:]) else "replicate")
-        blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-        return F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+        return gaussian_blur(x, max(1.0, x.shape[-1] / 20))
     raise ConvscopeError(f"unknown baseline {baseline!r}; use 'zeros', 'black', 'blur' or a tensor")
 
 
-def default_batch_size(x: torch.Tensor) -> int:
-    """Rows per forward for methods that evaluate many points: about 16 images of 224x224 (small
-    batches beat large ones on CPUs with the default allocator; see benchmarks/)."""
-    return max(1, (16 * 224 * 224) // max(1, x.shape[-1] * x.shape[-2]))
-
-
-@register("integrated_gradients", family="gradient", output="pixels", uses_layer=False,
+@register("integrated_gradients", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks", quick={"steps": 4})
-@choices(baseline=("zeros", "black", "blur"), rule=("gausslegendre", "riemann_middle", "riemann_trapezoid"),
-         precision=FP32_ONLY)
 def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, steps: int = 50,
-                         baseline: Any = "zeros", rule: str = "gausslegendre", batch_size: int | None = None,
-                         precision: str = "fp32") -> Result:
+                         baseline: Literal["zeros", "black", "blur"] | PythonOnly[torch.Tensor] = "zeros",
+                         rule: Literal["gausslegendre", "riemann_middle", "riemann_trapezoid"] = "gausslegendre", batch_size: int | None = None,
+                         precision: Fp32Only = "fp32") -> Result:
     """Integrated gradients: (x - x') · ∫ d score(x' + a (x - x')) / dx da, signed, (B, C, H, W).
 
     All ``steps`` points of every image are evaluated in batches of ``batch_size`` rows.
@@ -207,7 +188,7 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
     _no_layer("integrated_gradients", layer)
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     batch = x.shape[0]
-    rows = batch_size or default_batch_size(x)
+    rows = batch_size or default_rows(*x.shape[-2:])
     with Guard(wrapped.module), compute_precision(wrapped, precision):
         inputs = wrapped.working_copy(x)
         base = baseline_for(wrapped, inputs, baseline).contiguous(memory_format=torch.channels_last)
@@ -238,13 +219,12 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
 SMOOTHGRAD_VARIANTS = ("mean", "square", "var")
 
 
-@register("smoothgrad", family="gradient", output="pixels", uses_layer=False,
+@register("smoothgrad", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise (VarGrad: Adebayo et al. 2018)",
           quick={"samples": 2})
-@choices(variant=SMOOTHGRAD_VARIANTS, precision=FP32_ONLY)
 def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, method: str = "saliency",
-               samples: int = 32, sigma: float = 0.15, variant: str = "mean", seed: int = 0,
-               batch_size: int | None = None, precision: str = "fp32", **method_options: Any) -> Result:
+               samples: int = 32, sigma: float = 0.15, variant: Literal["mean", "square", "var"] = "mean", seed: int = 0,
+               batch_size: int | None = None, precision: Fp32Only = "fp32", **method_options: Any) -> Result:
     """SmoothGrad over any gradient method: the average of ``method`` on ``samples`` noisy copies of x,
     (B, C, H, W). Noise is Gaussian with std ``sigma`` × (max - min) of each image.
 
@@ -265,7 +245,7 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
 
     _no_layer("smoothgrad", layer)
     inner = get(method)
-    if inner.family != "gradient" or inner.name == "smoothgrad":
+    if inner.group != "gradient" or inner.name == "smoothgrad":
         raise ConvscopeError(f"smoothgrad wraps a pixel-gradient method (saliency, guided_backprop, ...), not {method!r}")
     if variant not in SMOOTHGRAD_VARIANTS:
         raise ConvscopeError(f"unknown variant {variant!r}; choose one of {', '.join(SMOOTHGRAD_VARIANTS)}")
@@ -279,7 +259,7 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
     fixed: Target = classes if classes is not None else target
     clean = x.detach()
     scale = sigma * (clean.amax(dim=(1, 2, 3)) - clean.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
-    per_call = max(1, (batch_size or default_batch_size(x)) // batch)
+    per_call = max(1, (batch_size or default_rows(*x.shape[-2:])) // batch)
     total = sq_total = None
     for first in range(0, samples, per_call):
         draws = range(first, min(first + per_call, samples))

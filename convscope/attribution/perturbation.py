@@ -16,79 +16,31 @@ the answer depends neither on ``batch_size`` nor on the other images of the batc
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine import compute_precision, package, perturbation_rows, prepare
 from ..errors import ConvscopeError
 from ..hooks import Guard
 from ..models import Model
+from ..options import Precision
 from ..progress import ProgressArg, tracker
-from ..registry import choices, register
+from ..registry import register
 from ..result import Result
 from ..targets import Target, resolve_target
-from ._base import PRECISIONS, compute_precision, package, prepare
-from .gradient import _no_layer, baseline_for, default_batch_size
+from .gradient import _no_layer, baseline_for
 
-__all__ = ["SCORES", "masked_image", "occlusion", "occlusion_mask", "perturbation_batch_size", "rise", "superpixels"]
+__all__ = ["SCORES", "masked_image", "occlusion", "occlusion_mask", "rise", "superpixels"]
 
 SCORES = ("probability", "logit")
 FILLS = ("mean", "blur")
 
 
 # -- shared pieces -------------------------------------------------------------------------------------
-def _memory_budget(device: torch.device) -> int:
-    """Bytes a batch of perturbed images may use: a quarter of the free memory, at most 2 GiB."""
-    free = None
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    elif hasattr(os, "sysconf"):
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            free = None
-    return min(2 << 30, free // 4) if free else 1 << 30
-
-
-def _bytes_per_row(model: Model, x: torch.Tensor) -> int | None:
-    """Memory one image needs in an inference forward: about 4 x its largest activation (the layer's
-    input, output and the workspace of the next), from the cached layer trace; None when unknown."""
-    from ..layers import _trace_entry
-
-    try:
-        records, memo = _trace_entry(model.module, tuple(x.shape[1:]))
-    except (ConvscopeError, RuntimeError):  # TorchScript (no hooks), or a model the trace cannot run
-        return None
-    if "bytes_per_row" not in memo:
-        sizes = [math.prod(r.output_shape) for r in records if r.output_shape]
-        itemsize = torch.empty(0, dtype=x.dtype).element_size()
-        memo["bytes_per_row"] = 4 * max(sizes, default=math.prod(x.shape[1:])) * itemsize
-    return memo["bytes_per_row"]
-
-
-def perturbation_batch_size(model: Any, x: torch.Tensor, batch_size: int | None = None) -> int:
-    """Perturbed images per forward: ``batch_size`` when given, else the fastest size that fits memory —
-    about 16 images of 224x224 on CPU (64 on GPU; small batches suit CPU allocators, see benchmarks/),
-    fewer when the model's largest activation times the rows would pass the memory budget."""
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConvscopeError(f"batch_size must be a positive int or None (automatic), got {batch_size!r}")
-        return batch_size
-    from ..models import as_model
-
-    wrapped = as_model(model)
-    device = wrapped.device
-    fast = default_batch_size(x) * (4 if device.type == "cuda" else 1)
-    per_row = _bytes_per_row(wrapped, x)
-    if per_row is None:
-        return fast
-    return max(1, min(fast, _memory_budget(device) // per_row))
-
-
 def _score(output: Any, fixed: Target, images: torch.Tensor, kind: str) -> torch.Tensor:
     """The target's score (n,) float32 for rows of ``output`` that belong to images ``images`` (n,):
     the class's softmax probability or logit, or the callable's value as it is."""
@@ -198,14 +150,13 @@ def _cover(starts: Sequence[int], window: int, side: int, device: torch.device) 
     return ((index >= begin) & (index < begin + window)).float()
 
 
-@register("occlusion", family="perturbation", output="map", uses_layer=False,
+@register("occlusion", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
           quick={"window": 0.5, "stride": 0.5})
-@choices(score=SCORES, precision=PRECISIONS)
 @_options_doc
 def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
               window: float | tuple[float, float] | None = None, stride: float | tuple[float, float] | None = None,
-              fill: str | float = 0.0, score: str = "probability", batch_size: int | None = None, precision: str = "fp32",
+              fill: str | float = 0.0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None, precision: Precision = "fp32",
               progress: ProgressArg = None) -> Result:
     """Occlusion: the drop in the target's score when a window hides each part of the picture, averaged
     over the windows that cover each pixel, (B, 1, H, W). Positive: hiding it hurts the class.
@@ -229,7 +180,7 @@ def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None
     sh, sw = _sides("stride", stride if stride is not None else (max(1, wh // 2), max(1, ww // 2)), (height, width))
     tops, lefts = _positions(height, wh, sh), _positions(width, ww, sw)
     windows = len(tops) * len(lefts)
-    rows = perturbation_batch_size(wrapped, x, batch_size)
+    rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * windows, "occlusion") as bar:
         pixels = wrapped.working_copy(x)
@@ -303,14 +254,13 @@ class _RiseMasks:
         return torch.stack(crops).to(device=device, dtype=dtype)
 
 
-@register("rise", family="perturbation", output="map", uses_layer=False,
+@register("rise", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models",
           quick={"masks": 8})
-@choices(score=SCORES, precision=PRECISIONS)
 @_options_doc
 def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, masks: int = 1000, cells: int = 7,
-         p: float = 0.5, fill: str | float = 0.0, seed: int = 0, score: str = "probability", batch_size: int | None = None,
-         precision: str = "fp32", progress: ProgressArg = None) -> Result:
+         p: float = 0.5, fill: str | float = 0.0, seed: int = 0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None,
+         precision: Precision = "fp32", progress: ProgressArg = None) -> Result:
     """RISE: the average of random smooth masks, each weighted by the target's score on the picture seen
     through it, S = sum_i score(x * M_i) M_i / (N p), (B, 1, H, W).
 
@@ -334,7 +284,7 @@ def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = No
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ConvscopeError(f"p is the probability of keeping a cell, 0 < p <= 1; got {p!r}")
     bank = _RiseMasks(masks, cells, float(p), seed, (height, width))
-    rows = perturbation_batch_size(wrapped, x, batch_size)
+    rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * masks, "rise") as bar:
         pixels = wrapped.working_copy(x)
@@ -386,15 +336,14 @@ def _weighted_ridge(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, alp
     return coef, float(y_mean - z_mean @ coef), (1 - residual / spread) if spread > 0 else 1.0
 
 
-@register("superpixels", family="perturbation", output="map", uses_layer=False,
+@register("superpixels", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Ribeiro, Singh & Guestrin 2016, \"Why Should I Trust You?\": Explaining the Predictions of Any Classifier (LIME)",
           quick={"segments": 8, "samples": 8})
-@choices(score=SCORES, precision=PRECISIONS)
 @_options_doc
 def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, segments: int = 50,
                 compactness: float = 10.0, samples: int = 500, kernel_width: float = 0.25, ridge: float = 1.0,
-                fill: str | float = 0.0, seed: int = 0, score: str = "probability", batch_size: int | None = None,
-                precision: str = "fp32", progress: ProgressArg = None) -> Result:
+                fill: str | float = 0.0, seed: int = 0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None,
+                precision: Precision = "fp32", progress: ProgressArg = None) -> Result:
     """LIME with superpixels: SLIC segments switched on and off at random, the target's score on each
     sample fitted by a ridge regression weighted by closeness to the full picture; each pixel gets its
     segment's coefficient, (B, 1, H, W). Positive: the segment supports the class.
@@ -428,7 +377,7 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
         z = torch.randint(0, 2, (samples, int(label.max()) + 1), generator=generator, dtype=torch.float64)
         z[0] = 1
         draws.append(z)
-    rows = perturbation_batch_size(wrapped, x, batch_size)
+    rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * samples, "superpixels") as bar:
         pixels = wrapped.working_copy(x)

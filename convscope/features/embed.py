@@ -12,27 +12,25 @@ writes TensorBoard's projector files.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import data
 from ..errors import ConvscopeError, InputError, LayerError
 from ..hooks import Guard
+from ..images import to_uint8
 from ..layers import LayerSpec, resolve_layer
 from ..models import Model, as_model
 from ..progress import ProgressArg, tracker
-from ..registry import choices
 
-__all__ = ["IMAGE_EXTENSIONS", "POOLS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
+__all__ = ["POOLS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 POOLS = ("avg", "max", "flatten")
 
 
@@ -116,161 +114,6 @@ def sort_labels(names: Any) -> list[str]:
     return sorted(names, key=key)
 
 
-# -- sources: every kind of input becomes batches of (x, labels, paths) ------------------------------
-Batch = tuple[torch.Tensor, list[str | None], list[str | None]]
-
-
-@dataclass
-class _Source:
-    count: int
-    batches: Callable[[int], Iterator[Batch]]
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def scan_folder(folder: str | os.PathLike) -> tuple[list[str], list[str | None]]:
-    """Image files of an ImageFolder-style folder, sorted: (paths, labels). A file in a sub-folder is
-    labelled by the first-level sub-folder's name (searched recursively); a file at the top has no label.
-    Files without an image extension and hidden files are skipped."""
-    root = Path(folder).expanduser()
-    if not root.exists():
-        raise InputError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass a folder of images (one sub-folder per label) or a list of paths")
-    paths: list[str] = []
-    labels: list[str | None] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found = sorted(p for p in entry.rglob("*") if _is_image_file(p) and not _hidden(p, entry))
-            paths += [str(p) for p in found]
-            labels += [entry.name] * len(found)
-        elif _is_image_file(entry):
-            paths.append(str(entry))
-            labels.append(None)
-    if not paths:
-        raise InputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found, in it or in its sub-folders")
-    return paths, labels
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _label_text(model: Model, label: Any, classes: Sequence[str] | None = None) -> str | None:
-    """A label as text: ints index the data set's ``classes`` (if any) or the model's labels."""
-    if label is None:
-        return None
-    if isinstance(label, torch.Tensor):
-        if label.numel() != 1:
-            raise InputError(f"a label must be one value, got a tensor of shape {tuple(label.shape)}")
-        label = label.item()
-    if isinstance(label, (bool, np.bool_)):
-        return str(label)
-    if isinstance(label, (int, np.integer)):
-        index = int(label)
-        if classes is not None and 0 <= index < len(classes):
-            return str(classes[index])
-        return model.label(index)
-    if isinstance(label, float) and label.is_integer():
-        return model.label(int(label))
-    return str(label)
-
-
-def _check_labels(model: Model, labels: Sequence[Any] | None, count: int) -> list[str | None]:
-    if labels is None:
-        return [None] * count
-    if isinstance(labels, (str, bytes)) or len(labels) != count:
-        size = "a string" if isinstance(labels, (str, bytes)) else f"{len(labels)} labels"
-        raise InputError(f"labels= must give one label per image: {size} for {count} images")
-    return [_label_text(model, label) for label in labels]
-
-
-def _from_pictures(model: Model, items: Sequence[Any], labels: list[str | None], paths: list[str | None],
-                   size: Sequence[int] | None) -> _Source:
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(items), batch_size):
-            stop = start + batch_size
-            yield model.preprocess(list(items[start:stop]), size=size), labels[start:stop], paths[start:stop]
-
-    return _Source(len(items), batches)
-
-
-def _from_tensor(model: Model, x: torch.Tensor, labels: list[str | None]) -> _Source:
-    model.check_input(x)
-
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, x.shape[0], batch_size):
-            yield x[start:start + batch_size], labels[start:start + batch_size], [None] * len(labels[start:start + batch_size])
-
-    return _Source(int(x.shape[0]), batches)
-
-
-def _from_dataset(model: Model, dataset: Any, size: Sequence[int] | None) -> _Source:
-    count = len(dataset)
-    if count == 0:
-        raise InputError("the dataset is empty (len 0)")
-    classes = getattr(dataset, "classes", None)
-    classes = list(classes) if isinstance(classes, (list, tuple)) else None
-    samples = getattr(dataset, "samples", None)  # torchvision ImageFolder: (path, class) pairs
-
-    def item_path(index: int) -> str | None:
-        if isinstance(samples, (list, tuple)) and len(samples) == count and isinstance(samples[index], (list, tuple)):
-            first = samples[index][0]
-            return str(first) if isinstance(first, (str, os.PathLike)) else None
-        return None
-
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, count, batch_size):
-            pictures, tensors, labels, paths = [], [], [], []
-            for index in range(start, min(count, start + batch_size)):
-                item = dataset[index]
-                image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
-                (tensors if isinstance(image, torch.Tensor) else pictures).append(image)
-                labels.append(_label_text(model, label, classes))
-                paths.append(item_path(index))
-            if pictures and tensors:
-                raise InputError("the dataset mixes tensors and pictures; make its transform return one kind")
-            if tensors:
-                shapes = {tuple(t.shape) for t in tensors}
-                if len(shapes) > 1 or len(next(iter(shapes))) != 3:
-                    raise InputError(f"the dataset's image tensors must all be (C, H, W) of one size, got {sorted(shapes)[:3]}; "
-                                     f"resize them in its transform")
-                yield torch.stack(tensors), labels, paths
-            else:
-                yield model.preprocess(pictures, size=size), labels, paths
-
-    return _Source(count, batches)
-
-
-def _source(model: Model, images: Any, labels: Sequence[Any] | None, size: Sequence[int] | None) -> _Source:
-    if isinstance(images, (str, os.PathLike)) and Path(images).expanduser().is_dir():
-        if labels is not None:
-            raise InputError("a folder is labelled by its sub-folders; labels= is only for lists, tensors")
-        paths, folder_labels = scan_folder(images)
-        return _from_pictures(model, paths, folder_labels, list(paths), size)
-    if isinstance(images, (str, os.PathLike)):
-        if not Path(images).expanduser().exists():
-            raise InputError(f"{images}: no such folder or file")
-        images = [images]
-    if isinstance(images, torch.Tensor):
-        return _from_tensor(model, images, _check_labels(model, labels, int(images.shape[0]) if images.dim() else 0))
-    if isinstance(images, torch.utils.data.Dataset) and hasattr(images, "__len__"):
-        if labels is not None:
-            raise InputError("a Dataset gives its own labels; labels= is only for lists and tensors")
-        return _from_dataset(model, images, size)
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise InputError("embed got an empty list of images")
-        paths = [str(item) if isinstance(item, (str, os.PathLike)) else None for item in images]
-        return _from_pictures(model, list(images), _check_labels(model, labels, len(images)), paths, size)
-    raise InputError(f"embed takes a folder, a list of image paths or pictures, a preprocessed tensor (N, C, H, W) or a "
-                     f"torch Dataset of (image, label); got {type(images).__name__}")
-
-
 # -- where the features come from --------------------------------------------------------------------
 class _HeadInput:
     """Forward pre-hooks on every Linear layer; after a forward, the input of the last one called —
@@ -317,8 +160,6 @@ def _pooled(value: torch.Tensor, pool: str) -> torch.Tensor:
 def _thumbnails(x: torch.Tensor, model: Model, size: int) -> np.ndarray:
     """A preprocessed batch (B, C, H, W) as square uint8 thumbnails (B, t, t, 3), t = min(size, max(H, W)):
     the longer side scaled to t, the other padded with black."""
-    from ..render import tensor_to_images
-
     height, width = x.shape[-2:]
     side = min(size, max(height, width))
     scale = side / max(height, width)
@@ -326,7 +167,7 @@ def _thumbnails(x: torch.Tensor, model: Model, size: int) -> np.ndarray:
     data = x.float()
     if small != (height, width):
         data = F.interpolate(data, size=small, mode="bilinear", antialias=True, align_corners=False)
-    pictures = tensor_to_images(data, model.mean, model.std)
+    pictures = to_uint8(model.denormalize(data))
     if small == (side, side):
         return pictures
     out = np.zeros((pictures.shape[0], side, side, 3), dtype=np.uint8)
@@ -336,8 +177,7 @@ def _thumbnails(x: torch.Tensor, model: Model, size: int) -> np.ndarray:
 
 
 # -- embed -------------------------------------------------------------------------------------------
-@choices(pool=POOLS)
-def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, batch_size: int = 64, pool: str = "avg",
+def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, batch_size: int = 64, pool: Literal["avg", "max", "flatten"] = "avg",
           labels: Sequence[Any] | None = None, thumbnail_size: int = 48, size: Sequence[int] | None = None,
           progress: ProgressArg = None) -> Embedding:
     """Feature vectors of many images, with labels, top-1 predictions, paths and thumbnails -> Embedding.
@@ -364,7 +204,7 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
         raise ConvscopeError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConvscopeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    source = _source(wrapped, images, labels, size)
+    source = data.source(wrapped, images, labels, size)
     ref = resolve_layer(wrapped, layer) if layer is not None else None
     module = wrapped.module
     features: list[np.ndarray] = []
@@ -515,9 +355,8 @@ def _perplexity(requested: float, count: int) -> float:
     return float(min(requested, (count - 1) / 3))  # t-SNE needs about 3 × perplexity neighbours
 
 
-@choices(backend=("auto", "sklearn", "opentsne"))
 def tsne(data: Embedding | np.ndarray | torch.Tensor, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None = 50,
-         backend: str = "auto", threads: int = 1) -> Projection:
+         backend: Literal["auto", "sklearn", "opentsne"] = "auto", threads: int = 1) -> Projection:
     """t-SNE map of the features (van der Maaten & Hinton 2008, "Visualizing Data using t-SNE") -> Projection.
 
     Features are first reduced to ``pca_dims`` dimensions by PCA. The same seed gives the same map.
@@ -541,7 +380,7 @@ def tsne(data: Embedding | np.ndarray | torch.Tensor, *, perplexity: float = 30.
 
 
 def tsne_sweep(data: Embedding | np.ndarray | torch.Tensor, perplexities: Sequence[float] = (5, 15, 30, 50), *,
-               seed: int = 0, pca_dims: int | None = 50, backend: str = "auto", threads: int = 1) -> list[Projection]:
+               seed: int = 0, pca_dims: int | None = 50, backend: Literal["auto", "sklearn", "opentsne"] = "auto", threads: int = 1) -> list[Projection]:
     """One t-SNE map per perplexity (the PCA step is shared), for side-by-side comparison; options as ``tsne``."""
     values = _matrix(data, minimum=4)
     engine = _tsne_backend(backend)

@@ -18,24 +18,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..attribution._base import PRECISIONS, compute_precision
+from ..engine import PRECISIONS, compute_precision, default_rows
 from ..errors import ConvscopeError, InputError, LayerError
 from ..hooks import Guard, LayerRef
 from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
+from ..options import Precision
 from ..progress import ProgressArg, tracker
-from ..registry import choices
 from ..result import Result
 from .activations import _resolve_refs, _Tap, structure_trace
 from .objectives import Evaluation, Objective, as_objective, class_logit, layer_l2
-from .param import PARAMS, Transform, correlate_gradient, image_param, resolve_transforms
+from .param import Transform, correlate_gradient, image_param, resolve_transforms
 
-__all__ = ["class_image", "default_dream_layer", "default_rows", "dream", "maximize"]
+__all__ = ["class_image", "default_dream_layer", "dream", "maximize"]
 
 
 def _size(model: Model, size: int | Sequence[int] | None) -> tuple[int, int]:
@@ -95,14 +95,6 @@ def _check_runs_at(model: Model, objective: Objective, size: tuple[int, int]) ->
         raise InputError(f"the model's output cannot be computed on {size[0]}x{size[1]} pictures{own} ({first})") from None
 
 
-def default_rows(device: torch.device, size: tuple[int, int], batch: int) -> int:
-    """Pictures per forward: on a CPU about 8 of 224x224 (a batch of 64 costs twice as much per picture
-    as chunks of 8 with the default allocator; see benchmarks/bench_optimize.py); elsewhere all at once."""
-    if device.type != "cpu":
-        return batch
-    return max(1, min(batch, (8 * 224 * 224) // (size[0] * size[1])))
-
-
 def _optimize(wrapped: Model, objective: Objective, *, steps: int, size: tuple[int, int], batch: int, param: str,
               decorrelate: bool, transforms: Transform | None, lr: float, seed: int, precision: str,
               batch_size: int | None, progress: ProgressArg, what: str) -> dict[str, Any]:
@@ -119,7 +111,10 @@ def _optimize(wrapped: Model, objective: Objective, *, steps: int, size: tuple[i
     generator = torch.Generator().manual_seed(int(seed))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConvscopeError(f"batch_size must be a positive int, got {batch_size!r}")
-    rows = batch if objective.coupled else min(batch, batch_size or default_rows(device, size, batch))
+    # on a CPU about 8 pictures of 224x224 per forward (a batch of 64 costs twice as much per picture with the default
+    # allocator; see benchmarks/bench_optimize.py); on a GPU all at once
+    automatic = batch if device.type != "cpu" else default_rows(*size, per_224=8)
+    rows = batch if objective.coupled else min(batch, batch_size or automatic)
     chunks = [slice(i, min(i + rows, batch)) for i in range(0, batch, rows)]
 
     def model_input(images: torch.Tensor, transform: Transform | None) -> torch.Tensor:
@@ -188,10 +183,9 @@ def _per_image(targets: list[int] | None, batch: int) -> list[int] | None:
     return targets * batch if len(targets) == 1 else list(targets)
 
 
-@choices(param=PARAMS, precision=PRECISIONS)
 def maximize(model: Any, objective: Objective | str, *, steps: int = 256, size: int | Sequence[int] | None = None,
-             batch: int | None = None, param: str = "fft", decorrelate: bool = True,
-             transforms: Any = "default", lr: float = 0.05, seed: int = 0, precision: str = "fp32",
+             batch: int | None = None, param: Literal["fft", "pixel"] = "fft", decorrelate: bool = True,
+             transforms: Any = "default", lr: float = 0.05, seed: int = 0, precision: Precision = "fp32",
              batch_size: int | None = None, progress: ProgressArg = None) -> Result:
     """The pictures that maximize ``objective``: ``data`` (B, C, H, W) in [0, 1] (display space).
 
@@ -230,10 +224,9 @@ def maximize(model: Any, objective: Objective | str, *, steps: int = 256, size: 
                   inputs=run["inputs"], mean=wrapped.mean, std=wrapped.std)
 
 
-@choices(param=PARAMS, precision=PRECISIONS)
 def class_image(model: Any, class_index: int | Sequence[int], *, steps: int = 256, size: int | Sequence[int] | None = None,
-                param: str = "fft", decorrelate: bool = True, transforms: Any = "default", lr: float = 0.05,
-                seed: int = 0, precision: str = "fp32", batch_size: int | None = None,
+                param: Literal["fft", "pixel"] = "fft", decorrelate: bool = True, transforms: Any = "default", lr: float = 0.05,
+                seed: int = 0, precision: Precision = "fp32", batch_size: int | None = None,
                 progress: ProgressArg = None) -> Result:
     """The picture a class wants: ``maximize(class_logit(class_index))``, (B, C, H, W) in [0, 1].
 
@@ -349,10 +342,9 @@ def _photo(model: Model, image: Any, size: int | None) -> torch.Tensor:
     return x.to(device)
 
 
-@choices(precision=PRECISIONS)
 def dream(model: Any, image: Any, layer: Any = None, *, octaves: int = 4, octave_scale: float = 1.4, steps: int = 10,
           lr: float = 0.01, jitter: int = 32, size: int | None = None, objective: Objective | str | None = None,
-          decorrelate: bool = True, seed: int = 0, precision: str = "fp32", progress: ProgressArg = None) -> Result:
+          decorrelate: bool = True, seed: int = 0, precision: Precision = "fp32", progress: ProgressArg = None) -> Result:
     """Deep Dream: the photo changed to excite ``layer`` more ("whatever you see there, more of it"),
     (B, C, H, W) in [0, 1] at the photo's own size.
 

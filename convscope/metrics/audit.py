@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import registry
-from ..attribution.gradient import default_batch_size
+from .. import data, registry
+from ..engine import default_rows
 from ..errors import InputError
+from ..images import to_uint8
 from ..models import Model, as_model
 from ..progress import ProgressArg, tracker
 
@@ -346,8 +347,6 @@ def _boxes(boxes: torch.Tensor, count: int, size: tuple[int, int]) -> torch.Tens
 def _mask_folder(model: Model, folder: Path, root: Path | None, paths: Sequence[str | None]) -> torch.Tensor:
     """The mask picture of every image, found by its path relative to the dataset folder (or its file
     name) with any image extension, cropped exactly as the model crops the image."""
-    from ..features.embed import IMAGE_EXTENSIONS
-
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder of masks")
     masks = []
@@ -355,8 +354,8 @@ def _mask_folder(model: Model, folder: Path, root: Path | None, paths: Sequence[
         if path is None:
             raise InputError("a folder of masks needs images read from files (a folder or a list of paths)")
         relative = Path(path).relative_to(root) if root is not None else Path(Path(path).name)
-        candidates = [folder / relative.with_suffix(ext) for ext in IMAGE_EXTENSIONS] + \
-                     [folder / Path(path).with_suffix(ext).name for ext in IMAGE_EXTENSIONS]
+        candidates = [folder / relative.with_suffix(ext) for ext in data.IMAGE_EXTENSIONS] + \
+                     [folder / Path(path).with_suffix(ext).name for ext in data.IMAGE_EXTENSIONS]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise InputError(f"no mask for {path} in {folder} (looked for {relative.with_suffix('.png')})")
@@ -396,8 +395,6 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradca
     keep_examples: the pictures, maps and regions of this many lowest-concentration images are kept for figures.
     Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
     """
-    from ..features.embed import _source
-
     wrapped = as_model(model)
     info = registry.get(method)
     if not -1 < float(threshold) < 1:
@@ -407,19 +404,12 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradca
     for name, value, low in (("batch_size", batch_size, 1), ("swaps", swaps, 1), ("keep_examples", keep_examples, 0)):
         if (value is not None or name != "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise InputError(f"{name} must be an int >= {low}, got {value!r}")
-    if _is_pair(dataset):
-        if labels is not None:
-            raise InputError("dataset is an (images, labels) pair; do not also pass labels=")
-        dataset, labels = dataset[0], list(dataset[1].tolist() if isinstance(dataset[1], (torch.Tensor, np.ndarray)) else dataset[1])
-    if isinstance(dataset, torch.Tensor) and dataset.dim() == 4 and dataset.shape[1] == wrapped.channels:
-        source = _tensor_source(wrapped, dataset, labels)  # values are checked batch by batch by the method
-        if batch_size is None:
-            batch_size = default_batch_size(dataset)
-    else:
-        source = _source(wrapped, dataset, labels, None)
+    source = data.source(wrapped, dataset, labels)
+    pictures = dataset[0] if data.is_pair(dataset) else dataset
+    if batch_size is None and isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
+        batch_size = default_rows(*pictures.shape[-2:])
     if batch_size is None:  # pictures: the model's input size decides
-        height, width = wrapped.input_size or (224, 224)
-        batch_size = max(1, (16 * 224 * 224) // (height * width))
+        batch_size = default_rows(*(wrapped.input_size or (224, 224)))
     targets = _check_audit_target(target, source.count)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
@@ -473,26 +463,6 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradca
     return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
                  examples, swap, time.perf_counter() - start, cat["evidence"], cat["explained"])
-
-
-def _tensor_source(model: Model, x: torch.Tensor, labels: Sequence[Any] | None) -> Any:
-    """Batches of a preprocessed tensor, without a pass over all of it first."""
-    from ..features.embed import _check_labels, _Source
-
-    texts = _check_labels(model, labels, int(x.shape[0]))
-
-    def batches(batch_size: int) -> Any:
-        for start in range(0, x.shape[0], batch_size):
-            part = texts[start:start + batch_size]
-            yield x[start:start + batch_size], part, [None] * len(part)
-
-    return _Source(int(x.shape[0]), batches)
-
-
-def _is_pair(dataset: Any) -> bool:
-    """An ``(images (N, C, H, W), labels (N,))`` pair (not a list of two pictures)."""
-    return (isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], torch.Tensor)
-            and dataset[0].dim() == 4 and not isinstance(dataset[1], (str, bytes)) and hasattr(dataset[1], "__len__"))
 
 
 def _check_audit_target(target: Any, total: int) -> Any:
@@ -574,12 +544,10 @@ def _keep_examples(examples: dict[int, Any], model: Model, x: torch.Tensor, maps
 
 
 def _pictures(model: Model, x: torch.Tensor, small: tuple[int, int]) -> torch.Tensor:
-    from ..render import tensor_to_images
-
     shrunk = x.detach().float().cpu()
     if tuple(shrunk.shape[-2:]) != small:
         shrunk = F.interpolate(shrunk, size=small, mode="bilinear", align_corners=False, antialias=True)
-    return torch.from_numpy(tensor_to_images(shrunk, model.mean, model.std))
+    return torch.from_numpy(to_uint8(model.denormalize(shrunk)))
 
 
 def _reservoir(keep: dict[int, list[Any]], seen: dict[int, int], x: torch.Tensor, masks: torch.Tensor,
@@ -600,8 +568,6 @@ def _reservoir(keep: dict[int, list[Any]], seen: dict[int, int], x: torch.Tensor
 def _swap_test(model: Model, keep: dict[int, list[Any]], names: list[str], batch_size: int,
                generator: torch.Generator) -> SwapTest:
     """Each kept object onto the (object-free) background of a kept picture of another class."""
-    from ..render import tensor_to_images
-
     classes = sorted(c for c in keep if c >= 0)
     objects, backgrounds, predicted, examples = [], [], [], []
     if len(classes) < 2:
@@ -626,7 +592,7 @@ def _swap_test(model: Model, keep: dict[int, list[Any]], names: list[str], batch
         objects += [p[4] for p in part]
         backgrounds += [p[5] for p in part]
         if len(examples) < EXAMPLES:
-            shown = tensor_to_images(composite[:EXAMPLES - len(examples)], model.mean, model.std)
+            shown = to_uint8(model.denormalize(composite[:EXAMPLES - len(examples)].float().cpu()))
             examples += [(shown[i], part[i][4], part[i][5], int(guesses[i])) for i in range(len(shown))]
     return SwapTest(np.asarray(objects), np.asarray(backgrounds), torch.cat(predicted).numpy(), names, examples)
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..attribution._base import compute_precision, package, prepare
-from ..attribution.gradient import baseline_for, default_batch_size
+from ..attribution.gradient import baseline_for
+from ..engine import compute_precision, default_rows, package, prepare
 from ..errors import ConvscopeError
 from ..hooks import Guard
 from ..models import Model
@@ -113,7 +113,7 @@ def _check_steps(steps: Any, pixels: int) -> int:
 
 def _check_batch_size(batch_size: Any, x: torch.Tensor) -> int:
     if batch_size is None:
-        return default_batch_size(x)
+        return default_rows(*x.shape[-2:])
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConvscopeError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return batch_size

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..engine import default_rows, gaussian_blur
 from ..errors import ConvscopeError, InputError
 from ..models import Model, as_model
 from ..progress import ProgressArg, tracker
@@ -96,17 +97,7 @@ def _shadow(x: torch.Tensor, darkness: float, generator: torch.Generator) -> tor
 
 def _blur(x: torch.Tensor, sigma: float, _: torch.Generator) -> torch.Tensor:
     """Gaussian blur; ``sigma`` in pixels of a 224-pixel picture (scaled to the picture's size)."""
-    sigma = sigma * min(x.shape[-2:]) / 224
-    if sigma <= 0:
-        return x.clone()
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    out = F.pad(x, (radius,) * 4, mode="reflect" if radius < min(x.shape[-2:]) else "replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return gaussian_blur(x, sigma * min(x.shape[-2:]) / 224)
 
 
 def _noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -454,11 +445,6 @@ def _generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(name.encode()))
 
 
-def _default_batch_size(height: int, width: int) -> int:
-    """About 16 pictures of 224 × 224 per call (small batches suit CPU allocators; see benchmarks/)."""
-    return max(1, (16 * 224 * 224) // max(1, height * width))
-
-
 @dataclass
 class _Job:
     """One perturbed picture (1, C, H, W) waiting for the method. Geometric perturbations also carry the
@@ -552,7 +538,7 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Any
     options = dict(method_options)
     if layer is not None:
         options["layer"] = layer
-    rows_per_call = batch_size or _default_batch_size(height, width)
+    rows_per_call = batch_size or default_rows(height, width)
     total = sum(len(strengths) for _, strengths in chosen)
 
     with tracker(progress, total + 1, "robustness") as bar:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribution._base import prepare
+from ..engine import prepare
 from ..errors import ConvscopeError, LayerError, ModelError
 from ..layers import layers as list_layers
 from ..layers import resolve_layer

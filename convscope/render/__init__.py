@@ -1,9 +1,12 @@
 """Rendering: the only place that turns raw values into pictures.
 
-Normalization for display (per-image min-max, percentile clipping, sign modes) happens here and
-nowhere else. Arrays are numpy uint8 RGB (H, W, 3); matplotlib is imported only when a figure is made.
+``figure``, ``save``, ``show``, ``to_png``, ``to_html`` and ``text`` are the one entry point: they draw
+anything a tool returns by its ``kind`` (see ``dispatch``). Normalization for display (per-image min-max,
+percentile clipping, sign modes) happens here and nowhere else. Arrays are numpy uint8 RGB (H, W, 3);
+matplotlib is imported only when a figure is made.
 """
 
+from . import audit, compare, core, embedding, features, robustness, tables
 from .core import (
     colorize,
     data_uri,
@@ -21,21 +24,39 @@ from .core import (
     tensor_to_images,
     to_uint8_image,
 )
+from .dispatch import caption, drawer, figure, kinds, picture, save, show, text, to_html, to_png
 
 __all__ = [
+    "audit",
+    "caption",
     "colorize",
+    "compare",
+    "core",
     "data_uri",
     "default_style",
+    "drawer",
+    "embedding",
+    "features",
+    "figure",
     "figure_png",
     "grid_figure",
+    "kinds",
     "normalize",
     "overlay",
     "overlay_result",
+    "picture",
     "png_bytes",
     "result_figure",
     "result_map",
+    "robustness",
+    "save",
     "save_grid",
     "save_result",
+    "show",
+    "tables",
     "tensor_to_images",
+    "text",
+    "to_html",
+    "to_png",
     "to_uint8_image",
 ]

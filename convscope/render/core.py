@@ -85,6 +85,8 @@ def tensor_to_images(x: torch.Tensor, mean: Sequence[float] | None = None,
 
     Without mean/std each image is min-max scaled (the best guess for an unknown normalization).
     """
+    from ..images import to_uint8
+
     data = x.detach().float().cpu()
     if std is not None:
         data = data * torch.tensor(std).view(1, -1, 1, 1)
@@ -94,11 +96,7 @@ def tensor_to_images(x: torch.Tensor, mean: Sequence[float] | None = None,
         low = data.amin(dim=(1, 2, 3), keepdim=True)
         high = data.amax(dim=(1, 2, 3), keepdim=True)
         data = (data - low) / (high - low).clamp_min(1e-12)
-    if data.shape[1] == 1:
-        data = data.expand(-1, 3, -1, -1)
-    elif data.shape[1] != 3:
-        data = data[:, :3] if data.shape[1] > 3 else data.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    return (data.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(data)
 
 
 def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "jet",
@@ -222,11 +220,48 @@ def save_grid(panels: Sequence[np.ndarray], path: str | Path, titles: Sequence[s
 
 def save_result(result: Result, path: str | Path, *, image: Any = None, index: int | None = None,
                 **style: Any) -> Path:
-    """One overlay PNG (a single image or ``index``), or the batch figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if index is not None or len(result) == 1:
-        path.write_bytes(png_bytes(overlay_result(result, index or 0, image=image, **style)))
-    else:
-        path.write_bytes(figure_png(result_figure(result, image=image, **style)))
-    return path
+    """Write ``result`` to ``path`` (format from the suffix): :func:`convscope.render.save`."""
+    from .dispatch import save
+
+    return save(result, path, image=image, index=index, **style)
+
+
+# -- the drawers of explanation results (kinds "map" and "pixels") ----------------------------------------
+def _explanation_figure(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> Figure:
+    return result_figure(result if index is None else result[index], image=image, **style)
+
+
+def _explanation_picture(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> np.ndarray | None:
+    """One image's overlay (``index``, or the only image of the batch); None for a batch (a figure)."""
+    if index is None and len(result) != 1:
+        return None
+    return overlay_result(result, index or 0, image=image, **style)
+
+
+def explanation_caption(result: Result) -> str:
+    """'gradcam · tabby (38.1%) · layer _swish@1' (the first image's class)."""
+    parts = [_title(result, 0)] if len(result) else [result.method]
+    if len(result) > 1:
+        parts.append(f"{len(result)} images")
+    if result.layer:
+        parts.append(f"layer {result.layer}")
+    return " · ".join(parts)
+
+
+def _explanation_text(result: Result) -> str:
+    lines = []
+    for i in range(len(result)):
+        label = result.labels[i] if result.labels else "custom target"
+        lines.append(f"{result.method} for '{label}'" + (f" at layer {result.layer}" if result.layer else ""))
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    for kind in ("map", "pixels"):
+        drawer(kind, figure=_explanation_figure, picture=_explanation_picture, caption=explanation_caption,
+               text=_explanation_text)
+
+
+_register()

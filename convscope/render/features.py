@@ -269,12 +269,9 @@ def activation_masks_figure(result: Result, *, index: int = 0, k: int = 4, chann
 # -- optimization results --------------------------------------------------------------------------
 def optimization_images(result: Result) -> np.ndarray:
     """The pictures of a maximize / class_image / dream result as uint8 RGB (B, H, W, 3)."""
-    data = result.data.detach().float().cpu().clamp(0, 1)
-    if data.shape[1] == 1:
-        data = data.expand(-1, 3, -1, -1)
-    elif data.shape[1] != 3:
-        data = data[:, :3] if data.shape[1] > 3 else data.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    return (data * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from ..images import to_uint8
+
+    return to_uint8(result.data)
 
 
 def _optimization_titles(result: Result) -> list[str]:
@@ -324,3 +321,48 @@ def dream_figure(result: Result, *, index: int = 0) -> Figure:
     fig = grid_figure(panels, names, ncols=len(panels), panel_size=4.0)
     fig.set_size_inches(4.0 * aspect * len(panels), 4.4)
     return fig
+
+
+# -- the drawers of feature results (kinds "picture", "feature_maps", "filters") ----------------------------
+def _picture_figure(result: Result, *, index: int | None = None, **style: Any) -> Figure:
+    chosen = result if index is None else result[index]
+    if chosen.method == "dream" and chosen.meta.get("original") is not None and len(chosen) == 1:
+        return dream_figure(chosen, **style)
+    return optimization_grid(chosen, **style)
+
+
+def _picture_picture(result: Result, *, index: int | None = None, **style: Any) -> np.ndarray | None:
+    """The optimized picture itself, pixel for pixel (one image, or ``index``); None for a batch."""
+    if index is None and len(result) != 1:
+        return None
+    return optimization_images(result)[index or 0]
+
+
+def _picture_caption(result: Result) -> str:
+    what = {"class_image": "the picture the model wants for " + ", ".join(dict.fromkeys(result.labels or [])),
+            "dream": f"Deep Dream at {result.layer}", "maximize": f"what {result.meta.get('objective', '')} wants to see"}
+    return what.get(result.method, result.method) + (f" · {len(result)} pictures" if len(result) > 1 else "")
+
+
+def _feature_maps_figure(result: Result, *, index: int = 0, k: int = 8, **style: Any) -> Figure:
+    return feature_map_grid(result, index=index, k=k, **style)
+
+
+def _feature_maps_caption(result: Result) -> str:
+    shape = tuple(result.data.shape[1:])
+    return f"feature maps of {result.layer} {shape}, strongest channels first"
+
+
+def _filters_caption(result: Result) -> str:
+    return f"filters of {result.layer} {tuple(result.data.shape)}"
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    drawer("picture", figure=_picture_figure, picture=_picture_picture, caption=_picture_caption)
+    drawer("feature_maps", figure=_feature_maps_figure, caption=_feature_maps_caption)
+    drawer("filters", figure=lambda result, **style: filters_figure(result, **style), caption=_filters_caption)
+
+
+_register()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import convscope as cs
+from convscope import options as option_types
 from convscope import registry, render
 from convscope.errors import ConvscopeError, ImageError, LayerError
 
@@ -96,11 +97,11 @@ class Tool:
     uses_target: bool = False
     skip: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)  # lighter defaults for an interactive page
-    extra: tuple[registry.OptionSpec, ...] = ()  # options the page adds (consumed by ``call``)
+    extra: tuple[option_types.OptionSpec, ...] = ()  # options the page adds (consumed by ``call``)
 
-    def option_specs(self) -> list[registry.OptionSpec]:
+    def option_specs(self) -> list[option_types.OptionSpec]:
         specs = [dataclasses.replace(s, default=self.defaults[s.name], help=f"{s.help} Here {self.defaults[s.name]} to start quickly.")
-                 if s.name in self.defaults else s for s in registry.describe_options(self.fn, skip=("layer", "target", *self.skip))]
+                 if s.name in self.defaults else s for s in option_types.describe_options(self.fn, skip=("layer", "target", *self.skip))]
         return [*self.extra, *specs]
 
     def as_json(self) -> dict[str, Any]:
@@ -115,8 +116,8 @@ def _tools() -> dict[str, Tool]:
         from convscope import features
     except ImportError:  # pragma: no cover - features ship with convscope
         return {}
-    channel = registry.OptionSpec("channel", "0", "str", (), "the channel(s) of the selected layer to maximize: 7, 3,5,9 or 0-7 "
-                                  "(several give one picture each, optimized together).")
+    channel = option_types.OptionSpec("channel", "0", "str", (), "the channel(s) of the selected layer to maximize: 7, 3,5,9 or 0-7 "
+                                  "(several give one picture each, optimized together).", {"type": "string"})
     tools = [
         Tool("dream", features.dream, "Deep Dream: change the photo so that the selected layer sees more of what it already "
              "sees (gradient ascent on its mean squared activation, at several scales).",
@@ -612,7 +613,7 @@ def filters_png(app: App, req: Request) -> Response:
 # == methods and jobs =====================================================================================
 def _method_json(info: registry.MethodInfo) -> dict[str, Any]:
     specs = info.option_specs()
-    return {"name": info.name, "family": info.family, "output": info.output, "uses_layer": info.uses_layer, "needs_layer": False,
+    return {"name": info.name, "family": info.group or info.family, "output": info.output, "uses_layer": info.uses_layer, "needs_layer": False,
             "uses_target": True,
             "summary": info.summary, "paper": info.paper, "long": any(s.name == "progress" for s in specs),
             "options": [s.as_json() for s in specs if s.name not in SKIP_OPTIONS]}
@@ -625,7 +626,7 @@ def list_methods(app: App, req: Request) -> dict[str, Any]:
     return {"methods": methods}
 
 
-def _option_values(name: str, specs: list[registry.OptionSpec], given: Any) -> dict[str, Any]:
+def _option_values(name: str, specs: list[option_types.OptionSpec], given: Any) -> dict[str, Any]:
     """JSON option values checked against the method's option specs (name, kind, choices) -> keyword options."""
     if given is None:
         return {}

@@ -1,0 +1,196 @@
+"""Where pictures come from: every kind of dataset becomes batches of ``(x, labels, paths)``.
+
+A folder (ImageFolder layout: each sub-folder's name labels the images under it), a list of paths or
+pictures, a preprocessed tensor (N, C, H, W), an ``(images, labels)`` pair, or a torch ``Dataset`` of
+``(image, label)`` — read ``batch_size`` at a time, so memory holds one batch, never the whole dataset.
+``embed`` and ``audit`` (and anything else that walks a dataset) read them through :func:`source`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .models import Model
+
+__all__ = ["IMAGE_EXTENSIONS", "Batch", "Source", "check_labels", "from_dataset", "from_pictures", "from_tensor",
+           "is_image_file", "is_pair", "label_text", "scan_folder", "source"]
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+Batch = tuple[torch.Tensor, list[str | None], list[str | None]]
+
+
+@dataclass
+class Source:
+    """``count`` pictures, read by ``batches(batch_size)`` as (x (b, C, H, W) preprocessed, labels, paths)."""
+
+    count: int
+    batches: Callable[[int], Iterator[Batch]]
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_folder(folder: str | os.PathLike) -> tuple[list[str], list[str | None]]:
+    """Image files of an ImageFolder-style folder, sorted: (paths, labels). A file in a sub-folder is
+    labelled by the first-level sub-folder's name (searched recursively); a file at the top has no label.
+    Files without an image extension and hidden files are skipped."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise InputError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; pass a folder of images (one sub-folder per label) or a list of paths")
+    paths: list[str] = []
+    labels: list[str | None] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found = sorted(p for p in entry.rglob("*") if is_image_file(p) and not _hidden(p, entry))
+            paths += [str(p) for p in found]
+            labels += [entry.name] * len(found)
+        elif is_image_file(entry):
+            paths.append(str(entry))
+            labels.append(None)
+    if not paths:
+        raise InputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found, in it or in its sub-folders")
+    return paths, labels
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def label_text(model: Model, label: Any, classes: Sequence[str] | None = None) -> str | None:
+    """A label as text: ints index the data set's ``classes`` (if any) or the model's labels."""
+    if label is None:
+        return None
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1:
+            raise InputError(f"a label must be one value, got a tensor of shape {tuple(label.shape)}")
+        label = label.item()
+    if isinstance(label, (bool, np.bool_)):
+        return str(label)
+    if isinstance(label, (int, np.integer)):
+        index = int(label)
+        if classes is not None and 0 <= index < len(classes):
+            return str(classes[index])
+        return model.label(index)
+    if isinstance(label, float) and label.is_integer():
+        return model.label(int(label))
+    return str(label)
+
+
+def check_labels(model: Model, labels: Sequence[Any] | None, count: int) -> list[str | None]:
+    if labels is None:
+        return [None] * count
+    if isinstance(labels, (str, bytes)) or len(labels) != count:
+        size = "a string" if isinstance(labels, (str, bytes)) else f"{len(labels)} labels"
+        raise InputError(f"labels= must give one label per image: {size} for {count} images")
+    return [label_text(model, label) for label in labels]
+
+
+def from_pictures(model: Model, items: Sequence[Any], labels: list[str | None], paths: list[str | None],
+                   size: Sequence[int] | None) -> Source:
+    def batches(batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(items), batch_size):
+            stop = start + batch_size
+            yield model.preprocess(list(items[start:stop]), size=size), labels[start:stop], paths[start:stop]
+
+    return Source(len(items), batches)
+
+
+def from_tensor(model: Model, x: torch.Tensor, labels: list[str | None]) -> Source:
+    """Batches of a preprocessed tensor; each batch's values are checked as it is read (no pass over all first)."""
+    model.check_input(x[:1] if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] else x)
+
+    def batches(batch_size: int) -> Iterator[Batch]:
+        for start in range(0, x.shape[0], batch_size):
+            part = labels[start:start + batch_size]
+            yield model.check_input(x[start:start + batch_size]), part, [None] * len(part)
+
+    return Source(int(x.shape[0]), batches)
+
+
+def from_dataset(model: Model, dataset: Any, size: Sequence[int] | None) -> Source:
+    count = len(dataset)
+    if count == 0:
+        raise InputError("the dataset is empty (len 0)")
+    classes = getattr(dataset, "classes", None)
+    classes = list(classes) if isinstance(classes, (list, tuple)) else None
+    samples = getattr(dataset, "samples", None)  # torchvision ImageFolder: (path, class) pairs
+
+    def item_path(index: int) -> str | None:
+        if isinstance(samples, (list, tuple)) and len(samples) == count and isinstance(samples[index], (list, tuple)):
+            first = samples[index][0]
+            return str(first) if isinstance(first, (str, os.PathLike)) else None
+        return None
+
+    def batches(batch_size: int) -> Iterator[Batch]:
+        for start in range(0, count, batch_size):
+            pictures, tensors, labels, paths = [], [], [], []
+            for index in range(start, min(count, start + batch_size)):
+                item = dataset[index]
+                image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+                (tensors if isinstance(image, torch.Tensor) else pictures).append(image)
+                labels.append(label_text(model, label, classes))
+                paths.append(item_path(index))
+            if pictures and tensors:
+                raise InputError("the dataset mixes tensors and pictures; make its transform return one kind")
+            if tensors:
+                shapes = {tuple(t.shape) for t in tensors}
+                if len(shapes) > 1 or len(next(iter(shapes))) != 3:
+                    raise InputError(f"the dataset's image tensors must all be (C, H, W) of one size, got {sorted(shapes)[:3]}; "
+                                     f"resize them in its transform")
+                yield torch.stack(tensors), labels, paths
+            else:
+                yield model.preprocess(pictures, size=size), labels, paths
+
+    return Source(count, batches)
+
+
+def is_pair(dataset: Any) -> bool:
+    """An ``(images (N, C, H, W), labels (N,))`` pair (not a list of two pictures)."""
+    return (isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], torch.Tensor)
+            and dataset[0].dim() == 4 and not isinstance(dataset[1], (str, bytes)) and hasattr(dataset[1], "__len__"))
+
+
+def source(model: Model, images: Any, labels: Sequence[Any] | None = None, size: Sequence[int] | None = None) -> Source:
+    """Batches of any dataset (see the module doc), checked before the first batch is read: a folder, a
+    file, a list of paths or pictures, a tensor (N, C, H, W), an ``(images, labels)`` pair, or a ``Dataset``.
+    ``labels``: one per picture for lists and tensors; ``size``: (H, W) for a model without an input size."""
+    if is_pair(images):
+        if labels is not None:
+            raise InputError("the dataset is an (images, labels) pair; do not also pass labels=")
+        images, labels = images[0], list(images[1].tolist() if isinstance(images[1], (torch.Tensor, np.ndarray)) else images[1])
+    if isinstance(images, (str, os.PathLike)) and Path(images).expanduser().is_dir():
+        if labels is not None:
+            raise InputError("a folder is labelled by its sub-folders; labels= is only for lists, tensors")
+        paths, folder_labels = scan_folder(images)
+        return from_pictures(model, paths, folder_labels, list(paths), size)
+    if isinstance(images, (str, os.PathLike)):
+        if not Path(images).expanduser().exists():
+            raise InputError(f"{images}: no such folder or file")
+        images = [images]
+    if isinstance(images, torch.Tensor):
+        return from_tensor(model, images, check_labels(model, labels, int(images.shape[0]) if images.dim() else 0))
+    if isinstance(images, torch.utils.data.Dataset) and hasattr(images, "__len__"):
+        if labels is not None:
+            raise InputError("a Dataset gives its own labels; labels= is only for lists and tensors")
+        return from_dataset(model, images, size)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("embed got an empty list of images")
+        paths = [str(item) if isinstance(item, (str, os.PathLike)) else None for item in images]
+        return from_pictures(model, list(images), check_labels(model, labels, len(images)), paths, size)
+    raise InputError(f"embed takes a folder, a list of image paths or pictures, a preprocessed tensor (N, C, H, W) or a "
+                     f"torch Dataset of (image, label); got {type(images).__name__}")
