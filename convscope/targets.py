@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from .errors import TargetError
 
-__all__ = ["Target", "check_target", "class_probability", "class_score", "output_sum", "resolve_target"]
+__all__ = ["Target", "check_target", "class_probability", "class_score", "fixed_target", "output_sum", "resolve_target",
+           "row_scores"]
 
 Target = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -100,6 +102,35 @@ def resolve_target(target: Target, output: torch.Tensor) -> tuple[torch.Tensor, 
         classes = torch.tensor(values, dtype=torch.long, device=output.device).expand(batch).clone()
     scores = output.gather(1, classes[:, None])[:, 0]
     return scores, classes
+
+
+def fixed_target(target: Target, classes: torch.Tensor | None) -> Target:
+    """The target once resolved by a first forward: the explained classes (B,) for class targets, the
+    callable itself otherwise — what every later forward of the same call scores (perturbed pictures,
+    interpolation points, noisy copies)."""
+    return classes if classes is not None else target
+
+
+def row_scores(output: Any, fixed: Target, rows: torch.Tensor | None = None, kind: str = "logit") -> torch.Tensor:
+    """The fixed target's score (n,) float32 for each row of ``output`` — the one place a class is scored.
+
+    ``fixed``: classes (B,) from :func:`fixed_target`, or a callable (called on ``output`` as it is, ``kind``
+    ignored). ``rows`` (n,): the image each output row belongs to (default: row i is image i; a single int
+    broadcasts). ``kind``: "logit" (the raw score) or "probability" (the softmax probability of the class).
+    """
+    if isinstance(fixed, torch.Tensor):
+        out = output.float()
+        if rows is None:
+            chosen = fixed.to(out.device)
+        else:
+            index = torch.as_tensor(rows, device=fixed.device)
+            chosen = fixed[index].to(out.device)
+            if chosen.dim() == 0:
+                chosen = chosen.expand(out.shape[0])
+        values = out.softmax(dim=1) if kind == "probability" else out
+        return values.gather(1, chosen.reshape(-1, 1))[:, 0]
+    scores, _ = resolve_target(fixed, output)
+    return scores.float()
 
 
 def class_score(index: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -6,7 +6,7 @@ percentile clipping, sign modes) happens here and nowhere else. Arrays are numpy
 matplotlib is imported only when a figure is made.
 """
 
-from . import audit, compare, core, embedding, features, robustness, tables
+from . import audit, compare, core, embedding, features, robustness, tables, trust
 from .core import (
     colorize,
     data_uri,
@@ -59,4 +59,5 @@ __all__ = [
     "to_html",
     "to_png",
     "to_uint8_image",
+    "trust",
 ]
