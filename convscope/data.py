@@ -20,8 +20,8 @@ import torch
 from .errors import InputError
 from .models import Model
 
-__all__ = ["IMAGE_EXTENSIONS", "Batch", "Source", "check_labels", "from_dataset", "from_pictures", "from_tensor",
-           "is_image_file", "is_pair", "label_text", "scan_folder", "source"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "Batch", "NamedDataset", "Source", "check_labels", "from_dataset", "from_pictures",
+           "from_tensor", "is_image_file", "is_pair", "label_text", "named_dataset", "scan_folder", "source"]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -194,3 +194,51 @@ def source(model: Model, images: Any, labels: Sequence[Any] | None = None, size:
         return from_pictures(model, list(images), check_labels(model, labels, len(images)), paths, size)
     raise InputError(f"embed takes a folder, a list of image paths or pictures, a preprocessed tensor (N, C, H, W) or a "
                      f"torch Dataset of (image, label); got {type(images).__name__}")
+
+
+# -- built-in datasets (offline): what the CLI and the web app offer by name ------------------------------------
+@dataclass(frozen=True)
+class NamedDataset:
+    """A dataset convscope ships or makes offline. ``make(model)`` -> (the dataset, keyword arguments it brings
+    for a tool: ``labels``, ``regions`` (object masks) — a front end passes those the tool takes)."""
+
+    name: str
+    description: str
+    make: Callable[[Model], tuple[Any, dict[str, Any]]]
+
+
+def _digits(model: Model) -> tuple[Any, dict[str, Any]]:
+    from .zoo.digits import digits_dataset
+
+    return digits_dataset("test"), {}
+
+
+def _shapes(biased: bool, swap: bool) -> Callable[[Model], tuple[Any, dict[str, Any]]]:
+    def make(model: Model) -> tuple[Any, dict[str, Any]]:
+        from .zoo.shapes import shapes_dataset
+
+        found = shapes_dataset(400, biased=biased, split="test", swap=swap)
+        return found.inputs(model), {"labels": found.labels.tolist(), "regions": found.masks}
+
+    return make
+
+
+DATASETS = {d.name: d for d in (
+    NamedDataset("digits", "scikit-learn's handwritten digits: the 450 test pictures, labelled 0-9 (for digits_cnn)", _digits),
+    NamedDataset("shapes", "400 snow/sand shapes made to lie: circles on snow, squares on sand, with labels and object masks "
+                           "(for shapes_biased / shapes_balanced)", _shapes(True, False)),
+    NamedDataset("shapes-swapped", "the same shapes on the other background (circles on sand, squares on snow)",
+                 _shapes(True, True)),
+    NamedDataset("shapes-balanced", "400 shapes on backgrounds drawn at random", _shapes(False, False)),
+)}
+
+
+def named_dataset(name: str, model: Model) -> tuple[Any, dict[str, Any]]:
+    """The built-in dataset ``name`` for ``model``: (dataset, the keyword arguments it brings)."""
+    if name not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(DATASETS), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise InputError(f"unknown dataset {name!r}{hint} (built-in: {', '.join(DATASETS)}; or give a folder)")
+    return DATASETS[name].make(model)
