@@ -16,8 +16,9 @@ Method
     model in eval: a plain batched forward, nothing kept;
   - ``F channels-last``: the same on a channels-last copy of each batch (what convscope feeds the model;
     it changes the speed of CPU convolutions, so it separates layout from overhead);
-  - ``embed(tensor)``: ``cs.embed(model, x)`` on the same tensor — the head's input captured by a
-    forward pre-hook in the same forward, top-1 and its probability, 48-px thumbnails, inside ``Guard``;
+  - ``embed(tensor)``: ``cs.embed(model, x, projection="none")`` on the same tensor — the head's input
+    captured by a forward pre-hook in the same forward, top-1 and its probability, 48-px thumbnails, inside
+    ``Guard`` (the 2-D map ``embed`` makes by default is timed on its own, under t-SNE below);
   - ``embed(tensor), no thumbnails``: the same with ``thumbnail_size=0``;
   - ``P+F``: ``model.preprocess(pictures[i:i+B])`` then the forward, per batch: the floor for pictures;
   - ``embed(pictures)``: ``cs.embed(model, pictures)``; compared with ``P+F``.
@@ -126,10 +127,11 @@ def bench_model(model: cs.Model, pictures: list, batch_size: int, repeats: int, 
     contenders = {
         "F": forward,
         "F channels-last": forward_channels_last,
-        "embed(tensor)": lambda: embed(model, x, batch_size=batch_size, progress=False),
-        "embed(tensor), no thumbnails": lambda: embed(model, x, batch_size=batch_size, thumbnail_size=0, progress=False),
+        "embed(tensor)": lambda: embed(model, x, batch_size=batch_size, projection="none", progress=False),
+        "embed(tensor), no thumbnails": lambda: embed(model, x, batch_size=batch_size, thumbnail_size=0, projection="none",
+                                                      progress=False),
         "P+F": preprocess_forward,
-        "embed(pictures)": lambda: embed(model, pictures, batch_size=batch_size, progress=False),
+        "embed(pictures)": lambda: embed(model, pictures, batch_size=batch_size, projection="none", progress=False),
     }
     pairs = {"embed(tensor)": ("F", "F channels-last"), "embed(tensor), no thumbnails": ("F", "F channels-last"),
              "embed(pictures)": ("P+F",)}

@@ -36,20 +36,32 @@ from .attribution import (
 from .compare import Comparison, compare
 from .engine import Cost, limits
 from .errors import ConvscopeError, CostError, ImageError, InputError, LayerError, ModelError, OptionError, TargetError
-from .features import class_image, compare_filters, dream, feature_maps, filters, layer_info, maximize
+from .features import (
+    FeatureWalk,
+    Predictions,
+    class_image,
+    compare_filters,
+    dream,
+    feature_maps,
+    filters,
+    layer_info,
+    maximize,
+    predict,
+    summary,
+)
 from .features import objectives as objectives
 from .features.embed import Embedding, Projection, embed, pca, tsne, tsne_sweep, umap
 from .features.projector import export_projector
 from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
-from .layers import LayerInfo, default_cam_layer, layers, resolve_layer, summary
+from .layers import LayerInfo, default_cam_layer, layers, resolve_layer
 from .metrics.audit import Audit, audit
 from .metrics.robustness import Robustness, robustness
 from .models import Model, Prediction, available_models, imagenet_labels, load_model
 from .registry import explain, methods, tools
 from .report import build_report as report
 from .result import Result, Table
-from .roi import RegionOfInterest, class_regions, roi
+from .roi import RegionOfInterest, Regions, class_regions, roi
 from .zoo.digits import digits_dataset
 
 __version__ = "0.1.0"
@@ -61,6 +73,7 @@ __all__ = [
     "Cost",
     "CostError",
     "Embedding",
+    "FeatureWalk",
     "Guard",
     "ImageError",
     "InputError",
@@ -71,8 +84,10 @@ __all__ = [
     "ModelError",
     "OptionError",
     "Prediction",
+    "Predictions",
     "Projection",
     "RegionOfInterest",
+    "Regions",
     "Result",
     "Robustness",
     "Table",
@@ -122,6 +137,7 @@ __all__ = [
     "occlusion_mask",
     "options",
     "pca",
+    "predict",
     "registry",
     "render",
     "report",

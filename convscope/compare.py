@@ -10,25 +10,32 @@ pixels both models saw).
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StringConstraints
 
-from . import registry
+from .engine import Cost
 from .errors import ConvscopeError, InputError, TargetError
 from .images import named_images
+from .metrics.nested import method_list
 from .models import Model, Prediction, as_model, load_model
-from .progress import ProgressArg, tracker
-from .result import Result
+from .options import PythonOnly
+from .progress import Cancelled, ProgressArg, tracker
+from .registry import CostContext, ReportSpec, register
+from .result import Displayable, Result
 
 __all__ = ["Cell", "Comparison", "compare", "crop_box"]
 
 SCALES = ("each", "column")
+TOP = re.compile(r"^\s*top(\d{1,2})\s*$", re.IGNORECASE)
+CLASS_LIST = re.compile(r"^\s*\d{1,7}(\s*,\s*\d{1,7})*\s*$")
 
 
 @dataclass
@@ -50,9 +57,12 @@ class Cell:
 
 
 @dataclass
-class Comparison:
+class Comparison(Displayable):
     """The grid ``compare`` made: ``cells[(row, method, image)]``, plus each row's model and the
-    pictures. ``figure()`` draws it, ``table()`` prints it, ``agreement()`` compares rows' maps."""
+    pictures. Kind "comparison": ``figure(image=None)`` draws rows × (picture + methods) for one picture or
+    all of them stacked; ``table()`` prints it, ``agreement()`` compares rows' maps."""
+
+    kind = "comparison"
 
     rows: list[str]
     methods: list[str]
@@ -107,7 +117,8 @@ class Comparison:
     def table(self) -> str:
         """A text table: per row and picture, the top-1 and, per method, the explained class's probability
         and the mean agreement with the other rows."""
-        lines = [f"{'row':<28} {'image':<12} {'top-1':<26} {'explains':<26} " + " ".join(f"{m:>14}" for m in self.methods)]
+        width = max(3, *(len(row) for row in self.rows))  # whole row names: "efficientnet_lite0 · class #2"
+        lines = [f"{'row':<{width}} {'image':<12} {'top-1':<26} {'explains':<26} " + " ".join(f"{m:>14}" for m in self.methods)]
         agreements = {(m, i): self.agreement(m, i) for m in self.methods for i in self.images} if len(self.rows) > 1 else {}
         for r, row in enumerate(self.rows):
             for image in self.images:
@@ -124,27 +135,17 @@ class Comparison:
                     agree = agreements.get((method, image))
                     others = [] if agree is None else [v for c, v in enumerate(agree[r]) if c != r and not np.isnan(v)]
                     cols.append(f"{('ρ=' + format(float(np.mean(others)), '.2f')) if others else '':>14}")
-                lines.append(f"{row[-28:]:<28} {image[:12]:<12} {top:<26} {explains:<26} " + " ".join(cols))
+                lines.append(f"{row:<{width}} {image[:12]:<12} {top:<26} {explains:<26} " + " ".join(cols))
         if agreements:
             lines.append("ρ: mean Spearman rank correlation of the row's map with the other rows' maps (same picture, same method)")
         return "\n".join(lines)
 
-    def figure(self, image: str | int | None = None, *, size: int = 224, alpha: float | None = None) -> Any:
-        """A matplotlib figure: rows × (picture + methods) for one picture, or all pictures stacked."""
-        from .render.compare import comparison_figure
-
-        return comparison_figure(self, image=image, size=size, alpha=alpha)
-
-    def save(self, path: Any, image: str | int | None = None, **style: Any) -> Any:
-        """Write the figure as a PNG; returns the path."""
-        from pathlib import Path
-
-        from .render import figure_png
-
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(figure_png(self.figure(image, **style)))
-        return out
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per cell: row, method, picture, the row's top-1, the class explained and its
+        probability, and why the method did not apply (JSON, a DataFrame)."""
+        return [{"row": cell.row, "method": cell.method, "image": cell.image, "top1": cell.top1.label,
+                 "top1_probability": cell.top1.probability, "explained": cell.explained, "probability": cell.probability,
+                 "error": cell.error} for cell in self.cells.values()]
 
 
 # -- geometry: where a model looked ------------------------------------------------------------------
@@ -210,13 +211,16 @@ def _models(models: Any) -> dict[str, Model]:
 
 def _targets(targets: Any, models: dict[str, Model]) -> tuple[list[tuple[str, Model, Any]], str]:
     """(row name, model, target) per row and what the rows are ("models" or "targets")."""
+    if isinstance(targets, str) and CLASS_LIST.match(targets):  # "281,504": the command line's list of classes
+        targets = [int(t) for t in targets.split(",")]
     if isinstance(targets, str):
-        if not (targets.lower().startswith("top") and targets[3:].isdigit() and int(targets[3:]) >= 1):
+        top = TOP.match(targets)
+        if top is None or int(top.group(1)) < 1:
             raise TargetError(f"targets={targets!r}: use 'top3' (the model's three best classes), a class index or a list")
         if len(models) != 1:
             raise TargetError(f"targets={targets!r} makes one row per class; it needs one model, got {len(models)}")
         name, model = next(iter(models.items()))
-        return [(f"{name} · class #{k + 1}", model, ("top", k)) for k in range(int(targets[3:]))], "targets"
+        return [(f"{name} · class #{k + 1}", model, ("top", k)) for k in range(int(top.group(1)))], "targets"
     if targets is None or isinstance(targets, int) or callable(targets):
         return [(name, model, targets) for name, model in models.items()], "models"
     targets = list(targets)
@@ -229,35 +233,99 @@ def _targets(targets: Any, models: dict[str, Model]) -> tuple[list[tuple[str, Mo
     return [(name, model, t) for (name, model), t in zip(models.items(), targets)], "models"
 
 
-def compare(models: Any, images: Any = None, methods: Sequence[str] | str = ("gradcam", "saliency"), *,
-            targets: Any = None, options: Mapping[str, Mapping[str, Any]] | None = None, scale: str = "each",
-            progress: ProgressArg = None) -> Comparison:
-    """Explain ``images`` with every model × method: rows = models (or target classes), columns = methods.
+# -- the cost, before any model is loaded ------------------------------------------------------------------
+def _model_items(models: Any) -> list[Any]:
+    if isinstance(models, (Model, torch.nn.Module, str)):
+        return [models]
+    if isinstance(models, Mapping):
+        return list(models.values())
+    try:
+        return list(models)
+    except TypeError:
+        return []
+
+
+def _picture_count(images: Any) -> int:
+    if isinstance(images, (Mapping, list, tuple)):
+        return len(images)
+    return 1
+
+
+def _rows_per_model(targets: Any, count: int) -> int:
+    """How many rows each model gets (one, or one per class when a single model's rows are classes)."""
+    if isinstance(targets, str):
+        top = TOP.match(targets)
+        if top is not None:
+            return int(top.group(1))
+        return len(targets.split(",")) if count == 1 else 1
+    if targets is None or isinstance(targets, int) or callable(targets):
+        return 1
+    try:
+        return len(targets) if count == 1 else 1
+    except TypeError:
+        return 1
+
+
+def _compare_cost(context: CostContext) -> Cost:
+    """Per model: one forward of the pictures (its top classes), and every method on them for each of its rows.
+    A model given by name is not loaded to estimate: its pictures count at its own input size."""
+    options = context.options
+    chosen = method_list(options["methods"], options["options"], who="compare")
+    items = _model_items(context.inputs.get("models"))
+    pictures = _picture_count(context.inputs.get("images"))
+    rows = _rows_per_model(options["targets"], len(items))
+    total = Cost(0)
+    for item in items:
+        model = item if isinstance(item, Model) else as_model(item) if isinstance(item, torch.nn.Module) else None
+        size = getattr(model, "input_size", None) or (224, 224)
+        x = torch.empty((pictures, getattr(model, "channels", None) or 3, *size))
+        explain = sum((m.cost(model, x) for m in chosen), Cost(0))
+        total = total + Cost(float(pictures)) + explain * rows
+    return Cost(total.forwards, total.memory,
+                f"{len(items)} model(s) x {rows} row(s) x {len(chosen)} method(s) on {pictures} picture(s)")
+
+
+ClassIndex = Annotated[int, Field(ge=0, le=1_000_000)]
+TargetsText = Annotated[str, StringConstraints(pattern=r"^\s*(top\d{1,2}|\d{1,7}(\s*,\s*\d{1,7}){0,63})\s*$")]
+Targets = (ClassIndex | TargetsText | Annotated[list[ClassIndex], Field(min_length=1, max_length=64)]
+           | PythonOnly[Callable[..., Any]] | PythonOnly[torch.Tensor] | None)
+MethodNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=32)] | str
+
+
+@register("compare", family="workflow", takes="models", returns="comparison", cost=_compare_cost,
+          paper="convscope's comparison grid: each model's maps placed back on the original picture, so models with "
+                "different crops and input sizes line up pixel for pixel",
+          quick={"methods": ["gradcam"]},
+          report=ReportSpec(title="The top classes side by side", options={"targets": "top3", "scale": "column",
+                                                                                "methods": ["gradcam", "guided_gradcam"]},
+                            note="Each row explains one of the model's best classes with the same methods, one colour "
+                                 "scale per column: class-discriminative maps move with the class, and a weaker class "
+                                 "shows weaker evidence."))
+def compare(models: Any, images: Any = None, methods: MethodNames = ("gradcam", "saliency"), *,
+            targets: Targets = None, options: dict[str, dict[str, Any]] | None = None,
+            scale: Literal["each", "column"] = "each", progress: ProgressArg = None) -> Comparison:
+    """Explain pictures with every model × method, side by side on the original picture: rows = models (or
+    one model's classes), columns = methods.
 
     models:  model names (``"efficientnet_lite0"``, ``"resnet18"``…), Models, modules, or a mapping
              row name -> model; models may differ in input size, crop and normalization.
     images:  paths, sample names (cat, coffee, astronaut, rocket) or pictures (default: the cat), or a
              mapping name -> picture.
-    methods: registered method names (``convscope methods``), or a comma-separated string.
-    targets: None (each model's own top-1), a class index for every model, one per model, a callable,
-             a list of classes with one model (one row per class), or ``"top3"`` (one model's three best).
-    options: per-method options, e.g. ``{"integrated_gradients": {"steps": 16}}``.
-    scale:   "each" (every map scaled on its own, the method's usual display) or "column" (one scale per
-             method column, so rows' strengths compare — meaningful for one model's several classes).
     Each picture goes through each model's own preprocessing once; each method runs once per row on all
     pictures (batched). A method that does not apply to a model (``cam`` on a non-GAP head) leaves an
-    explained empty cell instead of failing the grid.
+    explained empty cell instead of failing the grid. The methods and their options are checked before any
+    model is loaded.
+
+    Options:
+        methods: the attribution methods, one column each, by name (a list, or comma-separated: "gradcam,saliency").
+        targets: what each row explains: none (each model's own top-1), a class index for every model, one class
+            per model, with one model a list of classes ("281,504": one row per class), or "top3" (one model's
+            three best classes, one row each); from Python also a callable target.
+        options: each method's own options, e.g. {"integrated_gradients": {"steps": 16}}.
+        scale: "each" (every map scaled on its own, the method's usual display) or "column" (one scale per method
+            column, so rows' strengths compare: meaningful for one model's several classes).
     """
-    if scale not in SCALES:
-        raise InputError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    method_names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
-    if not method_names or not all(method_names):
-        raise InputError("compare needs at least one method; see `convscope methods`")
-    infos = [registry.get(m) for m in method_names]  # unknown names fail here, with suggestions
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(method_names))
-    if unknown:
-        raise InputError(f"options given for {', '.join(unknown)}, which is not among the methods {', '.join(method_names)}")
+    chosen = method_list(methods, options, who="compare")  # unknown names and bad options fail here, with suggestions
     named_models = _models(models)
     rows, rows_are = _targets(targets, named_models)
     if isinstance(images, Mapping):  # name -> picture
@@ -266,13 +334,14 @@ def compare(models: Any, images: Any = None, methods: Sequence[str] | str = ("gr
     else:
         pictures = named_images(images if images is None or isinstance(images, (list, tuple)) else [images])
     image_names = _unique([n for n, _ in pictures])
+    method_names = [m.name for m in chosen]
     cells: dict[tuple[str, str, str], Cell] = {}
     seconds = dict.fromkeys(method_names, 0.0)
     inputs: dict[int, torch.Tensor] = {}
     probabilities: dict[int, torch.Tensor] = {}  # (N, K) softmax of each model's output on the pictures
     tops: dict[int, list[list[Prediction]]] = {}
 
-    with tracker(progress, len(rows) * len(infos), "compare") as bar:
+    with tracker(progress, len(rows) * len(chosen), "compare") as bar:
         for row, model, target in rows:
             key = id(model)
             if key not in inputs:
@@ -281,21 +350,21 @@ def compare(models: Any, images: Any = None, methods: Sequence[str] | str = ("gr
                 tops[key] = _top(model, probabilities[key], 5)
             x = inputs[key]
             resolved = _row_target(target, tops[key], model)
-            for info in infos:
+            for method in chosen:
                 start = time.perf_counter()
                 try:
-                    result = info.fn(model, x, target=resolved, **dict(options.get(info.name, {})))
+                    result = method(model, x, target=resolved)
                     error = None
                 except ConvscopeError as exc:
-                    if isinstance(exc, TargetError):
+                    if isinstance(exc, (TargetError, Cancelled)):
                         raise
                     result, error = None, str(exc)
-                seconds[info.name] += time.perf_counter() - start
+                seconds[method.name] += time.perf_counter() - start
                 for i, image in enumerate(image_names):
                     top1 = tops[key][i][0]
                     explained, probability = _explained(model, result, resolved, i, probabilities[key])
-                    cells[(row, info.name, image)] = Cell(row, info.name, image, top1, explained, probability,
-                                                          None if result is None else result[i], error)
+                    cells[(row, method.name, image)] = Cell(row, method.name, image, top1, explained, probability,
+                                                            None if result is None else result[i], error)
                 bar.advance()
     return Comparison([r for r, _, _ in rows], method_names, image_names, cells, {r: m for r, m, _ in rows},
                       dict(zip(image_names, (p for _, p in pictures))), scale, rows_are, seconds)

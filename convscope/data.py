@@ -205,6 +205,7 @@ class NamedDataset:
     name: str
     description: str
     make: Callable[[Model], tuple[Any, dict[str, Any]]]
+    models: tuple[str, ...] = ()  # the built-in models it suits (what a front end offers it with)
 
 
 def _digits(model: Model) -> tuple[Any, dict[str, Any]]:
@@ -224,12 +225,14 @@ def _shapes(biased: bool, swap: bool) -> Callable[[Model], tuple[Any, dict[str, 
 
 
 DATASETS = {d.name: d for d in (
-    NamedDataset("digits", "scikit-learn's handwritten digits: the 450 test pictures, labelled 0-9 (for digits_cnn)", _digits),
+    NamedDataset("digits", "scikit-learn's handwritten digits: the 450 test pictures, labelled 0-9 (for digits_cnn)", _digits,
+                 ("digits_cnn",)),
     NamedDataset("shapes", "400 snow/sand shapes made to lie: circles on snow, squares on sand, with labels and object masks "
-                           "(for shapes_biased / shapes_balanced)", _shapes(True, False)),
+                           "(for shapes_biased / shapes_balanced)", _shapes(True, False), ("shapes_biased", "shapes_balanced")),
     NamedDataset("shapes-swapped", "the same shapes on the other background (circles on sand, squares on snow)",
-                 _shapes(True, True)),
-    NamedDataset("shapes-balanced", "400 shapes on backgrounds drawn at random", _shapes(False, False)),
+                 _shapes(True, True), ("shapes_biased", "shapes_balanced")),
+    NamedDataset("shapes-balanced", "400 shapes on backgrounds drawn at random", _shapes(False, False),
+                 ("shapes_biased", "shapes_balanced")),
 )}
 
 

@@ -23,7 +23,7 @@ from .models import Model, as_model
 from .result import Result
 from .targets import Target, check_target
 
-__all__ = ["BF16_GRADIENTS", "DEFAULT_MAX_FORWARDS", "FP32_ONLY", "PRECISIONS", "Cost", "Limits", "bytes_per_row",
+__all__ = ["BF16_GRADIENTS", "DEFAULT_MAX_FORWARDS", "FP32_ONLY", "PRECISIONS", "Cost", "Limits", "backward_bytes", "bytes_per_row",
            "check_cost", "compute_precision", "current_limits", "default_rows", "gaussian_blur", "limits",
            "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare"]
 
@@ -127,6 +127,24 @@ def bytes_per_row(model: Model, shape: tuple[int, ...], dtype: torch.dtype = tor
         sizes = [math.prod(r.output_shape) for r in records if r.output_shape]
         itemsize = torch.empty(0, dtype=dtype).element_size()
         memo[key] = 4 * max(sizes, default=math.prod(shape)) * itemsize
+    return memo[key]
+
+
+def backward_bytes(model: Model, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int | None:
+    """Memory one picture of ``shape`` (C, H, W) needs in a forward whose graph is kept for a backward to the
+    input: autograd keeps every layer's output (their sum, from the cached layer trace) on top of the inference
+    workspace (:func:`bytes_per_row`); None when unknown (TorchScript, a model the trace cannot run)."""
+    from .layers import _trace_entry
+
+    try:
+        records, memo = _trace_entry(model.module, tuple(shape))
+    except (ConvscopeError, RuntimeError):
+        return None
+    key = ("backward_bytes", dtype)
+    if key not in memo:
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        kept = sum(math.prod(r.output_shape) for r in records if r.is_leaf and r.output_shape)
+        memo[key] = kept * itemsize + (bytes_per_row(model, shape, dtype) or 0)
     return memo[key]
 
 
@@ -251,11 +269,12 @@ def check_cost(tool: str, cost: Cost, device: torch.device | None = None) -> Non
     if cost.forwards > bound.max_forwards:
         raise CostError(f"{tool} would take about {cost.forwards:,.0f} forward passes{unit}{why}, over the limit of "
                         f"{bound.max_forwards:,.0f}; use lighter options or fewer pictures, or raise the limit "
-                        f"(cs.limits(max_forwards=...), --max-forwards, CONVSCOPE_MAX_FORWARDS)")
+                        f"(cs.limits(max_forwards=...), --max-forwards, CONVSCOPE_MAX_FORWARDS)", cost, bound)
     available = bound.max_memory or machine_memory(device)
     if available and cost.memory > available:
         raise CostError(f"{tool} would need about {_gib(cost.memory)} of memory{why}, more than the "
-                        f"{_gib(available)} {'allowed' if bound.max_memory else 'this machine has'}; use lighter options")
+                        f"{_gib(available)} {'allowed' if bound.max_memory else 'this machine has'}; use lighter options",
+                        cost, bound)
 
 
 @contextlib.contextmanager

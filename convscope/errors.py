@@ -26,8 +26,18 @@ class InputError(ConvscopeError):
 
 
 class OptionError(ConvscopeError):
-    """An option has the wrong type or is outside its allowed range (names the option and the range)."""
+    """An option has the wrong type or is outside its allowed range (names the option and the range).
+    ``field``: the option's name (None when the message is about the call as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class CostError(ConvscopeError):
-    """A call would cost more forward passes or memory than the limits allow (says the estimate)."""
+    """A call would cost more forward passes or memory than the limits allow (says the estimate).
+    ``cost``: the estimate (``convscope.engine.Cost``); ``limits``: the limits it is over (``engine.Limits``)."""
+
+    def __init__(self, message: str, cost: object = None, limits: object = None) -> None:
+        super().__init__(message)
+        self.cost, self.limits = cost, limits

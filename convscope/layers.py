@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import LayerError, ModelError
 from .hooks import CallRecord, Guard, LayerRef
+from .result import Table
 
 if TYPE_CHECKING:
     from .models import Model
@@ -127,8 +128,10 @@ def layers(model: Model | nn.Module, *, input_size: Sequence[int] | None = None)
     return rows
 
 
-def summary(model: Model | nn.Module, *, input_size: Sequence[int] | None = None) -> str:
-    """The table Keras' ``model.summary()`` prints (NCHW shapes), plus parameter totals."""
+def summary(model: Model | nn.Module, *, input_size: Sequence[int] | None = None) -> Table:
+    """The table Keras' ``model.summary()`` prints (NCHW shapes), plus parameter totals: a
+    :class:`~convscope.result.Table` — text when printed, an HTML table in a notebook; ``columns`` and
+    ``rows`` (name, type, output shape, parameters) hold the cells."""
     from .models import Model
 
     module = _module_of(model)
@@ -147,9 +150,12 @@ def summary(model: Model | nn.Module, *, input_size: Sequence[int] | None = None
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     size_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
-    out += ["═" * sum(widths), f"Total params: {total:,} ({size_mb:.2f} MB)",
-            f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}", line]
-    return "\n".join(out)
+    totals = [f"Total params: {total:,} ({size_mb:.2f} MB)", f"Trainable params: {trainable:,}",
+              f"Non-trainable params: {total - trainable:,}"]
+    out += ["═" * sum(widths), *totals, line]
+    table_rows = [(r.name, r.type, "-" if r.output_shape is None else tuple(r.output_shape), r.params) for r in rows]
+    return Table("\n".join(out), columns=("layer", "type", "output shape", "parameters"), rows=table_rows,
+                 title=f"{name}: {len(rows)} layer calls, input (None, {', '.join(map(str, shape))}); " + "; ".join(totals))
 
 
 # -- resolution -------------------------------------------------------------------------------

@@ -180,8 +180,9 @@ class Model:
             out = out + torch.tensor(self.mean, device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
         return out if out is not x else out.clone()
 
-    def check_input(self, x: Any) -> torch.Tensor:
-        """Validate a method's input batch; a clear error for what it is not. Returns ``x`` unchanged."""
+    def check_input(self, x: Any, *, values: bool = True) -> torch.Tensor:
+        """Validate a method's input batch; a clear error for what it is not. Returns ``x`` unchanged.
+        ``values=False`` checks type, shape and dtype only (no pass over the data for NaN)."""
         if not isinstance(x, torch.Tensor):
             raise InputError(
                 f"x must be a preprocessed tensor (B, C, H, W), got {type(x).__name__}; use model.preprocess(image)"
@@ -197,7 +198,7 @@ class Model:
             raise InputError(f"x has {x.shape[1]} channels, the model takes {self.channels}: shape {tuple(x.shape)}{hint}")
         if not x.is_floating_point():
             raise InputError(f"x has dtype {x.dtype}; pass a float tensor from model.preprocess(image)")
-        if not bool(torch.isfinite(x).all()):
+        if values and not bool(torch.isfinite(x).all()):
             raise InputError("x contains NaN or infinite values")
         return x
 

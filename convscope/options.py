@@ -150,13 +150,24 @@ def options_model(fn: Callable[..., Any], *, name: str, skip: Sequence[str] = ()
 def validate_options(tool: str, model: type[Options], values: dict[str, Any]) -> dict[str, Any]:
     """``values`` checked and converted by ``model``; every option with its value (defaults filled in).
     One-line :class:`OptionError` naming the option and what it allows."""
+    for name, value in values.items():  # the base model refuses these too; here the error can name the option
+        field = model.model_fields.get(name)
+        if field is not None and isinstance(value, bool) and not _admits_bool(field.annotation):
+            raise OptionError(f"{tool}: option {name}={value!r} is a bool; it takes {_describe_type(field.annotation)}", name)
     try:
         checked = model.model_validate(values)
     except ValidationError as exc:
-        raise OptionError(error_message(tool, model, exc)) from None
+        raise OptionError(error_message(tool, model, exc), failing_field(exc)) from None
     out = {name: getattr(checked, name) for name in model.model_fields}
     out.update(checked.model_extra or {})
     return out
+
+
+def failing_field(exc: ValidationError) -> str | None:
+    """The option the most telling error is about (see :func:`error_message`)."""
+    error = _telling(exc)
+    loc = error.get("loc") or ()
+    return str(loc[0]) if loc else None
 
 
 _BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
@@ -192,7 +203,7 @@ def describe_range(annotation: Any, info: Any = None) -> str:
     bounds = _bounds(annotation, info)
     low = next(((k, v) for k, v in bounds.items() if k in ("ge", "gt")), None)
     high = next(((k, v) for k, v in bounds.items() if k in ("le", "lt")), None)
-    fmt = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:g}"
+    fmt = lambda v: f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
     if low and high:
         return f"{fmt(low[1])} {'≤' if low[0] == 'ge' else '<'} value {'≤' if high[0] == 'le' else '<'} {fmt(high[1])}"
     if low:
@@ -207,12 +218,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _telling(exc: ValidationError) -> dict[str, Any]:
+    """Of pydantic's errors (a union gives one per member), the one that says most: a bound, an unknown name."""
+    rank = {"greater_than": 0, "greater_than_equal": 0, "less_than": 0, "less_than_equal": 0, "literal_error": 1,
+            "extra_forbidden": 0, "missing": 3, "value_error": 0}
+    return min(exc.errors(include_url=False), key=lambda e: (not e.get("loc"), rank.get(e["type"], 2)))
+
+
 def error_message(tool: str, model: type[Options], exc: ValidationError) -> str:
     """The most telling of pydantic's errors as one line: which option, what was given, what is allowed."""
-    errors = exc.errors(include_url=False)
-    rank = {"greater_than": 0, "greater_than_equal": 0, "less_than": 0, "less_than_equal": 0, "literal_error": 1,
-            "extra_forbidden": 0, "missing": 0, "value_error": 0}
-    error = min(errors, key=lambda e: (not e.get("loc"), rank.get(e["type"], 2)))
+    error = _telling(exc)
     loc = error.get("loc") or ()
     name = str(loc[0]) if loc else ""
     fields = model.model_fields
@@ -269,7 +284,7 @@ class OptionSpec:
         low, high = self.minimum, self.maximum
         lo_ex = any("exclusiveMinimum" in s for s in _flat(self.schema))
         hi_ex = any("exclusiveMaximum" in s for s in _flat(self.schema))
-        fmt = lambda v: f"{v:,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+        fmt = lambda v: f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
         if low is not None and high is not None:
             return f"{'more than ' if lo_ex else ''}{fmt(low)} to {fmt(high)}{' (exclusive)' if hi_ex else ''}"
         if low is not None:

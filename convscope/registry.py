@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,17 +50,27 @@ SPECIAL = ("target", "layer", "progress")  # parameters every front end handles 
 CostFn = Callable[["CostContext"], Cost]
 
 
+SpecOptions = dict[str, Any] | Callable[[Any], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class ReportSpec:
-    """How the report shows a tool: with ``options`` (for ``--quick``, ``quick`` on top of them; None: the
-    tool's own quick options), under ``title`` with a one-line ``note`` on how to read it; ``order`` sorts
-    sections within the tool's family (default: registration order)."""
+    """How the report shows a tool.
 
-    options: dict[str, Any] = field(default_factory=dict)
-    quick: dict[str, Any] | None = None
+    options: the options the report passes (a dict, or a function of the model giving one — e.g. layers chosen
+             at four depths of this model); quick: for ``--quick``, on top of ``options`` (None: the tool's own
+             quick options); title and a one-line note on how to read it; order: position among the part's
+             sections (unset: registration position); part: the report part it belongs to (default: its family;
+             "layers" puts it at the end); style: drawing options for ``render.to_html``.
+    """
+
+    options: SpecOptions = field(default_factory=dict)
+    quick: SpecOptions | None = None
     title: str | None = None
     note: str = ""
     order: float | None = None
+    part: str | None = None
+    style: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +157,8 @@ class Tool:
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise OptionError(self._binding_error(str(exc), kwargs)) from None
+            message, name = self._binding_error(str(exc), kwargs)
+            raise OptionError(message, name) from None
         arguments = dict(bound.arguments)
         inputs = {name: arguments.pop(name) for name in self.inputs if name in arguments}
         special = {name: arguments.pop(name) for name in SPECIAL if name in arguments}
@@ -159,14 +171,16 @@ class Tool:
         plan.estimate()
         return plan
 
-    def _binding_error(self, message: str, kwargs: dict[str, Any]) -> str:
+    def _binding_error(self, message: str, kwargs: dict[str, Any]) -> tuple[str, str | None]:
+        """(one line, the argument it is about) for a call that does not fit the signature."""
         known = [n for n in self._signature.parameters if n not in self.inputs]  # type: ignore[attr-defined]
         for name in kwargs:
             if name not in self._signature.parameters:  # type: ignore[attr-defined]
                 close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
                 hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-                return f"{self.name} has no option {name!r}{hint} (options: {', '.join(known)})"
-        return f"{self.name}: {message}"
+                return f"{self.name} has no option {name!r}{hint} (options: {', '.join(known)})", name
+        missing = re.search(r"missing a required argument: '(\w+)'", message)
+        return f"{self.name}: {message}", missing.group(1) if missing else None
 
     def cost_of(self, *args: Any, **kwargs: Any) -> Cost | None:
         """The cost estimate of a call (forward passes, memory), without running it."""
@@ -216,7 +230,7 @@ class CostContext:
         this call's picture size, from the cached layer trace; None when it cannot be known cheaply."""
         import torch
 
-        from .layers import default_cam_layer, layers, resolve_layer
+        from .layers import _trace_entry, default_cam_layer, layers, resolve_layer
 
         x = self.x
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or self.model is None:
@@ -224,11 +238,16 @@ class CostContext:
         chosen = layer if layer is not None else self.special.get("layer")
         if isinstance(chosen, (list, tuple)):
             chosen = chosen[0] if chosen else None
-        ref = default_cam_layer(self.model, tuple(x.shape[1:])) if chosen is None else resolve_layer(self.model, chosen)
-        for info in layers(self.model, input_size=tuple(x.shape[1:])):
-            if info.name == ref.label:
-                return tuple(info.output_shape) if info.output_shape else None
-        return None
+        shape = tuple(x.shape[1:])
+        ref = default_cam_layer(self.model, shape) if chosen is None else resolve_layer(self.model, chosen)
+        try:
+            _, memo = _trace_entry(self.model.module, shape)
+        except (ConvscopeError, RuntimeError):
+            return None
+        if "output_shapes" not in memo:
+            memo["output_shapes"] = {info.name: tuple(info.output_shape) if info.output_shape else None
+                                     for info in layers(self.model, input_size=shape)}
+        return memo["output_shapes"].get(ref.label)
 
 
 @dataclass
@@ -255,8 +274,8 @@ class Plan:
                 model = as_model(first)
             except ConvscopeError:
                 model = None  # the tool itself says what is wrong with it
-        if self.tool.takes == "images" and model is not None:
-            model.check_input(self.inputs.get(self.tool.inputs[1]))
+        if self.tool.takes == "images" and model is not None:  # the shape the estimate reads (the tool checks the values)
+            model.check_input(self.inputs.get(self.tool.inputs[1]), values=False)
         self.cost = self.tool.cost(CostContext(self.tool, model, self.inputs, self.special, self.options))
         check_cost(self.tool.name, self.cost, getattr(model, "device", None))
         return self.cost
@@ -301,16 +320,38 @@ def register(name: str, *, family: str, takes: str, returns: str, paper: str, gr
         inputs = tuple(positional[:INPUT_COUNT[takes]])
         model = options_model(fn, name=name, skip=(*inputs, *SPECIAL))
         tool = Tool(name, fn, family, takes, returns, paper, model, group, dict(quick or {}),
-                    uses_layer="layer" in signature.parameters, uses_target="target" in signature.parameters,
+                    uses_layer=_takes(fn, "layer"), uses_target=_takes(fn, "target"),
                     loops="progress" in signature.parameters, cost=cost, report=report, aliases=tuple(aliases),
                     inputs=inputs)
-        tool.validate(dict(quick or {}))  # a typo in the quick options fails at import, not in a test
+        _check_partial(tool, dict(quick or {}))  # a typo in the quick options fails at import, not in a test
+        for given in (getattr(report, "options", None), getattr(report, "quick", None)):
+            if isinstance(given, dict):
+                _check_partial(tool, given)
         _TOOLS[name] = tool
         for alias in aliases:
             _ALIASES[alias] = name
         return tool.fn
 
     return decorate
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` that can be given (``layer: None = None`` says "no layer here")."""
+    param = inspect.signature(fn, eval_str=True).parameters.get(name)
+    return param is not None and param.annotation is not None and param.annotation is not type(None)
+
+
+def _check_partial(tool: Tool, options: dict[str, Any]) -> None:
+    """Options that must be valid where given (required options may be missing: the caller gives those)."""
+    from pydantic import ValidationError
+
+    from .options import error_message, failing_field
+
+    try:
+        tool.options_model.model_validate(options)
+    except ValidationError as exc:
+        if any(error["type"] != "missing" for error in exc.errors()):
+            raise OptionError(error_message(tool.name, tool.options_model, exc), failing_field(exc)) from None
 
 
 def unregister(name: str) -> None:
@@ -321,7 +362,7 @@ def unregister(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    from . import attribution, compare, features, metrics  # noqa: F401  (importing registers the built-in tools)
+    from . import attribution, compare, features, metrics, roi  # noqa: F401  (importing registers the built-in tools)
 
 
 def tools(family: str | None = None) -> list[Tool]:

@@ -1,414 +1,355 @@
-"""The HTML report (convscope's main job): one self-contained file, images inline.
+"""The HTML report (convscope's main job): one self-contained file, every picture inline, nothing fetched.
 
-A report is a list of sections; each section is a function ``(ReportContext) -> html`` so later
-capabilities add a section without touching the others. Uses only the public API.
+The sections come from the registry. Every tool registered with a ``report=ReportSpec(...)`` is run on the
+report's pictures according to what it takes (``_inputs``), with the spec's options (``quick=True``: the
+spec's quick options on top, by default the tool's own), and its result is drawn by
+``convscope.render.to_html`` under the spec's title and one-line note, with the time it took and its
+paper. A tool that does not apply to the model says why in one line; one over the cost limits says what it
+would cost. Parts follow a reading order (``PARTS``, one per family); nothing here names a tool, so a new
+tool's section appears with its ``@register`` line. What is not a tool (the model card) is a small template.
+
+The page is Jinja2 templates in ``convscope/templates`` (autoescaped: only render's fragments and the
+templates' own markup go through as HTML).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import html
+import difflib
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
+from markupsafe import Markup
 
-from . import registry
-from .errors import ConvscopeError
+from . import registry, render
+from .errors import ConvscopeError, CostError, OptionError
 from .images import named_images as resolve_images
-from .layers import default_cam_layer, layers
 from .models import Model
-from .progress import ProgressArg, tracker
-from .render import data_uri, overlay_result, png_bytes, result_map
+from .progress import Cancelled, ProgressArg, tracker
+from .registry import ReportSpec, Tool
 
-__all__ = ["SECTIONS", "ReportContext", "build_report", "default_methods"]
+__all__ = ["PARTS", "Part", "ReportContext", "build_report", "default_methods"]
 
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the report: the sections of the tools of one family (or of a ``ReportSpec.part``)."""
+
+    name: str
+    title: str
+
+
+PARTS: tuple[Part, ...] = (  # the reading order; a family not listed gets a part before "layers"
+    Part("model", "The model and its predictions"),
+    Part("attribution", "Which pixels drove the decision"),
+    Part("workflow", "Debugging the model: classes side by side, robustness"),
+    Part("trust", "Which explanation to trust"),
+    Part("features", "What the network has learned"),
+    Part("embedding", "The dataset in feature space"),
+    Part("layers", "The layers"),
+)
 
 
 def default_methods() -> list[str]:
     """Every registered attribution method (gradient, CAM and perturbation families), in registry order."""
-    return [info.name for info in registry.methods()]
-
-
-TRUST_METHODS = ("gradcam", "integrated_gradients", "saliency", "occlusion")  # ranked in the trust section
+    return [tool.name for tool in registry.methods()]
 
 
 @dataclass
 class ReportContext:
-    """What every section can read: the model, the named pictures and their preprocessed batch."""
+    """What every section reads: the model, the named pictures and their preprocessed batch."""
 
     model: Model
     images: list[tuple[str, Any]]  # (display name, PIL image)
-    methods: list[str]
-    folder: str | Path | None = None  # a dataset folder for the embedding section (None: no such section)
-    quick: bool = False  # coarse, fast settings (each method's registry ``quick`` options): previews and tests
+    methods: list[str] | None = None  # the attribution methods asked for (None: every one)
+    folder: str | Path | None = None  # a dataset for the tools that take one (None: those are left out)
+    quick: bool = False  # coarse, fast settings: each spec's quick options
     x: torch.Tensor = field(init=False)
-    results: dict[str, Any] = field(default_factory=dict)  # method name -> Result, for later sections
 
     def __post_init__(self) -> None:
         self.x = self.model.preprocess([image for _, image in self.images])
 
+    @functools.cached_property
+    def top1(self) -> int | None:
+        """The class the model predicts for the first picture (what a model-only tool with a target shows)."""
+        try:
+            return int(self.model.predict(self.x[:1], k=1)[0][0].index)
+        except ConvscopeError:
+            return None
 
-Section = Callable[[ReportContext], str]
-esc = html.escape
+    @functools.cached_property
+    def named_pictures(self) -> dict[str, Any]:
+        """The pictures by name (names made unique), for tools that preprocess each model its own way."""
+        named: dict[str, Any] = {}
+        for name, picture in self.images:
+            unique, n = name, 2
+            while unique in named:
+                unique, n = f"{name} ({n})", n + 1
+            named[unique] = picture
+        return named
 
 
-def _img(png: bytes, alt: str, width: int | None = None) -> str:
-    size = f' width="{width}"' if width else ""
-    return f'<img src="{data_uri(png)}" alt="{esc(alt)}"{size}>'
+@dataclass
+class SectionView:
+    """What the section template shows."""
+
+    id: str
+    title: str
+    kind: str = "tool"
+    note: str = ""
+    seconds: str = ""
+    options: list[str] = field(default_factory=list)
+    paper: str = ""
+    body: Markup = field(default_factory=Markup)
+    skipped: str = ""  # one line instead of the body: why the tool did not run
 
 
-def model_section(ctx: ReportContext) -> str:
+# -- what is not a tool --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """A fixed section drawn from a template with the variables ``variables(ctx)`` returns."""
+
+    id: str
+    title: str
+    part: str
+    template: str
+    variables: Callable[[ReportContext], dict[str, Any]]
+
+
+def _model_card(ctx: ReportContext) -> dict[str, Any]:
+    from .images import to_uint8
+    from .layers import default_cam_layer
+
     m = ctx.model
     params = sum(p.numel() for p in m.module.parameters())
     try:
-        cam_layer = default_cam_layer(m, (m.channels, *ctx.x.shape[-2:])).label
-    except Exception as exc:  # a model without conv layers still gets a report
+        cam_layer = default_cam_layer(m, tuple(ctx.x.shape[1:])).label
+    except ConvscopeError as exc:  # a model without conv layers still gets a report
         cam_layer = f"none ({exc})"
-    rows = [("model", m.name), ("parameters", f"{params:,}"), ("input", f"{m.channels} × {m.input_size[0]} × {m.input_size[1]}"),
-            ("normalization", _normalization(m)), ("outputs", f"{len(m.labels) if m.labels else '?'} classes"),
-            ("default CAM layer", cam_layer), ("device", str(m.device))]
-    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
-    return f'<section><h2>Model</h2><table class="kv">{body}</table></section>'
-
-
-def _normalization(m: Model) -> str:
     fmt = lambda v: "none" if v is None else "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
-    return f"mean {fmt(m.mean)}, std {fmt(m.std)}; resize {m.resize_size or 'to input'}, center crop {m.input_size}"
+    rows = [("model", m.name), ("parameters", f"{params:,}"),
+            ("input", f"{m.channels} × {m.input_size[0]} × {m.input_size[1]}" if m.input_size else f"{m.channels} channels"),
+            ("normalization", f"mean {fmt(m.mean)}, std {fmt(m.std)}; resize {m.resize_size or 'to input'}, "
+                              f"center crop {m.input_size}"),
+            ("outputs", f"{len(m.labels)} classes" if m.labels else "unlabelled"),
+            ("default CAM layer", cam_layer), ("device", str(m.device))]
+    pictures = [{"name": name, "uri": render.data_uri(render.png_bytes(array)), "height": array.shape[0], "width": array.shape[1]}
+                for (name, _), array in zip(ctx.images, to_uint8(m.denormalize(ctx.x)))]
+    return {"rows": rows, "pictures": pictures}
 
 
-def predictions_section(ctx: ReportContext) -> str:
-    cards = []
-    for (name, _), preds, picture in zip(ctx.images, ctx.model.predict(ctx.x, k=5), _pictures(ctx)):
-        rows = "".join(
-            f'<tr><td>{p.index}</td><td>{esc(p.label)}</td><td class="bar"><span style="width:{p.probability * 100:.1f}%"></span>'
-            f"</td><td>{p.probability:.1%}</td></tr>" for p in preds)
-        cards.append(f'<div class="card"><h3>{esc(name)}</h3>{_img(png_bytes(picture), name, 224)}'
-                     f'<table class="top5"><tr><th>#</th><th>label</th><th></th><th>p</th></tr>{rows}</table></div>')
-    return f'<section><h2>Predictions (top 5)</h2><div class="cards">{"".join(cards)}</div></section>'
+BLOCKS: tuple[Block, ...] = (Block("model-card", "The model and the pictures", "model", "model_card.html.j2", _model_card),)
 
 
-def _pictures(ctx: ReportContext) -> Any:
-    from .render import tensor_to_images
-
-    return tensor_to_images(ctx.x, ctx.model.mean, ctx.model.std)
-
-
-def attribution_sections(ctx: ReportContext) -> str:
-    """One section per method: what it is, for which class, the overlay and the map of every image."""
-    blocks = []
-    for name in ctx.methods:
-        info = registry.get(name)
-        start = time.perf_counter()
-        try:
-            result = info.fn(ctx.model, ctx.x, **(info.quick if ctx.quick else {}))
-        except ConvscopeError as exc:  # e.g. cam on a head that is not GAP -> linear: say so, go on
-            blocks.append(f'<section class="method" id="{esc(name)}"><h2>{esc(name)}</h2>'
-                          f'<p class="note">not applicable to this model: {esc(str(exc))}</p></section>')
-            continue
-        seconds = time.perf_counter() - start
-        ctx.results[name] = result
-        cells = []
-        for i, (image_name, _) in enumerate(ctx.images):
-            label = result.labels[i] if result.labels else "custom target"
-            prob = result.meta.get("probabilities")
-            caption = f"{image_name}: explaining '{label}'" + (f" (p = {float(prob[i]):.1%})" if prob is not None else "")
-            cells.append(f'<figure>{_img(png_bytes(overlay_result(result, i)), caption, 224)}'
-                         f'{_img(png_bytes(result_map(result, i)), caption + " map", 224)}'
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
-        layer = f" · layer <code>{esc(result.layer)}</code>" if result.layer else ""
-        blocks.append(f'<section class="method" id="{esc(name)}"><h2>{esc(name)}</h2><p class="note">{esc(info.summary)}'
-                      f'{layer} · {seconds * 1000:.0f} ms for {len(ctx.images)} image(s) · <em>{esc(info.paper)}</em></p>'
-                      f'<div class="cards">{"".join(cells)}</div></section>')
-    return f'<h2 class="part">Which pixels drove the decision</h2>{"".join(blocks)}'
+# -- the tools -----------------------------------------------------------------------------------------------
+def _inputs(ctx: ReportContext, tool: Tool) -> tuple[Any, ...] | None:
+    """The report's inputs for what ``tool`` takes; None when the report has none (a dataset without a folder)."""
+    if tool.takes == "images":
+        return (ctx.model, ctx.x)
+    if tool.takes == "image":
+        return (ctx.model, ctx.images[0][1])
+    if tool.takes == "model":
+        return (ctx.model,)
+    if tool.takes == "models":
+        return ([ctx.model], ctx.named_pictures)
+    if tool.takes == "dataset":
+        return None if ctx.folder is None else (ctx.model, ctx.folder)
+    raise ConvscopeError(f"the report cannot give {tool.name} what it takes ({tool.takes!r})")
 
 
-def region_section(ctx: ReportContext) -> str:
-    """Seed 004's interesting region: the Grad-CAM mask and crop of each image."""
-    from .roi import roi
-
-    result = ctx.results.get("gradcam") or registry.get("gradcam").fn(ctx.model, ctx.x)
-    cells = []
-    for i, (image_name, _) in enumerate(ctx.images):
-        try:
-            region = roi(result, index=i, threshold=0.4)
-        except ConvscopeError as exc:
-            cells.append(f"<p>{esc(image_name)}: {esc(str(exc))}</p>")
-            continue
-        caption = f"{image_name}: '{region.label}' region, {region.coverage:.0%} of the picture, box {region.box}"
-        cells.append(f"<figure>{_img(png_bytes(region.masked), caption, 224)}{_img(png_bytes(region.crop), caption)}"
-                     f"<figcaption>{esc(caption)}</figcaption></figure>")
-    return (f'<section><h2>Region of interest</h2><p class="note">Where the Grad-CAM map reaches 40% of its range '
-            f'(largest connected region): the picture seen through the mask, and the crop.</p>'
-            f'<div class="cards">{"".join(cells)}</div></section>')
+def _spec_options(value: Mapping[str, Any] | Callable[[Model], Mapping[str, Any]] | None, model: Model) -> dict[str, Any]:
+    """A spec's options: a mapping, or a function of the model (layers at four depths, a mid layer's channels)."""
+    return dict(value(model) if callable(value) else (value or {}))
 
 
-def top_classes_section(ctx: ReportContext) -> str:
-    """The model's three best classes for the first picture side by side (seed 004's comparison grid):
-    class-discriminative maps move with the class, the others do not."""
-    from .compare import compare
-    from .render import figure_png
+def _options(tool: Tool, ctx: ReportContext) -> dict[str, Any]:
+    """The options ``tool`` runs with in the report: the spec's, and with ``quick`` its quick options on top."""
+    spec = tool.report or ReportSpec()
+    options = _spec_options(spec.options, ctx.model)
+    if ctx.quick:
+        options.update(tool.quick if spec.quick is None else _spec_options(spec.quick, ctx.model))
+    return _narrow_methods(tool, options, ctx.methods)
 
+
+def _narrow_methods(tool: Tool, options: dict[str, Any], methods: Sequence[str] | None) -> dict[str, Any]:
+    """A tool that runs several attribution methods (an option ``methods`` listing them: the top classes side by
+    side, the trust ranking) runs those it lists (the spec's, else its default) that are among the report's
+    ``methods=`` — all it lists when none of them is — and keeps per-method ``options`` for those only."""
+    field_ = tool.options_model.model_fields.get("methods")
+    if methods is None or field_ is None:
+        return options
+    listed = options.get("methods", field_.default)
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(m, str) for m in listed):
+        return options
+    kept = [m for m in listed if m in methods]
+    if not kept or len(kept) == len(listed):
+        return options
+    narrowed = {**options, "methods": kept}
+    if isinstance(options.get("options"), Mapping):
+        narrowed["options"] = {k: v for k, v in options["options"].items() if k in kept}
+    return narrowed
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _tool_section(ctx: ReportContext, tool: Tool) -> SectionView:
+    spec = tool.report or ReportSpec()
+    view = SectionView(tool.name, spec.title or tool.name, note=spec.note or tool.summary, paper=tool.paper)
+    inputs = _inputs(ctx, tool)
+    assert inputs is not None  # dataset tools without a folder are left out before
+    options = _options(tool, ctx)
+    view.options = [f"{k}={_short(v)}" for k, v in options.items()]
+    special: dict[str, Any] = {}  # no progress=: a looping tool's tracker nests in the report's (one bar; a cancel reaches it)
+    if tool.takes == "model" and tool.uses_target and ctx.top1 is not None:
+        special["target"] = ctx.top1  # e.g. the picture a class wants: the class of the first picture
     start = time.perf_counter()
-    name, picture = ctx.images[0]
-    chosen = [m for m in ("gradcam", "guided_gradcam") if m in ctx.methods] or ["gradcam"]
-    k = min(3, len(ctx.model.labels)) if ctx.model.labels else 3
     try:
-        comparison = compare(ctx.model, {name: picture}, chosen, targets=f"top{k}", scale="column", progress=False)
-    except ConvscopeError as exc:  # e.g. a regression model: no classes to rank
-        return f'<section><h2>The top classes side by side</h2><p class="note">not applicable: {esc(str(exc))}</p></section>'
-
-    seconds = time.perf_counter() - start
-    agree = comparison.agreement(chosen[0], 0)
-    pairs = [float(agree[a, b]) for a in range(len(agree)) for b in range(a + 1, len(agree))]
-    spread = f" Rank correlation between the classes' {esc(chosen[0])} maps: {min(pairs):.2f} to {max(pairs):.2f}." if pairs else ""
-    return (f'<section><h2>The top {k} classes side by side</h2><p class="note">{esc(name)}: each row explains one of '
-            f'the model\'s {k} best classes with the same methods, one colour scale per column, so a weaker class '
-            f'shows weaker evidence.{spread} {seconds:.1f} s.</p>'
-            f'{_img(figure_png(comparison.figure()), "top classes compared")}</section>')
-
-
-def robustness_section(ctx: ReportContext) -> str:
-    """Seed 004's shadow and colour experiment on the first picture: does the prediction, and its Grad-CAM
-    evidence, survive light, colour, shadow, blur, noise, rotation and an occluding patch?"""
-    from .metrics.robustness import robustness
-    from .render import figure_png
-    from .render.robustness import robustness_curves
-
-    start = time.perf_counter()
-    name, picture = ctx.images[0]
+        plan = tool.plan(*inputs, **special, **options)  # options checked, cost estimated: no work yet
+        result = plan.run()
+    except Cancelled:
+        raise
+    except CostError as exc:
+        view.skipped = f"not run: {exc}"
+        return view
+    except OptionError as exc:  # the spec's options do not fit this tool or this model
+        view.skipped = f"not run with the report's options: {exc}"
+        return view
+    except ConvscopeError as exc:  # e.g. cam on a head that is not GAP -> linear: say so, go on
+        view.skipped = f"not applicable to this model: {exc}"
+        return view
+    except Exception as exc:
+        exc.add_note(f"(while making the report's {tool.name!r} section)")
+        raise
+    view.seconds = _seconds(time.perf_counter() - start)
     try:
-        sweep = robustness(ctx.model, picture, progress=False)
-    except ConvscopeError as exc:
-        return f'<section><h2>Robustness</h2><p class="note">not applicable: {esc(str(exc))}</p></section>'
-    seconds = time.perf_counter() - start
-    worst = "; ".join(f"{r.perturbation} {r.strength:g}: p = {r.original_probability:.0%}" for r in sweep.worst(3))
-    rows = "".join(
-        f"<tr><td>{esc(r.perturbation)}</td><td>{r.strength:g}</td><td>{esc(r.label)}{' ✱' if r.predicted != sweep.original_class else ''}"
-        f"</td><td>{r.original_probability:.1%}</td><td>{r.rank_correlation:.2f}</td><td>{r.peak_shift_fraction:.0%}</td></tr>"
-        for r in sweep.rows)
-    notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in sweep.notes)
-    return (f'<section><h2>Robustness: light, colour, shadow, blur, noise, rotation, an occluding patch</h2>'
-            f'<p class="note">{esc(name)}: the model says \'{esc(sweep.original_label)}\' with p = {sweep.original_probability:.1%}. '
-            f'The top-1 changed on {len(sweep.flips)} of {len(sweep.rows)} perturbed pictures; the costliest: {esc(worst)}. '
-            f'Maps are {esc(sweep.method)} for the original class; ρ is their rank correlation with the original map '
-            f'(rotated with the picture for rotations) · {seconds:.1f} s.</p>{notes}'
-            f'{_img(figure_png(robustness_curves(sweep)), "probability against strength")}'
-            f'{_img(figure_png(sweep.figure()), "robustness grid")}'
-            f'<details><summary>table</summary><table><tr><th>perturbation</th><th>strength</th><th>top-1 (✱ changed)</th>'
-            f'<th>p(original)</th><th>ρ</th><th>peak moved</th></tr>{rows}</table></details></section>')
+        view.body = Markup(render.to_html(result, **(getattr(spec, "style", None) or {})))
+    except Exception as exc:
+        exc.add_note(f"(while drawing the report's {tool.name!r} section)")
+        raise
+    return view
 
 
-def occlusion_section(ctx: ReportContext) -> str:
-    """Seed 000's occlusion triple: the probability-drop heatmap, the mask from it, the picture through the mask."""
-    from .attribution.perturbation import masked_image, occlusion_mask
-
-    info = registry.get("occlusion")
-    result = ctx.results.get("occlusion") or info.fn(ctx.model, ctx.x, **(info.quick if ctx.quick else {}))
-    mask = occlusion_mask(result, threshold=0.5)
-    through = masked_image(result, mask)  # (B, H, W, 3)
-    cells = []
-    for i, (image_name, _) in enumerate(ctx.images):
-        keep = mask[i, 0].float().cpu().numpy()
-        label = result.labels[i] if result.labels else "custom target"
-        caption = (f"{image_name}: '{label}' — drop in probability when a window is covered, the mask (50% of the "
-                   f"top drop), the picture through it")
-        cells.append(f"<figure>{_img(png_bytes(overlay_result(result, i)), caption, 224)}"
-                     f"{_img(png_bytes((keep[..., None].repeat(3, axis=2) * 255).astype('uint8')), caption + ' mask', 224)}"
-                     f"{_img(png_bytes(through[i]), caption + ' masked', 224)}"
-                     f"<figcaption>{esc(caption)}</figcaption></figure>")
-    return (f'<section><h2>Occlusion: heatmap, mask, what the model needs</h2><p class="note">Zeiler &amp; Fergus 2014, '
-            f'as in seed 000: window {esc(str(result.meta.get("window")))}, stride {esc(str(result.meta.get("stride")))}.</p>'
-            f'<div class="cards">{"".join(cells)}</div></section>')
+# -- choosing the sections -----------------------------------------------------------------------------------
+@dataclass
+class _Planned:
+    part: str
+    block: Block | None = None
+    tool: Tool | None = None
 
 
-def trust_section(ctx: ReportContext) -> str:
-    """Which explanation to trust on these pictures: deletion / insertion (Petsiuk 2018) against a random map."""
-    from .metrics import compare
-    from .metrics.faithfulness import ranking_figure
-    from .render import figure_png
-
-    chosen = [m for m in TRUST_METHODS if m in ctx.methods] or list(TRUST_METHODS[:2])
-    start = time.perf_counter()
-    options = {m: registry.get(m).quick for m in chosen} if ctx.quick else None
-    steps = 8 if ctx.quick else 16
-    ranking = compare(ctx.model, ctx.x, chosen, steps=steps, options=options)
-    seconds = time.perf_counter() - start
-    rows = "".join(f"<tr><td>{esc(r.method)}</td><td>{r.deletion_auc:.3f}</td><td>{r.insertion_auc:.3f}</td></tr>"
-                   for r in ranking.rows)
-    return (f'<section><h2>Which explanation to trust</h2><p class="note">Deletion: remove the pixels a map ranks first, '
-            f'in {steps} steps; a faithful map makes the probability fall fast (low area). Insertion: reveal them on a blurred '
-            f'picture; the probability should rise fast (high area). <em>random</em> is what chance looks like. '
-            f'Petsiuk et al. 2018 · {seconds:.1f} s.</p><table><tr><th>method</th><th>deletion AUC ↓</th>'
-            f'<th>insertion AUC ↑</th></tr>{rows}</table>{_img(figure_png(ranking_figure(ranking)), "ranking")}</section>')
+def _part_of(tool: Tool) -> str:
+    return getattr(tool.report, "part", None) or tool.family
 
 
-def _depths(ctx: ReportContext, count: int) -> list[str]:
-    """``count`` convolution outputs spread evenly from the first to the last."""
-    from .layers import is_conv
-
-    convs = [r.name for r in layers(ctx.model, input_size=tuple(ctx.x.shape[1:])) if is_conv(r.module)]
-    if len(convs) <= count:
-        return convs
-    return [convs[round(i * (len(convs) - 1) / (count - 1))] for i in range(count)]
+def _parts(names: Sequence[str]) -> list[Part]:
+    """``PARTS`` in reading order, with a part for any other family before the layers."""
+    known = {p.name for p in PARTS}
+    extra = [Part(n, registry.FAMILIES.get(n, n).capitalize()) for n in dict.fromkeys(names) if n not in known]
+    return [*PARTS[:-1], *extra, PARTS[-1]]
 
 
-def filters_section(ctx: ReportContext) -> str:
-    """What the first layer's filters look like (seeds 000, 002, 004)."""
-    from .features import filters
-    from .render import figure_png
-    from .render.features import filters_figure
-
-    result = filters(ctx.model)
-    return (f'<h2 class="part">What the network has learned</h2><section><h2>First-layer filters</h2>'
-            f'<p class="note">Layer <code>{esc(str(result.layer))}</code>, kernels {esc(str(tuple(result.data.shape)))}: '
-            f'a trained network shows oriented edges and colour blobs; random ones look like noise.</p>'
-            f'{_img(figure_png(filters_figure(result)), "first-layer filters")}</section>')
-
-
-def feature_maps_section(ctx: ReportContext) -> str:
-    """What four depths of the network output for the first picture (seeds 001, 003)."""
-    from .features import feature_maps
-    from .render import figure_png
-    from .render.features import feature_walk_figure
-
-    names = _depths(ctx, 4)
-    maps = feature_maps(ctx.model, ctx.x[:1], layers=names)
-    return (f'<section><h2>Feature maps at four depths</h2><p class="note">{esc(ctx.images[0][0])}: the strongest '
-            f'channels (largest mean activation) of {", ".join(f"<code>{esc(n)}</code>" for n in names)}.</p>'
-            f'{_img(figure_png(feature_walk_figure(maps)), "feature maps")}</section>')
+def _plan(ctx: ReportContext, sections: Sequence[str] | None) -> list[_Planned]:
+    """Every section, part by part: the fixed blocks first, then the tools by ``ReportSpec.order`` (unset: the
+    position the tool was registered in)."""
+    shown = [t for t in registry.tools() if t.report is not None]
+    if sections is not None:
+        wanted = {_section_name(name, shown) for name in sections}
+        shown = [t for t in shown if t.name in wanted or _part_of(t) in wanted]
+    if ctx.methods is not None:
+        shown = [t for t in shown if t.family != "attribution" or t.name in ctx.methods]
+    shown = [t for t in shown if t.takes != "dataset" or ctx.folder is not None]
+    planned: list[_Planned] = []
+    for part in _parts([_part_of(t) for t in shown]):
+        planned += [_Planned(part.name, block=b) for b in BLOCKS if b.part == part.name]
+        members = [t for t in shown if _part_of(t) == part.name]
+        position = {t.name: i for i, t in enumerate(members)}
+        members.sort(key=lambda t: (t.report.order if t.report.order is not None else position[t.name], position[t.name]))
+        planned += [_Planned(part.name, tool=t) for t in members]
+    return planned
 
 
-# the report's budget for optimized pictures: (channels in the grid, grid options, class image options, dream options)
-REPORT_OPTIMIZATION = (64, {"steps": 64, "size": 96}, {"steps": 128, "size": 128}, {})
-QUICK_OPTIMIZATION = (16, {"steps": 16, "size": 64}, {"steps": 24, "size": 96}, {"octaves": 2, "steps": 3})
+def _section_name(name: str, shown: Sequence[Tool]) -> str:
+    """A part's name, or the name of the tool ``name`` names (an alias too); an error with suggestions otherwise."""
+    parts = [p.name for p in _parts([_part_of(t) for t in shown])]
+    if name in parts:
+        return name
+    try:
+        tool = registry.get(name)
+    except ConvscopeError:
+        tool = None
+    if tool is not None and tool in shown:
+        return tool.name
+    known = [*(t.name for t in shown), *parts]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConvscopeError(f"the report has no section {name!r}{hint} (sections: the tools with a report spec, or the "
+                         f"parts {', '.join(parts)})")
 
 
-def visualization_section(ctx: ReportContext) -> str:
-    """What a mid layer's channels and the predicted class want to see, and Deep Dream (seeds 002, 003)."""
-    from .features import class_image, dream, maximize
-    from .features.objectives import channels
-    from .render import figure_png
-    from .render.features import dream_figure, optimization_grid
-
-    start = time.perf_counter()
-    depths = _depths(ctx, 3)
-    mid = depths[len(depths) // 2]
-    shape = next(r.output_shape for r in layers(ctx.model, input_size=tuple(ctx.x.shape[1:])) if r.name == mid)
-    wanted_channels, grid_options, class_options, dream_options = QUICK_OPTIMIZATION if ctx.quick else REPORT_OPTIMIZATION
-    count = min(wanted_channels, int(shape[0]) if shape else wanted_channels)
-    if ctx.model.input_size:  # never above the model's own size (heads built for one size only)
-        fits = min(ctx.model.input_size)
-        grid_options = {**grid_options, "size": min(grid_options["size"], fits)}
-        class_options = {**class_options, "size": min(class_options["size"], fits)}
-    grid = maximize(ctx.model, channels(mid, range(count)), **grid_options)
-    top1 = int(ctx.model.predict(ctx.x[:1], k=1)[0][0].index)
-    wanted = class_image(ctx.model, top1, **class_options)
-    dreamed = dream(ctx.model, ctx.images[0][1], **dream_options)
-    seconds = time.perf_counter() - start
-    probability = float(wanted.meta.get("probability", [float("nan")])[0])
-    label = ctx.model.label(top1)
-    return (f'<section><h2>What the channels want to see</h2><p class="note">Activation maximization (Olah et al. 2017): '
-            f'{count} channels of <code>{esc(mid)}</code> optimized together in one batch, FFT parameterization with '
-            f'decorrelated colour and jitter/scale/rotate transforms, {grid_options["steps"]} steps at {grid_options["size"]} px.</p>'
-            f'{_img(figure_png(optimization_grid(grid)), "channel visualizations")}</section>'
-            f'<section><h2>The picture the model wants for \'{esc(label)}\'</h2><p class="note">The class predicted for '
-            f'{esc(ctx.images[0][0])}; the model gives this picture p = {probability:.1%}.</p>'
-            f'{_img(png_bytes(_first_picture(wanted)), "class image", 256)}</section>'
-            f'<section><h2>Deep Dream</h2><p class="note">Mordvintsev et al. 2015: gradient ascent on the activations of '
-            f'<code>{esc(str(dreamed.layer))}</code> over octaves · all optimization {seconds:.0f} s.</p>'
-            f'{_img(figure_png(dream_figure(dreamed)), "deep dream")}</section>')
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("convscope", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=False)
 
 
-def _first_picture(result: Any) -> Any:
-    import numpy as np
-
-    picture = result.data[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    picture = np.repeat(picture, 3, axis=2) if picture.shape[2] == 1 else picture
-    return (picture * 255).round().astype("uint8")
+def _block_section(ctx: ReportContext, block: Block) -> SectionView:
+    body = _templates().get_template(block.template).render(**block.variables(ctx))
+    return SectionView(block.id, block.title, kind="card", body=Markup(body))
 
 
-def summary_section(ctx: ReportContext) -> str:
-    rows = layers(ctx.model, input_size=tuple(ctx.x.shape[1:]))
-    body = "".join(
-        f"<tr><td>{esc(r.name)}</td><td>{esc(r.type)}</td><td>{esc(str(r.output_shape))}</td><td>{r.params:,}</td></tr>"
-        for r in rows)
-    return (f'<section><h2>Layers</h2><details><summary>{len(rows)} layer calls in execution order</summary>'
-            f'<table class="layers"><tr><th>layer</th><th>type</th><th>output (C, H, W)</th><th>params</th></tr>{body}'
-            f"</table></details></section>")
-
-
-def embedding_section(ctx: ReportContext) -> str:
-    """Seed 002's map of a dataset in the model's feature space (only when a folder is given)."""
-    if ctx.folder is None:
-        return ""
-    from .features.embed import embed, tsne_sweep
-    from .render import figure_png
-    from .render.embedding import perplexity_figure, thumbnail_figure
-
-    start = time.perf_counter()
-    found = embed(ctx.model, ctx.folder, thumbnail_size=32)
-    maps = tsne_sweep(found, (15, 25))
-    seconds = time.perf_counter() - start
-    accuracy = found.accuracy()
-    wrong = found[found.misclassified()]
-    rows = "".join(f"<tr><td>{esc(str(path))}</td><td>{esc(str(label))}</td><td>{esc(str(pred))}</td></tr>"
-                   for path, label, pred in zip(wrong.paths, wrong.labels, wrong.predicted_labels or []))
-    scored = f", top-1 accuracy {accuracy:.1%}" if accuracy is not None else ""
-    table = (f"<details><summary>{len(wrong)} misclassified</summary><table><tr><th>image</th><th>label</th>"
-             f"<th>prediction</th></tr>{rows}</table></details>") if len(wrong) else ""
-    return (f'<section><h2>The dataset in feature space</h2><p class="note">{len(found)} images from '
-            f'<code>{esc(str(ctx.folder))}</code>, {found.features.shape[1]} features from <code>{esc(found.layer)}</code>'
-            f'{scored}; t-SNE at perplexity 15 and 25 (PCA to 50 dimensions first), {seconds:.1f} s. '
-            f'Misclassified images are crosses.</p>{_img(figure_png(perplexity_figure(found, maps)), "t-SNE maps")}'
-            f'{_img(figure_png(thumbnail_figure(found, maps[0])), "thumbnail map", 900)}{table}</section>')
-
-
-SECTIONS: list[Section] = [model_section, predictions_section, attribution_sections, region_section, top_classes_section,
-                           robustness_section, occlusion_section, trust_section,
-                           filters_section, feature_maps_section, visualization_section, embedding_section, summary_section]
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
-h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0} section{margin:2rem 0}
-table{border-collapse:collapse} td,th{padding:.2rem .6rem;text-align:left;border-bottom:1px solid #eee}
-.kv th{color:#555;font-weight:600} .cards{display:flex;flex-wrap:wrap;gap:1rem}
-.card,figure{margin:0;background:#fafafa;border:1px solid #eee;border-radius:6px;padding:.6rem}
-figure img{margin-right:4px} figcaption{font-size:.85rem;color:#444}
-.bar{width:120px} .bar span{display:block;height:10px;background:#4a78c2;border-radius:2px}
-.note{color:#555;font-size:.9rem} h2.part{margin-top:3rem;border-bottom:2px solid #ddd}
-code{background:#f1f1f1;padding:0 .3rem;border-radius:3px}
-.layers td{font-family:ui-monospace,monospace;font-size:.8rem}
-"""
+def _method_name(name: str) -> str:
+    tool = registry.get(name)  # unknown names fail before any work, with suggestions
+    if tool.family != "attribution":
+        raise ConvscopeError(f"{name!r} is a {tool.family} tool, not an attribution method; pass it in sections= "
+                             f"(attribution methods: {', '.join(default_methods())})")
+    return tool.name
 
 
 def build_report(model: Model, images: Sequence[Any] | None = None, out: str | Path = "convscope-report", *,
-                 methods: Sequence[str] | None = None, sections: Sequence[Section] | None = None,
-                 folder: str | Path | None = None, quick: bool = False,
-                 progress: ProgressArg = None) -> Path:
+                 methods: Sequence[str] | None = None, sections: Sequence[str] | None = None,
+                 folder: str | Path | None = None, quick: bool = False, progress: ProgressArg = None) -> Path:
     """Write ``out/index.html`` for ``model`` on ``images`` (default: the cat photo); returns its path.
-    ``folder``: a dataset folder (ImageFolder layout) to map in the model's feature space.
-    ``quick``: coarse settings (few steps, samples and channels) for a fast preview."""
-    names = list(methods) if methods else default_methods()
-    for name in names:
-        registry.get(name)  # unknown names fail before any work
-    ctx = ReportContext(model, resolve_images(images), names, folder, quick)
-    parts = []
-    chosen = list(sections or SECTIONS)
-    with tracker(progress, len(chosen), "report") as bar:
-        for section in chosen:
-            parts.append(section(ctx))
+
+    methods:  the attribution methods to include (None: every registered one); tools that run several
+              methods (the top classes side by side, the trust ranking) run those of them they list.
+    sections: only these sections: tool names (``"gradcam"``, ``"robustness"``) or parts (``"attribution"``,
+              ``"features"``, …; see ``PARTS``); None: every tool with a report spec. The model card is always made.
+    folder:   a dataset (a folder in ImageFolder layout, …) for the tools that take one (the dataset in
+              feature space); without it they are left out.
+    quick:    coarse settings (each spec's quick options, by default the tool's): a preview in seconds.
+    progress: one stage per section (a bar, False, or a callback that may raise ``Cancelled``).
+    """
+    chosen = None if methods is None else [_method_name(name) for name in methods]
+    ctx = ReportContext(model, resolve_images(images), chosen, folder, quick)
+    planned = _plan(ctx, sections)
+    start = time.perf_counter()
+    views: dict[str, list[SectionView]] = {}
+    with tracker(progress, len(planned), "report") as bar:
+        for item in planned:
+            view = _block_section(ctx, item.block) if item.block else _tool_section(ctx, item.tool)  # type: ignore[arg-type]
+            views.setdefault(item.part, []).append(view)
             bar.advance()
     from . import __version__
 
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>convscope report — {esc(model.name)}</title>'
-            f"<style>{_CSS}</style></head><body><h1>convscope report</h1>"
-            f'<p class="sub">{esc(model.name)} · {stamp} · convscope {__version__} · torch {torch.__version__}</p>'
-            f'{"".join(parts)}</body></html>')
+    parts = [{"name": p.name, "title": p.title, "sections": views[p.name]}
+             for p in _parts(list(views)) if views.get(p.name)]
+    page = _templates().get_template("page.html.j2").render(
+        model_name=model.name, images=[name for name, _ in ctx.images], stamp=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        version=__version__, torch_version=torch.__version__, quick=quick, seconds=_seconds(time.perf_counter() - start),
+        parts=parts)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"

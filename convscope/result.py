@@ -61,22 +61,23 @@ class Displayable:
 
         return render.save(self, path, **style)
 
-    def show(self, **style: Any) -> None:
+    def show(self, **style: Any) -> Path | None:
         """Display it: inline in a notebook, in a window when one can open, else written to a PNG whose
-        path is printed (a plain script on a machine without a display)."""
+        path is printed and returned (a plain script on a machine without a display)."""
         from . import render
 
-        render.show(self, **style)
+        return render.show(self, **style)
 
     def _repr_png_(self) -> bytes | None:
         from . import render
 
         return render.to_png(self)
 
-    def _repr_html_(self) -> str | None:
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """What a notebook shows, drawn once: the picture (PNG), or the HTML of kinds that have their own (tables)."""
         from . import render
 
-        return render.to_html(self)
+        return render.mimebundle(self)
 
 
 class Table(str, Displayable):

@@ -1,5 +1,6 @@
-"""Take the README's screenshot of the web app: the cat explained by three methods side by side, and
-the feature maps of a block. Needs the playwright package and a system Chromium (never `playwright install`).
+"""Take the README's screenshot of the web app: the cat explained by three tools side by side (each tool's
+form generated from the registry), and the feature maps of a block. Needs the playwright package and a
+system Chromium (never `playwright install`).
 
     python scripts/screenshot_web.py [--out docs/images/web_app.png] [--chromium /usr/bin/chromium]
 """
@@ -19,7 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images/web_app.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--methods", default="gradcam,guided_gradcam,occlusion")
+    parser.add_argument("--tools", default="gradcam,guided_gradcam,occlusion", help="tools to run, comma-separated (left to right)")
+    parser.add_argument("--show", default="gradcam", help="the tool whose form is shown")
     parser.add_argument("--layer", default="_blocks.4._swish@0")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -30,12 +32,12 @@ def main() -> None:
         page.set_default_timeout(120_000)
         page.goto(server.url)
         page.wait_for_selector("body[data-ready='1']")
-        methods = args.methods.split(",")
-        for count, method in enumerate(reversed(methods), 1):  # newest first on the page: run in reverse to read left to right
-            page.select_option("#method-select", method)
+        tools = args.tools.split(",")
+        for count, tool in enumerate(reversed(tools), 1):  # newest first on the page: run in reverse to read left to right
+            page.select_option("#tool-select", tool)
             page.click("#run")
             page.wait_for_function(LOADED, arg=[".card .frame img", count])
-        page.select_option("#method-select", methods[0])
+        page.select_option("#tool-select", args.show)
         parts = args.layer.split("@")[0].split(".")
         for depth in range(1, len(parts)):  # open the layer's ancestors in the tree
             page.click(f"button[data-layer='{'.'.join(parts[:depth])}'] .twisty")

@@ -13,13 +13,14 @@ PUBLIC = {
     "gradcam", "imagenet_labels", "layers", "load_image", "load_model", "methods", "report", "resolve_layer",
     "saliency", "sample_image", "summary", "targets", "__version__",
     "deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "smoothgrad",
-    "RegionOfInterest", "roi", "class_regions",
+    "RegionOfInterest", "Regions", "roi", "class_regions",
     "ablationcam", "cam", "eigencam", "gradcam_pp", "guided_gradcam", "hirescam", "layercam", "scorecam", "xgradcam",
     "occlusion", "rise", "superpixels", "occlusion_mask", "masked_image", "metrics",
     "features", "filters", "compare_filters", "feature_maps", "layer_info", "maximize", "class_image", "dream", "objectives",
     "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap", "export_projector", "digits_dataset",
     "Comparison", "compare", "Audit", "audit", "Robustness", "robustness",
     "tools", "registry", "options", "engine", "data", "render", "limits", "Cost", "CostError", "OptionError", "Table",
+    "FeatureWalk", "Predictions", "predict",
 }
 
 

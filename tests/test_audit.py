@@ -1,5 +1,6 @@
 """The shortcut audit on the snow/sand shapes: it flags the model that learned the background and
-clears the one that learned the shapes; analytic cases for the measures; inputs; model safety."""
+clears the one that learned the shapes; analytic cases for the measures; inputs; model safety; the registered
+tool (typed options, per-picture cost, the method's options checked before any work, cancellation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from test_state import assert_unchanged, snapshot
 
 import convscope as cs
 from convscope.metrics.audit import _boxes, audit, fill_region, region_share, smooth_fill
+from convscope.progress import Cancelled
 from convscope.zoo.shapes import shapes_dataset
 
 
@@ -191,6 +193,10 @@ def test_bad_inputs_are_one_line_errors(data) -> None:
         (dict(regions=data.masks[:4], target="label"), "needs every image's label"),
         (dict(regions=data.masks[:4], batch_size=0), "batch_size"),
         (dict(regions=data.masks[:4], layer="block9"), "block9"),
+        (dict(regions=data.masks[:4], swaps=0), "swaps"),
+        (dict(regions=data.masks[:4], keep_examples=5000), "keep_examples"),
+        (dict(regions=data.masks[:4], method="scorecam", top_channels=0), "scorecam: option top_channels"),
+        (dict(regions=data.masks[:4], colour=1), "gradcam has no option 'colour'"),
     ]
     for options, match in cases:
         with pytest.raises(cs.ConvscopeError, match=match) as caught:
@@ -217,10 +223,16 @@ def test_figure_and_table(audits, tmp_path) -> None:
     assert set(found.worst(8).tolist()) <= set(found.examples) and len(found.examples) == 16  # kept for figures
     text = found.table()
     assert "circle" in text and "follows background" in text and "verdict: RELIES" in text
-    from convscope.render import figure_png
-
-    (tmp_path / "a.png").write_bytes(figure_png(found.figure()))
+    assert found.kind == "audit" and cs.render.text(found) == text and cs.render.caption(found).startswith("verdict: RELIES")
+    found.save(tmp_path / "a.png")
     assert Image.open(tmp_path / "a.png").size[0] > 800
+    found.save(tmp_path / "few.png", k=3)
+    assert Image.open(tmp_path / "few.png").size[0] < Image.open(tmp_path / "a.png").size[0]
+    page = found.to_html()
+    assert "<img" in page and "<table" in page and "concentration" in page
+    records = found.records()
+    assert len(records) == len(found) and {"share", "area", "flagged", "path"} <= set(records[0])
+    assert sum(r["flagged"] for r in records) == len(found.flagged)
     from convscope.render.audit import share_figure, swap_figure, worst_figure
 
     both = swap_figure({"biased": found, "balanced": audits["balanced"]}, k=4)  # the same composites, two models
@@ -243,3 +255,69 @@ def test_maps_without_evidence_are_not_judged(data) -> None:
     found = audit(model, data.inputs(model)[:16], regions=data.masks[:16], swap_backgrounds=False, progress=False)
     assert found.without_evidence == 16 and len(found.flagged) == 0
     assert found.verdict.startswith("NO EVIDENCE TO JUDGE") and "16 maps without positive evidence" in found.verdict
+
+
+class Counting(torch.nn.Module):
+    """A model's module with a count of its forward calls: the work done."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_registered_with_a_cost_per_picture(data) -> None:
+    tool = cs.registry.get("audit")
+    assert (tool.family, tool.takes, tool.returns, tool.inputs) == ("workflow", "dataset", "audit", ("model", "dataset"))
+    assert cs.audit is tool.fn and tool.loops and tool.uses_layer and tool.uses_target and tool.report is None
+    specs = {spec.name: spec for spec in tool.option_specs()}
+    assert specs["regions"].kind == "str" and specs["swaps"].maximum == 100_000 and all(s.help for s in specs.values())
+    model = cs.load_model("shapes_biased")
+    x = data.inputs(model)[:8]
+    gradcam = cs.registry.get("gradcam").cost_of(model, x[:1]).forwards
+    cost = tool.cost_of(model, x, regions=data.masks[:8])
+    assert cost.per_item and cost.forwards == pytest.approx(gradcam + 1)  # the map, and one composite per picture
+    assert tool.cost_of(model, x, regions=data.masks[:8], swap_backgrounds=False).forwards == pytest.approx(gradcam)
+    assert tool.cost_of(model, x, regions=data.masks[:8], method="scorecam").forwards > 5 * cost.forwards
+    with pytest.raises(cs.ConvscopeError, match="did you mean 'gradcam'"):
+        tool.cost_of(model, x, regions=data.masks[:8], method="gradcm")
+
+
+def test_cancel_stops_the_work_and_bad_options_start_none(data) -> None:
+    model = cs.load_model("shapes_biased")
+    counted = cs.Model(Counting(model.module), input_size=model.input_size, mean=model.mean, std=model.std,
+                       labels=model.labels, name="shapes")
+    x = data.inputs(model)[:40]
+    at_cancel: list[int] = []
+
+    def cancel(done: int, total: int, what: str) -> None:
+        at_cancel.append(counted.module.calls)
+        raise Cancelled("stopped")
+
+    counted.module.calls = 0
+    with pytest.raises(Cancelled):
+        audit(counted, x, labels=data.labels[:40].tolist(), regions=data.masks[:40], batch_size=4, progress=cancel)
+    assert counted.module.calls == at_cancel[0] and at_cancel[0] <= 2  # one batch of 4, then nothing
+    swaps: list[int] = []
+
+    def cancel_swaps(done: int, total: int, what: str) -> None:
+        if "swap" in what:  # the background-swap test reports too
+            swaps.append(counted.module.calls)
+            raise Cancelled("stopped")
+
+    counted.module.calls = 0
+    with pytest.raises(Cancelled):
+        audit(counted, x, labels=data.labels[:40].tolist(), regions=data.masks[:40], batch_size=4, progress=cancel_swaps)
+    assert counted.module.calls == swaps[0] <= 10 + 1 + 1  # 10 batches of the dataset, one of composites
+    at_cancel.clear()
+    counted.module.calls = 0
+    with pytest.raises(Cancelled):  # from inside Score-CAM, after its first batch of masked pictures
+        audit(counted, x, regions=data.masks[:40], batch_size=4, method="scorecam", progress=cancel)
+    assert counted.module.calls == at_cancel[0] <= 4
+    counted.module.calls = 0
+    with pytest.raises(cs.OptionError, match="top_channels"):
+        audit(counted, x, regions=data.masks[:40], method="scorecam", top_channels=-1, progress=False)
+    assert counted.module.calls == 0

@@ -277,6 +277,7 @@ def test_scorecam_skips_constant_channels_yet_equals_brute_force(score: str, tin
     """Constant maps (all ones, all zeros) mask the whole picture: skipping them changes nothing but the cost."""
     net, x = tiny
     target = torch.tensor([0, 2])
+    cs.layers(net, input_size=tuple(x.shape[1:]))  # the cost estimate's cached layer trace is not the call's work
     with counting_rows(net) as rows:
         ours = cs.scorecam(net, x, layer="1", target=target, score=score, batch_size=2)
     live = net[0].out_channels - 2
@@ -284,10 +285,29 @@ def test_scorecam_skips_constant_channels_yet_equals_brute_force(score: str, tin
     assert_close(ours.meta["low_res"], brute_force_scorecam(net, x, target, score))
 
 
+@pytest.mark.parametrize("name", ("scorecam", "ablationcam"))
+def test_the_estimate_counts_every_channel_of_every_layer(name: str, tiny) -> None:
+    """One forward per channel of each layer explained (Score-CAM: and a blank picture per layer), the explaining
+    forward; pictures count by their area (12x12 of a bare module's 224x224). Skipped channels only run fewer."""
+    net, x = tiny
+    area = 12 * 12 / 224**2
+    tool = cs.registry.get(name)
+    blank = 1 if name == "scorecam" else 0
+    assert tool.cost_of(net, x, layer="1").forwards == pytest.approx(2 * (1 + blank + 5) * area)
+    cost = tool.cost_of(net, x, layer=["1", "3"])
+    assert cost.forwards == pytest.approx(2 * (1 + 2 * blank + 5 + 6) * area)
+    assert tool.cost_of(net, x, layer=["1", "3"], top_channels=2).forwards == pytest.approx(2 * (1 + 2 + 2) * area)
+    cs.layers(net, input_size=tuple(x.shape[1:]))  # the cost estimate's cached layer trace is not the call's work
+    with counting_rows(net) as rows:
+        tool.fn(net, x, layer=["1", "3"])
+    assert rows[0] * area <= cost.forwards + 1e-9
+
+
 def test_ablationcam_equals_brute_force(tiny, assert_close) -> None:
     """(y - y_k) / y with channel k zeroed; the all-zero channel is skipped, its weight 0 either way."""
     net, x = tiny
     target = torch.tensor([1, 3])
+    cs.layers(net, input_size=tuple(x.shape[1:]))  # the cost estimate's cached layer trace is not the call's work
     with counting_rows(net) as rows:
         ours = cs.ablationcam(net, x, layer="1", target=target, relu=True, batch_size=3)
     assert rows[0] <= len(x) * (1 + net[0].out_channels - 1)  # the explaining forward, one per non-zero channel

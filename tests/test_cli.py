@@ -1,99 +1,337 @@
-"""The command line, driven in-process: every command is generated from the registry; errors are one line, exit 2."""
+"""The command line, driven in-process: every command is generated from the registry; errors are one line, exit 2.
+
+The first tests are generic (every registered tool, a throwaway tool registered here); the later ones follow
+one tool each through its generated command and wait for that tool's registration (see each docstring).
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from pydantic import Field
 
 import convscope as cs
 from conftest import digit_folder
-from convscope.cli import main
+from convscope import registry
+from convscope.cli import build_parser, command_name, example, main
+from convscope.result import Table
+
+TOOLS = [tool.name for tool in cs.tools()]
 
 
-def test_cli_predict_summary_methods(capsys: pytest.CaptureFixture[str]) -> None:
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The error the last command printed, checked to be one line in the convscope format."""
+    err = capsys.readouterr().err
+    assert err.startswith("convscope: error: ") and err.count("\n") == 1, err
+    return err
+
+
+# -- generated from the registry ---------------------------------------------------------------------------------
+def test_help_lists_every_tool_by_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for tool in cs.tools():
+        assert re.search(rf"^  {re.escape(command_name(tool))}\b", text, re.M), tool.name
+        assert f"{tool.family} — " in text
+    for command in ("explain METHOD IMAGE", "tools [NAME]", "report", "serve"):
+        assert command in text
+    assert text.index("attribution — ") < text.index("other commands:")
+    assert main([]) == 0  # a bare `convscope` is the help, not a usage error
+    assert capsys.readouterr().out == text
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"convscope {cs.__version__}\n"
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_has_a_help_page_with_its_options_and_a_working_example(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = registry.get(name)
+    assert main([command_name(tool), "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(tool.summary.split()[:4]) in text and "paper: " in text and "example: convscope " in text
+    for spec in tool.option_specs():
+        flag = spec.name.upper() if spec.required else ("-" if len(spec.name) == 1 else "--") + spec.name.replace("_", "-")
+        assert flag in text, (name, spec.name)
+        if spec.range:
+            assert spec.range in text, (name, spec.name)
+    for alias in (tool.name, *tool.aliases):  # the underscore name and the aliases are the same command
+        assert build_parser().parse_args([alias, *example(tool).split()[2:]]).tool is tool
+    args = build_parser().parse_args(example(tool).split()[1:])
+    assert args.tool is tool and (not tool.uses_target or hasattr(args, "target"))
+
+
+def test_tools_lists_every_tool_and_describes_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tools"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in TOOLS)
+    assert main(["methods"]) == 0  # the old name
+    assert capsys.readouterr().out == listed
+    assert main(["tools", "integrated_gradients"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline = 'zeros'" in out and "one of zeros, black, blur" in out and "Sundararajan" in out
+    assert "steps = " in out and "range 1 to" in out and "example:\n  convscope integrated-gradients cat" in out
+    assert main(["tools", "integrated_gradient"]) == 2
+    assert "integrated_gradients" in one_line_error(capsys)
+
+
+def _probe(calls: list[dict[str, Any]]) -> Any:
+    def probe(model: Any, x: torch.Tensor, *, target: Any = None,
+              count: Annotated[int, Field(ge=1, le=10)] = 3, shout: bool = False,
+              mode: Literal["plain", "fancy"] = "plain", scale: float | tuple[float, float] = 1.0) -> Table:
+        """Probe: a throwaway tool that says what it was given.
+
+        Options:
+            count: how many times to say it.
+            shout: say it loudly.
+            mode: "plain" or "fancy" words.
+            scale: one number, or two separated by a comma.
+        """
+        calls.append({"shape": tuple(x.shape), "target": target, "count": count, "shout": shout, "mode": mode,
+                      "scale": scale, "model": model.name})
+        word = "PROBE" if shout else "probe"
+        return Table(" ".join([word] * count), columns=("word", "count"), rows=[(word, count)], title="probe")
+
+    return probe
+
+
+def test_a_tool_registered_in_a_test_gets_a_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function + @register: it is in `convscope --help`, has its own --help with its options, and runs."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[dict[str, Any]] = []
+    registry.register("cli_probe", family="model", takes="images", returns="table", paper="no paper: a test",
+                      aliases=("probe_alias",))(_probe(calls))
+    try:
+        assert main(["--help"]) == 0
+        assert re.search(r"^  cli-probe \(probe_alias\)\s+Probe: a throwaway tool", capsys.readouterr().out, re.M)
+        assert main(["cli-probe", "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        for words in ("usage: convscope cli-probe", "IMAGE [IMAGE ...]", "--count N",
+                      "how many times to say it. (default: 3; range 1 to 10)", "--shout, --no-shout", "--mode {plain,fancy}",
+                      "--scale X|A,B", "--target CLASS", "paper: no paper: a test", "example: convscope cli-probe cat"):
+            assert words in text, words
+        assert "--layer" not in text  # the tool takes no layer
+
+        assert main(["cli-probe", "cat", "coffee", "--count", "2", "--shout", "--mode", "fancy", "--scale", "0.5,2",
+                     "--target", "281,285"]) == 0
+        assert capsys.readouterr().out == "PROBE PROBE\n"  # a table is its words: no file unless --out
+        assert calls[-1] == {"shape": (2, 3, 224, 224), "target": [281, 285], "count": 2, "shout": True, "mode": "fancy",
+                             "scale": (0.5, 2.0), "model": "efficientnet_lite0"}
+        assert list(tmp_path.iterdir()) == []
+        assert main(["cli_probe", "rocket", "--no-shout", "--out", "words.png", "--model", "digits_cnn"]) == 0
+        out = capsys.readouterr().out
+        assert out == f"probe probe probe\n-> {tmp_path / 'words.png'}\n" and calls[-1]["model"] == "digits_cnn"
+        with Image.open(tmp_path / "words.png") as picture:
+            assert picture.size[0] > 32
+        assert main(["probe_alias", "cat", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"title": "probe", "columns": ["word", "count"], "rows": [["probe", 3]]}
+
+        calls.clear()
+        for bad, words in ((["--count", "11"], "count=11 is out of range; allowed: 1 ≤ value ≤ 10"),
+                           (["--count", "two"], "count='two' is not valid"),
+                           (["--mode", "odd"], "mode='odd' is not one of 'plain', 'fancy'"),
+                           (["--scale", "1,2,3"], "scale"),
+                           (["--out", "words.docx"], "cannot tell the format")):
+            assert main(["cli-probe", "cat", *bad]) == 2, bad
+            assert words in one_line_error(capsys), bad
+        assert calls == []  # every bad value is refused before the tool runs
+    finally:
+        registry.unregister("cli_probe")
+    assert main(["cli-probe", "cat"]) == 2  # gone with its registration
+    assert "unknown command 'cli-probe'" in one_line_error(capsys)
+
+
+def test_required_options_are_positional_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    """A required option is a positional argument after the inputs;
+    the example uses its quick value."""
+    seen: list[Any] = []
+
+    def needs_a_word(model: Any, image: Any, word: Annotated[str, Field(min_length=2)], *, times: int = 1) -> Table:
+        """Needs a word: repeats it.
+
+        Options:
+            word: the word to repeat.
+            times: how many times.
+        """
+        seen.append((type(image).__name__, word, times))
+        return Table(" ".join([word] * times))
+
+    registry.register("cli_needs_word", family="model", takes="image", returns="table", paper="-",
+                      quick={"word": "hi"})(needs_a_word)
+    try:
+        assert main(["cli-needs-word", "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "IMAGE WORD" in text and "the word to repeat. (required)" in text and "example: convscope cli-needs-word cat hi" in text
+        assert main(["cli-needs-word", "cat", "hello", "--times", "2"]) == 0
+        assert capsys.readouterr().out == "hello hello\n" and seen == [("Image", "hello", 2)]
+        assert main(["cli-needs-word", "cat", "x"]) == 2
+        assert "word" in one_line_error(capsys)
+        assert main(["cli-needs-word", "cat"]) == 2  # argparse: the word is missing
+        assert "WORD" in capsys.readouterr().err
+    finally:
+        registry.unregister("cli_needs_word")
+
+
+def test_ctrl_c_is_exit_130_and_a_cancel_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(model: Any) -> Table:
+        """Interrupted: raises what it is told to."""
+        raise KeyboardInterrupt
+
+    def cancelled(model: Any) -> Table:
+        """Cancelled: stops as a cancelled job does."""
+        raise cs.progress.Cancelled("stopped by the user")
+
+    registry.register("cli_interrupted", family="model", takes="model", returns="table", paper="-")(interrupted)
+    registry.register("cli_cancelled", family="model", takes="model", returns="table", paper="-")(cancelled)
+    try:
+        assert main(["cli-interrupted", "--model", "digits_cnn"]) == 130
+        assert capsys.readouterr().err == "convscope: interrupted\n"
+        assert main(["cli-cancelled", "--model", "digits_cnn"]) == 2
+        assert one_line_error(capsys) == "convscope: error: stopped by the user\n"
+    finally:
+        registry.unregister("cli_interrupted")
+        registry.unregister("cli_cancelled")
+
+
+# -- attribution ---------------------------------------------------------------------------------------------
+def test_an_attribution_command_writes_the_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    photo = tmp_path / "my cat.jpg"
+    cs.sample_image("cat").save(photo)
+    assert main(["gradcam", str(photo), "--target", "281", "--no-relu"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"gradcam for 'tabby' at layer _swish@1\n-> {tmp_path / 'my cat_gradcam.png'}\n"
+    with Image.open(tmp_path / "my cat_gradcam.png") as picture:
+        assert picture.size == (224, 224)
+    assert main(["integrated-gradients", "cat", "coffee", "--steps", "4", "--out", str(tmp_path / "ig.svg"), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["tool"] == "integrated_gradients" and "2 images" in summary["caption"]
+    assert captured.err == f"-> {tmp_path / 'ig.svg'}\n" and (tmp_path / "ig.svg").read_text().lstrip().startswith("<?xml")
+    (tmp_path / "maps").mkdir()
+    assert main(["scorecam", "coffee", "--top-channels", "4", "--out", "maps"]) == 0  # a folder: the default name in it
+    captured = capsys.readouterr()
+    assert (tmp_path / "maps" / "coffee_scorecam.png").exists() and "espresso" in captured.out
+    assert captured.err == ""  # Score-CAM loops, but stderr is no terminal here: no bar
+
+
+def test_explain_runs_any_method_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cat_ig.png"
+    assert main(["explain", "integrated_gradients", "cat", "--target", "281", "--set", "steps=4", "--set", "baseline=blur",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"integrated_gradients for 'tabby'\n-> {out}\n"
+    assert Image.open(out).size == (224, 224)
+    assert main(["explain", "integrated_gradients", "cat", "--set", "rule=simpson"]) == 2
+    assert "rule='simpson' is not one of 'gausslegendre'" in one_line_error(capsys)
+    assert main(["explain", "occlusion", "cat", "--set", "windw=0.5"]) == 2
+    assert "did you mean 'window'" in one_line_error(capsys)
+    assert main(["explain", "gradcam", "cat", "--set", "relu"]) == 2
+    assert "--set expects key=value" in one_line_error(capsys)
+    assert main(["explain", "gradcm", "cat"]) == 2
+    assert "'gradcam'" in one_line_error(capsys)
+    assert main(["explain", "rank", "cat"]) == 2
+    assert "not an attribution method; run `convscope rank" in one_line_error(capsys)
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gradcam", "cat", "--layer", "_conv_haed"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("convscope: error: unknown layer") and "_conv_head" in err
+    assert main(["saliency", "cat", "--target", "1000"]) == 2
+    assert "out of range" in one_line_error(capsys)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    assert main(["saliency", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt" in one_line_error(capsys)
+    assert main(["scorecam", "cat", "--top-channels", "0"]) == 2
+    assert "top_channels=0 is out of range; allowed: 1 ≤ value ≤ 100,000" in one_line_error(capsys)
+    assert main(["occlusion", "cat", "--window", "2", "--stride", "1", "--max-forwards", "1000"]) == 2
+    err = one_line_error(capsys)
+    assert "occlusion" in err and "forward" in err and "1,000" in err  # the cost cap says the estimate
+    assert main(["gradcm", "cat"]) == 2
+    assert "unknown command 'gradcm'; did you mean 'gradcam'" in one_line_error(capsys)
+    assert main(["gradcam", "cat", "--model", "no_such_model"]) == 2
+    one_line_error(capsys)
+    assert main(["gradcam", "cat", "--steps", "3"]) == 2  # argparse: no such flag for gradcam (usage + error)
+    assert "unrecognized arguments: --steps" in capsys.readouterr().err
+
+
+# -- the tools the other areas register (each test waits for its tools) -----------------------------------------
+def test_predict_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Waits for the model tools `predict` (option `k`) and `summary`."""
     assert main(["predict", "cat", "coffee", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "espresso" in out and re.search(r"(tabby|tiger cat|Egyptian cat)", out)
     assert main(["summary", "--model", "vgg11", "--weights", "none"]) == 0
     out = capsys.readouterr().out
     assert "features.0 (Conv2d)" in out and "Total params: 132,863,336" in out
-    assert main(["methods"]) == 0
-    listed = capsys.readouterr().out
-    assert all(info.name in listed for info in cs.methods())
-
-
-def test_cli_explain_writes_an_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    photo = tmp_path / "cat.jpg"
-    cs.sample_image("cat").save(photo)
-    out = tmp_path / "cat_gradcam.png"
-    assert main(["explain", "gradcam", str(photo), "--target", "281", "--out", str(out)]) == 0
-    assert "tabby" in capsys.readouterr().out
-    assert Image.open(out).size == (224, 224)
-
-
-def test_cli_errors_are_one_line_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["explain", "gradcam", "cat", "--layer", "_conv_haed"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("convscope: error: unknown layer") and "_conv_head" in err and err.count("\n") == 1
-    assert main(["explain", "saliency", "cat", "--target", "1000"]) == 2
-    assert "out of range" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("not a picture")
     assert main(["predict", str(tmp_path / "notes.txt")]) == 2
-    assert "notes.txt" in capsys.readouterr().err
-    assert main(["explain", "gradcm", "cat"]) == 2
-    assert "gradcam" in capsys.readouterr().err
+    assert "notes.txt" in one_line_error(capsys)
 
 
-def test_cli_describes_a_method_and_checks_option_values(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["methods", "integrated_gradients"]) == 0
-    out = capsys.readouterr().out
-    assert "baseline = 'zeros'" in out and "one of zeros, black, blur" in out and "Sundararajan" in out
-    assert main(["explain", "integrated_gradients", "cat", "--set", "rule=simpson"]) == 2
-    err = capsys.readouterr().err
-    assert "choose one of gausslegendre" in err and err.count("\n") == 1
-
-
-def test_cli_embed_writes_maps_and_projector_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = digit_folder(tmp_path / "digits")
-    out = tmp_path / "out"
-    assert main(["embed", str(folder), "--model", "digits_cnn", "--out", str(out), "--perplexity", "5,10", "--projector"]) == 0
-    printed = capsys.readouterr().out
-    assert "40 images, 64 features from input of fc" in printed and "accuracy" in printed
-    for name in ("scatter.png", "thumbnails.png", "perplexities.png", "features.npy", "projector/projector_config.pbtxt",
-                 "projector/sprite.png", "projector/metadata.tsv", "projector/tensors.tsv"):
-        assert (out / name).stat().st_size > 0, name
-    assert np.load(out / "features.npy").shape == (40, 64)
-
-
-def test_cli_trust_and_feature_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`trust`, `filters`, `features`, `maximize`, `dream`: thin layers over the API, each writing a real PNG."""
-    assert main(["trust", "cat", "--methods", "gradcam,saliency", "--steps", "4", "--out", str(tmp_path / "t.png")]) == 0
+def test_trust_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rank` (alias `trust`) and `sanity`."""
+    assert main(["trust", "cat", "--methods", "gradcam,saliency", "--steps", "4", "--baseline-samples", "1",
+                 "--out", str(tmp_path / "t.png")]) == 0
     table = capsys.readouterr().out
-    assert "gradcam" in table and "random" in table and "deletion AUC" in table
+    assert "gradcam" in table and "saliency" in table and "random" in table and f"-> {tmp_path / 't.png'}" in table
+    assert main(["rank", "cat", "--methods", "gradcam,salincy", "--steps", "4"]) == 2
+    assert "saliency" in one_line_error(capsys)
+    assert main(["sanity", "cat", "--model", "resnet18", "--weights", "none", "--layers", "2", "--json",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert json.loads(capsys.readouterr().out)
+    with Image.open(tmp_path / "t.png") as picture:
+        assert min(picture.size) > 32
+
+
+def test_feature_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`filters`, `feature_maps` (layer=), `maximize` (--objective), `class_image` (--target) and `dream`."""
     commands = [
         ["filters", "--out", str(tmp_path / "f.png")],
-        ["features", "cat", "--layers", "_conv_stem,_blocks.5", "-k", "4", "--out", str(tmp_path / "fm.png")],
-        ["maximize", "logit:281", "--steps", "4", "--size", "64", "--out", str(tmp_path / "mx.png")],
-        ["dream", "cat", "--octaves", "1", "--steps", "2", "--out", str(tmp_path / "dr.png")],
+        ["feature-maps", "cat", "--layer", "_conv_stem,_blocks.5", "--out", str(tmp_path / "fm.png")],
+        ["maximize", "--objective", "logit:281", "--steps", "4", "--size", "64", "--out", str(tmp_path / "mx.png")],
+        ["class-image", "--target", "281", "--steps", "4", "--size", "64", "--out", str(tmp_path / "ci.png")],
+        ["dream", "cat", "--octaves", "1", "--steps", "2", "--size", "96", "--out", str(tmp_path / "dr.png")],
     ]
     for command in commands:
         assert main(command) == 0, command
-    for name in ("t.png", "f.png", "fm.png", "mx.png", "dr.png"):
+        assert capsys.readouterr().out.strip().endswith(".png")
+    for name in ("f.png", "fm.png", "mx.png", "ci.png", "dr.png"):
         with Image.open(tmp_path / name) as picture:
             assert min(picture.size) > 32, name
-    capsys.readouterr()
-    assert main(["maximize", "_blocks.5:99999", "--steps", "2", "--out", str(tmp_path / "bad.png")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "out of range" in err
+    assert main(["maximize", "--objective", "_blocks.5:99999", "--steps", "2", "--out", str(tmp_path / "bad.png")]) == 2
+    assert "out of range" in one_line_error(capsys)
+    assert main(["maximize", "--objective", "logit:281", "--steps", "0"]) == 2
+    assert "steps=0 is out of range" in one_line_error(capsys)
 
 
-def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`convscope compare IMAGE --models a,b --methods ...`: the table on stdout and the grid PNG."""
+def test_embed_writes_the_map_and_projector_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Waits for `embed` (returns kind "embedding"); `--projector FOLDER` is the command line's export for that kind."""
+    folder = digit_folder(tmp_path / "digits")
+    out = tmp_path / "out"
+    assert main(["embed", str(folder), "--model", "digits_cnn", "--out", str(out / "map.png"),
+                 "--projector", str(out / "projector")]) == 0
+    printed = capsys.readouterr().out
+    assert "40" in printed and f"-> {out / 'map.png'}" in printed and f"-> {out / 'projector'}" in printed
+    for name in ("map.png", "projector/projector_config.pbtxt", "projector/sprite.png", "projector/metadata.tsv",
+                 "projector/tensors.tsv"):
+        assert (out / name).stat().st_size > 0, name
+    assert np.loadtxt(out / "projector" / "tensors.tsv", delimiter="\t").shape == (40, 64)
+    assert main(["embed", "digits", "--model", "digits_cnn", "--json", "--out", str(out / "all.png")]) == 0
+    assert json.loads(capsys.readouterr().out)
+    assert main(["embed", str(tmp_path / "nowhere"), "--model", "digits_cnn"]) == 2
+    assert "nowhere" in one_line_error(capsys)
+
+
+def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`compare IMAGE... --models a,b --methods m1,m2 [--targets]`: the table on stdout and the grid."""
     out = tmp_path / "cmp.png"
     assert main(["compare", "cat", "coffee", "--models", "efficientnet_lite0,digits_cnn", "--methods", "gradcam,saliency",
                  "--out", str(out)]) == 0
@@ -101,25 +339,28 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "efficientnet_lite0" in printed and "digits_cnn" in printed and "coffee" in printed and "ρ=" in printed
     with Image.open(out) as picture:
         assert picture.size[0] > 600 and picture.size[1] > picture.size[0]  # 2 models × 2 pictures stacked
-    assert main(["compare", "cat", "--targets", "top2", "--out", str(tmp_path / "top.png")]) == 0
+    assert main(["compare", "cat", "--targets", "top2", "--methods", "gradcam", "--out", str(tmp_path / "top.png")]) == 0
     assert "class #2" in capsys.readouterr().out
     assert main(["compare", "cat", "--targets", "tabby", "--out", str(tmp_path / "bad.png")]) == 2
-    assert "--targets" in capsys.readouterr().err
+    assert "targets" in one_line_error(capsys)
 
 
-def test_cli_robustness_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`robustness IMAGE` prints the sweep and writes the grid and curves; `audit --demo` tells the snow/sand
-    story; `audit FOLDER --masks FOLDER` audits a dataset on disk."""
+def test_robustness_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`robustness IMAGE` prints the sweep and writes the grid; `audit shapes --model shapes_biased` tells the
+    snow/sand story with a built-in dataset (labels and object masks come with it); `audit FOLDER --regions FOLDER`
+    audits a dataset on disk."""
     assert main(["robustness", "coffee", "--perturbations", "shadow,rotation", "--out", str(tmp_path / "r.png")]) == 0
     out = capsys.readouterr().out
-    assert "shadow" in out and "rotation" in out and "espresso" in out
-    assert (tmp_path / "r.png").exists() and (tmp_path / "r_curves.png").exists()
+    assert "shadow" in out and "rotation" in out and "espresso" in out and (tmp_path / "r.png").exists()
     assert main(["robustness", "coffee", "--perturbations", "shadw"]) == 2
-    assert "did you mean 'shadow'" in capsys.readouterr().err
-    assert main(["audit", "--demo", "--demo-images", "64", "--out", str(tmp_path / "a.png")]) == 0
-    out = capsys.readouterr().out
-    assert out.count("verdict: RELIES ON THE BACKGROUND") == 1 and out.count("verdict: looks at the objects") == 1
-    assert (tmp_path / "a_biased.png").exists() and (tmp_path / "a_balanced.png").exists()
+    assert "did you mean 'shadow'" in one_line_error(capsys)
+    verdicts = []
+    for which in ("biased", "balanced"):
+        assert main(["audit", "shapes", "--model", f"shapes_{which}", "--swaps", "32", "--out", str(tmp_path / f"a_{which}.png")]) == 0
+        verdicts.append(capsys.readouterr().out)
+        assert (tmp_path / f"a_{which}.png").exists()
+    assert "RELIES ON THE BACKGROUND" in verdicts[0] and "looks at the objects" in verdicts[1]
+
     from convscope.zoo.shapes import SHAPES_LABELS, shapes_dataset
 
     data = shapes_dataset(8, biased=True, split="test")
@@ -128,10 +369,11 @@ def test_cli_robustness_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[
         for kind, picture in (("images", data.images[i].permute(1, 2, 0).numpy()), ("masks", data.masks[i].float().numpy())):
             (tmp_path / kind / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray((picture * 255).round().astype("uint8")).save(tmp_path / kind / label / f"{i}.png")
-    assert main(["audit", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--model", "shapes_biased",
+    assert main(["audit", str(tmp_path / "images"), "--regions", str(tmp_path / "masks"), "--model", "shapes_biased",
                  "--json", "--out", str(tmp_path / "folder.png")]) == 0
-
     summary = json.loads(capsys.readouterr().out)
     assert summary["relies_on_background"] is True and summary["images"] == 8
-    assert main(["audit", str(tmp_path / "images")]) == 2
-    assert "--masks" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "images"), "--model", "shapes_biased"]) == 2
+    assert "regions" in one_line_error(capsys)
+    assert main(["audit", "shapez", "--model", "shapes_biased"]) == 2
+    assert "did you mean 'shapes'" in one_line_error(capsys)

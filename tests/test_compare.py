@@ -1,4 +1,5 @@
-"""cs.compare: models (or target classes) × methods on one common frame (seed 004)."""
+"""cs.compare: models (or target classes) × methods on one common frame (seed 004); the registered tool (typed
+options, a cost from its methods' costs, methods checked before any model is loaded, cancellation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 import convscope as cs
 from convscope.compare import crop_box, place_in_frame
+from convscope.progress import Cancelled
 
 
 def small_model(size: int = 64, name: str = "small64") -> cs.Model:
@@ -99,6 +101,8 @@ def test_rows_can_be_target_classes(lite0: cs.Model) -> None:
     assert top3.agreement("gradcam")[0, 2] < 0.999
     listed = cs.compare(lite0, "coffee", ["gradcam"], targets=[967, 504], progress=False)  # espresso, coffee mug
     assert listed.rows == ["efficientnet_lite0: espresso", "efficientnet_lite0: coffee mug"]
+    as_text = cs.compare(lite0, "coffee", "gradcam", targets="967, 504", progress=False)  # what the command line passes
+    assert as_text.rows == listed.rows
 
 
 def test_a_method_that_does_not_apply_leaves_an_explained_cell(lite0: cs.Model, tmp_path) -> None:
@@ -112,13 +116,20 @@ def test_a_method_that_does_not_apply_leaves_an_explained_cell(lite0: cs.Model, 
 
 
 def test_figure_has_rows_times_picture_and_methods(three: cs.Comparison, tmp_path) -> None:
-    fig = three.figure("cat")
+    assert three.kind == "comparison" and cs.render.text(three) == three.table()
+    assert cs.render.caption(three) == "3 models × 2 methods (gradcam, saliency) on 2 picture(s)"
+    fig = three.figure(image="cat")
     assert len(fig.axes) == 3 * 3
     titles = [ax.get_title() for ax in fig.axes]
     assert any("top-1 tiger cat" in t or "top-1 tabby" in t or "top-1 Egyptian cat" in t for t in titles)
     both = three.save(tmp_path / "all.png")
     width, height = Image.open(both).size
     assert height > width  # two pictures' blocks stacked
+    one = three.save(tmp_path / "cat.png", image="cat")
+    assert Image.open(one).size[1] < height
+    page = three.to_html(image=0)
+    assert page.count("<img") == 1 and "top-1" in page
+    assert len(three.records()) == len(three.cells) and {"row", "method", "image", "explained"} <= set(three.records()[0])
 
 
 def test_bad_requests_are_one_line_errors(lite0: cs.Model) -> None:
@@ -130,10 +141,16 @@ def test_bad_requests_are_one_line_errors(lite0: cs.Model) -> None:
         cs.compare([lite0, "digits_cnn"], "cat", ["gradcam"], targets=[1, 2, 3], progress=False)
     with pytest.raises(cs.TargetError, match="one model"):
         cs.compare([lite0, "digits_cnn"], "cat", ["gradcam"], targets="top3", progress=False)
-    with pytest.raises(cs.InputError, match="scale"):
+    with pytest.raises(cs.OptionError, match="scale"):
         cs.compare(lite0, "cat", ["gradcam"], scale="global", progress=False)
-    with pytest.raises(cs.InputError, match="not among the methods"):
+    with pytest.raises(cs.ConvscopeError, match="not in methods"):
         cs.compare(lite0, "cat", ["gradcam"], options={"saliency": {}}, progress=False)
+    with pytest.raises(cs.OptionError, match="targets"):
+        cs.compare(lite0, "cat", ["gradcam"], targets=-1, progress=False)
+    with pytest.raises(cs.OptionError, match="targets"):
+        cs.compare(lite0, "cat", ["gradcam"], targets="best3", progress=False)
+    with pytest.raises(cs.OptionError, match="scorecam: option top_channels"):
+        cs.compare(lite0, "cat", ["scorecam"], options={"scorecam": {"top_channels": 0}}, progress=False)
     with pytest.raises(cs.ImageError):
         cs.compare(lite0, "no/such/picture.png", ["gradcam"], progress=False)
 
@@ -147,3 +164,83 @@ def test_models_are_untouched(lite0: cs.Model) -> None:
         cs.compare([lite0, other], ["cat"], ["gradcam"], targets=[5, 7], progress=False)  # 7 is out of range for 3 classes
     assert_unchanged(before[0], lite0.module)
     assert_unchanged(before[1], other.module)
+
+
+def test_registered_with_a_cost_from_its_methods(lite0: cs.Model) -> None:
+    tool = cs.registry.get("compare")
+    assert (tool.family, tool.takes, tool.returns, tool.inputs) == ("workflow", "models", "comparison", ("models", "images"))
+    assert cs.compare is tool.fn and tool.loops and tool.report is not None and tool.report.options["targets"] == "top3"
+    assert {s.name for s in tool.option_specs()} == {"methods", "targets", "options", "scale"}
+    x = torch.zeros(1, 3, 224, 224)
+    gradcam = cs.registry.get("gradcam").cost_of(lite0, x).forwards
+    scorecam = cs.registry.get("scorecam").cost_of(lite0, x, top_channels=8).forwards
+    options = {"scorecam": {"top_channels": 8}}
+    # per model: one forward of each picture, then every method on the pictures for each row
+    assert tool.cost_of(lite0, "cat", ["gradcam", "scorecam"], options=options).forwards == pytest.approx(1 + gradcam + scorecam)
+    assert tool.cost_of(lite0, ["cat", "coffee"], ["gradcam"], targets="top3").forwards == pytest.approx(2 + 3 * 2 * gradcam)
+    assert tool.cost_of([lite0, lite0], "cat", ["gradcam"]).forwards == pytest.approx(2 * (1 + gradcam))
+    by_name = tool.cost_of(["efficientnet_lite0", "resnet18"], "cat", "gradcam")  # estimated without loading them
+    assert by_name.forwards == pytest.approx(2 * (1 + gradcam))
+    with pytest.raises(cs.ConvscopeError, match="did you mean 'gradcam'"):
+        tool.cost_of(["no_such_model"], "cat", ["gradcm"])  # the methods are checked before any model is loaded
+    with cs.limits(max_forwards=5), pytest.raises(cs.CostError, match="compare would take about"):
+        cs.compare(lite0, "cat", ["gradcam"], targets="top5", progress=False)
+
+
+def test_a_cancel_stops_the_grid_from_inside_a_method() -> None:
+    """Score-CAM's per-channel progress reaches the caller: a cancel raised there stops the grid (it is not
+    taken for "the method does not apply")."""
+    model = small_model()
+    calls: list[str] = []
+
+    def cancel(done: int, total: int, what: str) -> None:
+        calls.append(what)
+        raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        cs.compare(model, ["cat", "coffee"], ["scorecam", "gradcam"], options={"scorecam": {"batch_size": 1}},
+                   progress=cancel)
+    assert len(calls) == 1
+    seen: list[int] = []
+    other = small_model(name="other")
+    before = snapshot(other.module)
+
+    def after_the_first_row(done: int, total: int, what: str) -> None:
+        seen.append(done)
+        raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        cs.compare([model, other], "cat", ["gradcam"], progress=after_the_first_row)
+    assert seen == [1]  # the first row's report stopped it: the second model was never explained
+    assert_unchanged(before, other.module)
+
+
+def test_class_regions_is_a_tool(lite0: cs.Model, tmp_path) -> None:
+    """The regions a map points at: one per picture, or one per class of one picture; flat maps have none."""
+    tool = cs.registry.get("class_regions")
+    assert (tool.family, tool.takes, tool.returns) == ("workflow", "images", "regions") and cs.class_regions is tool.fn
+    assert tool.report is not None and tool.report.title == "Region of interest"
+    x = lite0.preprocess([cs.sample_image("cat"), cs.sample_image("coffee")])
+    regions = cs.class_regions(lite0, x, threshold=0.4)
+    assert regions.kind == "regions" and len(regions) == 2 and regions.names == ["image 0", "image 1"]
+    for region, result_map in zip(regions, cs.gradcam(lite0, x).maps()):
+        scaled = (result_map - result_map.min()) / (result_map.max() - result_map.min())
+        assert region.mask.shape == (224, 224) and (scaled.numpy()[region.mask] >= 0.4).all()
+        left, top, right, bottom = region.box
+        assert region.crop.shape == (bottom - top, right - left, 3) and region.masked[~region.mask].max() == 0
+    per_class = cs.class_regions(lite0, x[:1], [281, 285])
+    assert [r.label for r in per_class] == ["tabby", "Egyptian cat"] and per_class.names == ["class 281", "class 285"]
+    assert tool.cost_of(lite0, x[:1], [281, 285]).forwards == pytest.approx(2 * tool.cost_of(lite0, x[:1]).forwards)
+    blind = small_model()
+    with torch.no_grad():
+        blind.module[-1].weight.zero_()  # no class depends on any channel: every Grad-CAM map is flat
+    flat = cs.class_regions(blind, torch.rand(1, 3, 64, 64))
+    assert flat[0] is None and "flat" in flat.notes[0] and "no region" in flat.table()
+    with pytest.raises(cs.ConvscopeError, match="one image"):
+        cs.class_regions(lite0, x, [281, 285])
+    with pytest.raises(cs.OptionError, match="threshold"):
+        cs.class_regions(lite0, x, threshold=1.5)
+    regions.save(tmp_path / "regions.png")
+    assert Image.open(tmp_path / "regions.png").size[1] > Image.open(tmp_path / "regions.png").size[0]  # a row per picture
+    page = regions.to_html()
+    assert page.count("<img") == 4 and "of the picture" in page and cs.render.text(regions) == regions.table()

@@ -1,8 +1,11 @@
 """The method contract, checked for every method in the registry (a new method is tested for free).
 
 ``fn(model, x, *, target=None, layer=None, **options) -> Result`` with ``data`` (B, 1, H, W) for
-``output == "map"`` and (B, C, H, W) for ``"pixels"``, ``target`` the explained classes, batch
-semantics (each image explained on its own), and one-line convscope errors for every bad call.
+``returns == "map"`` and (B, C, H, W) for ``"pixels"`` (``Result.kind`` says which), ``target`` the explained
+classes, batch semantics (each image explained on its own), and one-line convscope errors for every bad call.
+Options are checked before any work: unknown names get a close suggestion, out-of-range values name the
+option and its range; every option has help and every amount of work a maximum; the cost estimate is
+honest and a call over the limit is refused before its first forward.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_state import counting_forwards, takes_layer
 from torch import nn
 
 import convscope as cs
@@ -21,7 +25,7 @@ from conftest import registered_methods
 
 LITE0 = "efficientnet_lite0"
 METHODS = registered_methods()
-LAYER_METHODS = [m for m in METHODS if m.uses_layer]
+LAYER_METHODS = [m for m in METHODS if takes_layer(m)]
 CAM_METHODS = registered_methods("cam")
 # A misspelt layer name per model, and the name the error message must suggest.
 TYPOS = {LITE0: ("_conv_haed", "_conv_head"), "resnet18": ("layer4.1.cnv2", "layer4.1.conv2")}
@@ -72,13 +76,15 @@ def test_error_types_share_one_base():
 def test_result_shape_dtype_and_provenance(model, x, method):
     result = method.fn(model, x)
     batch, channels, height, width = x.shape
-    expected_shape = (batch, 1, height, width) if method.output == "map" else (batch, channels, height, width)
-    assert method.output in ("map", "pixels")
+    expected_shape = (batch, 1, height, width) if method.returns == "map" else (batch, channels, height, width)
+    assert method.family == "attribution" and method.group in ("gradient", "cam", "perturbation")
+    assert method.returns in ("map", "pixels") and method.output == method.returns
+    assert result.kind == method.returns
     assert tuple(result.data.shape) == expected_shape
     assert result.data.dtype == torch.float32
     assert torch.isfinite(result.data).all()
     assert result.method == method.name
-    if method.uses_layer:
+    if takes_layer(method):
         assert isinstance(result.layer, str) and result.layer
 
 
@@ -238,3 +244,100 @@ def test_float64_model(method, x_dtype, assert_close):
     assert result.data.device == next(net64.parameters()).device
     assert torch.isfinite(result.data).all()
     assert_close(result.data.float(), method.fn(net32, x).data, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_kind_is_the_registered_kind_on_a_one_channel_model(method):
+    """A (B, 1, H, W) gradient map of a grayscale model is still "pixels": the kind comes from the registry, not the shape."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(4, 3)).eval()
+    result = method.fn(net, torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+    assert result.kind == method.returns and result.data.shape[:2] == (2, 1)
+
+
+# --- options: typed, bounded, documented, checked before any work ---------------------------------
+VALUE_OPTIONS = {"fill"}  # a value in the model's input space, not an amount of work: no maximum
+OPTIONS = [pytest.param(m, spec, id=f"{m.name}-{spec.name}") for m in METHODS for spec in m.option_specs()]
+
+
+def misspelt(name: str) -> str:
+    return name[:-1] if len(name) > 2 else name + "s"
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_every_option_has_help_for_a_person_and_every_amount_a_maximum(method):
+    for name, field in method.options_model.model_fields.items():
+        words = (field.description or "").split()
+        assert len(words) >= 6, f"{method.name}: option {name!r} has no real help: {field.description!r}"
+        assert words[0].rstrip(".:;,") not in ("None", "callable", "Callable", "tensor", "Tensor")
+    for spec in method.option_specs():
+        numeric = {"int", "float"} & set(spec.kind.split("|"))
+        if numeric and spec.name not in VALUE_OPTIONS:
+            assert spec.maximum is not None, f"{method.name}: option {spec.name!r} costs time but has no maximum"
+
+
+@pytest.mark.parametrize("method, spec", OPTIONS)
+def test_a_misspelt_option_is_refused_with_the_close_name_before_any_work(lite0, cat_x, method, spec):
+    with counting_forwards(lite0.module) as seen:
+        message = raises_one_line(cs.OptionError, lambda: method.fn(lite0, cat_x, **{misspelt(spec.name): 1}))
+    assert f"did you mean {spec.name!r}" in message or f"or {spec.name!r}" in message
+    assert seen.calls == 0
+
+
+def out_of_range(spec) -> list[Any]:
+    """Values just outside an option's bounds: (value, the bound the message must name)."""
+    values = []
+    integer = "int" in spec.kind.split("|")
+    if spec.maximum is not None:
+        values.append((spec.maximum + 1 if integer else spec.maximum * 2 + 1, spec.maximum))
+    if spec.minimum is not None:
+        values.append((spec.minimum - 1, spec.minimum))
+    return values
+
+
+BOUNDED = [pytest.param(m, spec.name, value, bound, id=f"{m.name}-{spec.name}={value}")
+           for m in METHODS for spec in m.option_specs() for value, bound in out_of_range(spec)]
+
+
+@pytest.mark.parametrize("method, option, value, bound", BOUNDED)
+def test_out_of_range_options_are_refused_before_any_work(lite0, cat_x, method, option, value, bound):
+    """One line naming the option, the value and the allowed range; the model never runs."""
+    with counting_forwards(lite0.module) as seen:
+        message = raises_one_line(cs.OptionError, lambda: method.fn(lite0, cat_x, **{option: value}))
+    assert message.startswith(method.name) and f"option {option}=" in message and "allowed" in message
+    assert (f"{bound:,}" if float(bound).is_integer() else f"{bound:g}") in message
+    assert seen.calls == 0
+
+
+# --- cost: estimated before any work, honest, refused over the limit --------------------------------
+def warm_layer_trace(model: cs.Model, x: torch.Tensor) -> None:
+    """The cached layer trace (one forward per model and picture size, shared by every call) is not a call's work."""
+    cs.layers(model, input_size=tuple(x.shape[1:]))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_the_cost_estimate_bounds_the_forwards_a_call_runs(model, x, method):
+    """Counted in forward passes of one picture at the model's input size (a backward is two): the estimate is
+    at least what runs and at most twice that (a CAM's backward stops at the layer; zero channels are skipped)."""
+    x = x[:1]
+    cost = method.cost_of(model, x, **method.quick)
+    warm_layer_trace(model, x)
+    with counting_forwards(model.module) as seen:
+        method.fn(model, x)
+    area = x.shape[-2] * x.shape[-1] / (model.input_size[0] * model.input_size[1])
+    counted = (seen.rows + 2 * seen.graph_rows) * area
+    assert counted <= cost.forwards + 1e-9 <= 2 * counted + 1e-9, (counted, cost)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_a_call_over_the_forward_limit_is_refused_before_any_work(lite0, cat_x, method):
+    cost = method.cost_of(lite0, cat_x, **method.quick)
+    warm_layer_trace(lite0, cat_x)
+    with counting_forwards(lite0.module) as seen, cs.limits(max_forwards=cost.forwards / 2):
+        message = raises_one_line(cs.CostError, lambda: method.fn(lite0, cat_x))
+    assert seen.calls == 0
+    assert message.startswith(method.name) and f"about {cost.forwards:,.0f} forward passes" in message
+    with cs.limits(max_forwards=cost.forwards):  # at the limit the call is let through
+        assert method.plan(lite0, cat_x, **method.quick).cost == cost

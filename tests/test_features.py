@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import test_state
 import torch
+from pydantic import ValidationError
 from test_state import assert_unchanged, give_grads, set_mode, snapshot
 from torch import nn
 
@@ -214,3 +215,77 @@ def test_layer_info_has_config_and_weight_shapes(model_factory):
     resnet = model_factory("resnet18")
     bn = features.layer_info(resnet, "bn1")
     assert bn.weights["running_mean"] == (64,) and bn.config["eps"] == 1e-5
+
+
+# -- registered tools: kinds, pictures, options ------------------------------------------------------
+MY_FAMILIES = ("features", "model", "embedding")
+
+
+def test_every_tool_here_is_described_bounded_and_drawable():
+    """Each tool offers options with help for a person, bounds on what costs time or memory, a cost function,
+    a report title and note, and returns a kind render can draw."""
+    tools = [t for family in MY_FAMILIES for t in cs.tools(family)]
+    assert {t.name for t in tools} >= {"filters", "feature_maps", "maximize", "class_image", "dream", "summary", "predict", "embed"}
+    for tool in tools:
+        assert tool.cost is not None and tool.report is not None and tool.report.title and tool.report.note, tool.name
+        assert tool.returns in cs.render.kinds(), tool.name
+        for spec in tool.option_specs():
+            assert spec.help and len(spec.help) > 15, f"{tool.name}.{spec.name}"
+            if spec.kind in ("int", "float", "int|pair", "pair", "int|list") and spec.name not in ("seed",):
+                assert spec.maximum is not None, f"{tool.name}.{spec.name} has no upper bound"
+        for options in (tool.quick, tool.report.options, tool.report.quick or {}):  # valid where given
+            try:
+                tool.options_model.model_validate(options)
+            except ValidationError as error:
+                assert all(e["type"] == "missing" for e in error.errors()), (tool.name, options, error)
+
+
+def test_filters_and_feature_maps_know_their_kind_and_save(lite0, cat_x, tmp_path):
+    from PIL import Image
+
+    kernels = features.filters(lite0)
+    assert kernels.kind == "filters"
+    for suffix in ("png", "jpg", "pdf", "html"):
+        assert kernels.save(tmp_path / f"filters.{suffix}").stat().st_size > 0
+    assert "smoothness" in cs.render.text(kernels) and kernels._repr_png_()[:4] == b"\x89PNG"
+    one = features.feature_maps(lite0, cat_x, layer="_blocks.7")
+    assert one.kind == "feature_maps" and one.data.shape == (1, 80, 14, 14)
+    assert Image.open(one.save(tmp_path / "maps.png")).size[0] > 200
+    assert "strongest channels of picture 0" in cs.render.text(one)
+    assert len([ax for ax in cs.render.figure(one, masks=True, k=3).axes if ax.images]) == 4  # the picture seen through 3
+    walk = features.feature_maps(lite0, cat_x, layer=["_blocks.2", "_blocks.7", "_fc"])
+    assert isinstance(walk, dict) and isinstance(walk, features.FeatureWalk) and walk.kind == "feature_walk"
+    assert list(walk) == ["_blocks.2", "_blocks.7", "_fc"] and walk["_fc"].data.shape == (1, 1000)
+    assert Image.open(walk.save(tmp_path / "walk.png")).size[1] > 300
+    assert cs.render.text(walk).splitlines()[0] == "_blocks.2: (24, 56, 56)"
+    assert "vector of 1000 values" in "".join(t.get_text() for ax in cs.render.figure(walk).axes for t in ax.texts)
+    assert cs.render.figure(walk["_fc"]).axes[0].get_title().startswith("_fc: the 16 largest")
+    legacy = features.feature_maps(lite0, cat_x, layers=["_blocks.2", "_blocks.7"])  # the older keyword
+    assert torch.equal(legacy["_blocks.7"].data, walk["_blocks.7"].data)
+    with pytest.raises(cs.ConvscopeError, match="not both"):
+        features.feature_maps(lite0, cat_x, layer="_blocks.2", layers=["_blocks.7"])
+
+
+def test_feature_maps_max_layers_spreads_the_walk(model_factory, batch_factory):
+    vgg = model_factory("vgg11")
+    x = batch_factory(vgg)
+    walk = features.feature_maps(vgg, x, max_layers=3)
+    assert list(walk) == ["features.0", "features.11", "features.18"]  # first, middle, last of the 8 convolutions
+    cost = cs.registry.get("feature_maps").cost_of(vgg, x, max_layers=3)
+    assert cost.forwards == 2 * (64 / 224) ** 2
+    assert cost.memory == 3 * 4 * 2 * sum(r.data[0].numel() for r in walk.values())  # each map three times, float32
+    with pytest.raises(cs.OptionError, match="max_layers=0 is out of range"):
+        features.feature_maps(vgg, x, max_layers=0)
+
+
+def test_feature_modules_never_import_render():
+    """Compute code hands objects to render by their kind; it never draws (nor imports render, even lazily)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(features.__file__).parent
+    for source in [*package.glob("*.py"), package.parent / "layers.py"]:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [getattr(node, "module", None) or "", *(alias.name for alias in node.names)]
+                assert not any("render" in name for name in names), f"{source.name} imports {names}"

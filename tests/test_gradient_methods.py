@@ -2,7 +2,8 @@
 
 saliency and Grad-CAM basics live in test_methods.py; the contract (shapes, targets, errors) in
 test_contract.py. Here: the rectifier rules of guided backprop / deconvnet, agreement with Captum,
-integrated gradients' completeness and baselines, SmoothGrad's options, and the bf16 refusal.
+integrated gradients' completeness and baselines, SmoothGrad's options (its own and the wrapped method's),
+progress, cancellation and cost estimates of the two that loop, and the bf16 refusal.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from test_state import counting_forwards
 from torch import nn
 
 import convscope as cs
+from convscope import registry
+from convscope.progress import Cancelled
 
 RESNET = "resnet18"
 
@@ -295,12 +299,115 @@ def test_one_noiseless_sample_is_the_inner_method(method: str, options: dict[str
     assert_close(smooth.data, inner.data)
 
 
-@pytest.mark.parametrize("options", [{"method": "gradcam"}, {"method": "smoothgrad"}, {"variant": "median"},
-                                     {"samples": 0}], ids=repr)
-def test_smoothgrad_refuses_what_it_cannot_wrap(options: dict[str, Any], resnet, resnet_x) -> None:
-    """Only pixel-gradient methods can be smoothed; unknown variants and zero samples are errors."""
-    with pytest.raises(cs.ConvscopeError):
+SMOOTHGRAD_REFUSALS = (  # (options, words of the one-line OptionError)
+    ({"method": "gradcam"}, "option method='gradcam' is not one of 'saliency', 'input_x_gradient'"),
+    ({"method": "smoothgrad"}, "option method='smoothgrad' is not one of"),
+    ({"variant": "median"}, "option variant='median' is not one of 'mean', 'square', 'var'"),
+    ({"samples": 0}, "option samples=0 is out of range; allowed: 1 ≤ value ≤ 10,000"),
+    ({"sigma": -0.1}, "option sigma=-0.1 is out of range; allowed: 0 ≤ value ≤ 2"),
+    ({"sampels": 4}, "smoothgrad has no option 'sampels'; did you mean 'samples'?"),
+    ({"method": "integrated_gradients", "stesp": 4}, "smoothgrad has no option 'stesp'; did you mean 'steps'"),
+    ({"method": "integrated_gradients", "steps": 0},
+     "smoothgrad with method='integrated_gradients': option steps=0 is out of range; allowed: 1 ≤ value ≤ 4,096"),
+    ({"abs": "sometimes"}, "smoothgrad with method='saliency': option abs='sometimes' is not valid"),
+    ({"steps": 4}, "smoothgrad has no option 'steps'"),  # saliency has no steps
+)
+
+
+@pytest.mark.parametrize(("options", "words"), SMOOTHGRAD_REFUSALS, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_smoothgrad_refuses_what_it_cannot_wrap_before_any_work(options: dict[str, Any], words: str, resnet, resnet_x) -> None:
+    """Only pixel-gradient methods can be smoothed; its options and the wrapped method's are checked (by the wrapped
+    method's own options model) before the model runs, misspelt names get the close one."""
+    with counting_forwards(resnet.module) as seen, pytest.raises(cs.OptionError) as info:
         cs.smoothgrad(resnet, resnet_x, **options)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert seen.calls == 0
+
+
+def test_trapezoid_rule_needs_two_steps(resnet, resnet_x) -> None:
+    with counting_forwards(resnet.module) as seen, pytest.raises(cs.OptionError, match=r"riemann_trapezoid.*steps >= 2"):
+        cs.integrated_gradients(resnet, resnet_x, steps=1, rule="riemann_trapezoid")
+    assert seen.calls == 0
+
+
+def test_smoothgrad_hands_its_batch_size_to_a_wrapped_method_that_batches(resnet, resnet_x) -> None:
+    """Integrated gradients inside SmoothGrad runs its path points in smoothgrad's batch_size rows."""
+    with counting_forwards(resnet.module) as seen:
+        cs.smoothgrad(resnet, resnet_x, method="integrated_gradients", steps=3, samples=2, batch_size=2, progress=False)
+    assert seen.graph_rows == 2 * 3 * 2 and seen.calls == 1 + 2 * (1 + 3)  # clean; per sample: both ends, 3 batches of 2
+
+
+# --- progress, cancellation, cost ----------------------------------------------------------------------------
+LOOPING = {  # method: (options, units of progress for the 2 pictures, rows per report)
+    "integrated_gradients": ({"steps": 5, "batch_size": 4}, 10, 4),
+    "smoothgrad": ({"samples": 5, "batch_size": 4}, 10, 4),
+}
+
+
+@pytest.mark.parametrize("name", LOOPING)
+def test_progress_reports_every_batch(name: str, resnet, resnet_x) -> None:
+    options, total, per_report = LOOPING[name]
+    calls: list[tuple[int, int, str]] = []
+    getattr(cs, name)(resnet, resnet_x, progress=lambda done, total, what: calls.append((done, total, what)), **options)
+    assert [c[0] for c in calls] == [min(total, per_report * (i + 1)) for i in range(-(-total // per_report))]
+    assert {c[1] for c in calls} == {total} and {c[2] for c in calls} == {name}
+
+
+@pytest.mark.parametrize("name", LOOPING)
+def test_cancelling_stops_at_the_next_batch(name: str, resnet, resnet_x) -> None:
+    """Cancelled at the second report: the forwards run so far stand, none runs after."""
+    options = LOOPING[name][0]
+    reports: list[int] = []
+    with counting_forwards(resnet.module) as seen:
+        def cancel(done: int, total: int, what: str) -> None:
+            reports.append(seen.calls)
+            if len(reports) == 2:
+                raise Cancelled("stopped by the user")
+
+        with pytest.raises(Cancelled):
+            getattr(cs, name)(resnet, resnet_x, progress=cancel, **options)
+    assert len(reports) == 2 and seen.calls == reports[-1]
+
+
+def test_a_cancel_gets_through_a_long_wrapped_method(resnet, resnet_x) -> None:
+    """SmoothGrad over integrated gradients: the first report comes from inside the wrapped call (after its first
+    batch of path points), and a cancel there stops it — the rest of its path is never run."""
+    reports: list[tuple[int, int]] = []
+    with counting_forwards(resnet.module) as seen:
+        def cancel(done: int, total: int, what: str) -> None:
+            reports.append((done, seen.graph_rows))
+            raise Cancelled("stopped by the user")
+
+        with pytest.raises(Cancelled):
+            cs.smoothgrad(resnet, resnet_x, method="integrated_gradients", steps=8, samples=4, batch_size=2, progress=cancel)
+    assert reports == [(0, 2)]  # no noisy copy finished; one batch of 2 path points had run
+    assert seen.graph_rows == 2
+
+
+ESTIMATED = {
+    "integrated_gradients": {"steps": 5, "batch_size": 4},
+    "smoothgrad": {"samples": 3},
+    "smoothgrad-ig": {"method": "integrated_gradients", "steps": 3, "samples": 2},
+    "saliency": {},
+}
+
+
+@pytest.mark.parametrize("case", ESTIMATED)
+def test_the_estimate_is_the_forwards_that_run(case: str, resnet, resnet_x) -> None:
+    """Each forward of a 64x64 picture counts (64 / 224)^2 of one at ResNet's 224x224, a backward twice that."""
+    name, options = case.split("-")[0], ESTIMATED[case]
+    cost = registry.get(name).cost_of(resnet, resnet_x, **options)
+    with counting_forwards(resnet.module) as seen:
+        getattr(cs, name)(resnet, resnet_x, **options)
+    assert cost.forwards == pytest.approx((seen.rows + 2 * seen.graph_rows) * (64 / 224) ** 2)
+
+
+def test_a_large_batch_of_graphs_is_refused_for_memory(lite0, cat_x) -> None:
+    """A forward kept for a backward holds every layer's output: 4096 rows of Lite0 at 224x224 need hundreds of GiB."""
+    cs.layers(lite0, input_size=(3, 224, 224))  # the cached layer trace is not the call's work
+    with counting_forwards(lite0.module) as seen, pytest.raises(cs.CostError, match="of memory"):
+        cs.integrated_gradients(lite0, cat_x, steps=4096, batch_size=4096)
+    assert seen.calls == 0
 
 
 # --- bf16 ---------------------------------------------------------------------------------------

@@ -104,3 +104,21 @@ def test_models_without_conv_or_unused_layers() -> None:
         cs.gradcam(Unused(), x, layer="spare")
     with pytest.raises(cs.ModelError, match="input_size"):
         cs.layers(mlp)
+
+
+def test_summary_is_a_table_that_prints_as_text() -> None:
+    model = cs.load_model("resnet18", weights=None)
+    table = cs.features.summary(model)
+    assert isinstance(table, cs.Table) and isinstance(table, str) and table.kind == "table"
+    assert "Total params" in table and str(table).splitlines()[0].startswith('Model: "resnet18"')
+    assert table.columns == ("layer", "type", "output shape", "parameters")
+    assert table.rows[0] == ("conv1", "Conv2d", (64, 112, 112), 64 * 3 * 49)
+    assert len(table.rows) == len(cs.layers(model)) and sum(r[3] for r in table.rows) == sum(p.numel() for p in model.module.parameters())
+    html = table.to_html()
+    assert html.startswith("<details") and "<table" in html and "<td>layer4.1.conv2</td>" in html  # 60 rows: folded
+    assert cs.summary(model) == table  # the same text whichever way it is called
+    small = cs.features.summary(model, input_size=(3, 64, 64))
+    assert "(None, 64, 32, 32)" in small
+    assert cs.registry.get("summary").cost_of(model, input_size=(112, 112)).forwards == 0.25
+    with pytest.raises(cs.OptionError, match="input_size"):
+        cs.features.summary(model, input_size=(0, 64))

@@ -1,5 +1,6 @@
-"""Which explanation to trust: deletion/insertion curves, ranking against a random baseline, and the
-model-randomization sanity check (Petsiuk et al. 2018; Adebayo et al. 2018).
+"""Which explanation to trust: deletion/insertion curves, ranking against a random baseline (``rank``), and
+the model-randomization sanity check (Petsiuk et al. 2018; Adebayo et al. 2018); both registered tools with
+typed, bounded options, costs, progress and cancellation.
 
 Analytic checks use a model that reads one pixel region (its exact curves are known); the issue's
 claims run on the pretrained EfficientNet-Lite0 and the sample photos; the rest uses resnet18 with
@@ -73,7 +74,7 @@ def test_region_map_gives_the_analytic_curves(region):
             torch.testing.assert_close(curve.scores[0], torch.tensor(expected), rtol=0, atol=1e-6)
             torch.testing.assert_close(curve.fractions, torch.linspace(0, 1, steps + 1))
             assert curve.auc[0] == pytest.approx(float(np.trapezoid(expected, np.linspace(0, 1, steps + 1))), abs=1e-6)
-            assert (curve.kind, curve.method, curve.fill) == (kind, "region", "0")
+            assert (curve.metric, curve.method, curve.fill, curve.kind) == (kind, "region", "0", "curve")
     # clean probability at the start of deletion / end of insertion, the fully changed one (0.5) at the other end
     deleted = metrics.deletion(model, x, best, steps=steps, fill=0.0, progress=False)
     inserted = metrics.insertion(model, x, best, steps=steps, fill=0.0, progress=False)
@@ -164,12 +165,12 @@ def test_random_map(model_factory, batch_factory):
     torch.testing.assert_close(a.target, model.forward(x).argmax(dim=1))
 
 
-# --- compare -----------------------------------------------------------------------------------------
+# --- rank ---------------------------------------------------------------------------------------------
 def test_gradcam_and_ig_beat_random_on_lite0_photos(lite0):
     """The issue's requirement: on EfficientNet-Lite0 and the sample photos, Grad-CAM and integrated
     gradients order pixels better than chance (lower deletion AUC than the random baseline)."""
     x = lite0.preprocess([cs.sample_image(s) for s in ("cat", "coffee", "astronaut", "rocket")])
-    ranking = metrics.compare(lite0, x, ["gradcam", "integrated_gradients"], metric="deletion", steps=8,
+    ranking = metrics.rank(lite0, x, ["gradcam", "integrated_gradients"], metric="deletion", steps=8,
                               options={"integrated_gradients": {"steps": 8}}, progress=False)
     chance = ranking.row("random").deletion_auc
     assert ranking.row("gradcam").deletion_auc < 0.8 * chance
@@ -178,10 +179,10 @@ def test_gradcam_and_ig_beat_random_on_lite0_photos(lite0):
     assert ranking.target.tolist() == lite0.forward(x).argmax(dim=1).tolist()
 
 
-def test_compare_rows_table_and_dict(model_factory, batch_factory):
+def test_rank_rows_table_and_dict(model_factory, batch_factory):
     model = model_factory("resnet18")
     x = batch_factory(model)
-    ranking = metrics.compare(model, x, ["gradcam", "saliency", "random"], steps=4, baseline_samples=2, progress=False)
+    ranking = metrics.rank(model, x, ["gradcam", "saliency", "random"], steps=4, baseline_samples=2, progress=False)
     assert [r.method for r in ranking.rows].count("random") == 1 and len(ranking.rows) == 3
     deletion = [r.deletion_auc for r in ranking.rows]
     assert deletion == sorted(deletion)  # best (lowest) first
@@ -201,15 +202,15 @@ def test_compare_rows_table_and_dict(model_factory, batch_factory):
     assert len(table.splitlines()) == 2 + 3 + 1
     data = json.loads(json.dumps(ranking.as_dict()))
     assert [r["method"] for r in data["rows"]] == [r.method for r in ranking.rows]
-    by_insertion = metrics.compare(model, x, ["gradcam"], metric="insertion", steps=4, progress=False)
+    by_insertion = metrics.rank(model, x, ["gradcam"], metric="insertion", steps=4, progress=False)
     assert by_insertion.rows[0].insertion_auc >= by_insertion.rows[1].insertion_auc
     assert by_insertion.rows[0].deletion_auc is None
 
 
-def test_compare_passes_options_and_a_fixed_target(model_factory, batch_factory):
+def test_rank_passes_options_and_a_fixed_target(model_factory, batch_factory):
     model = model_factory("resnet18")
     x = batch_factory(model)
-    ranking = metrics.compare(model, x, ["gradcam"], target=7, steps=2, options={"gradcam": {"layer": "layer3"}}, progress=False)
+    ranking = metrics.rank(model, x, ["gradcam"], target=7, steps=2, options={"gradcam": {"layer": "layer3"}}, progress=False)
     assert ranking.target.tolist() == [7, 7]
     same = metrics.deletion(model, x, cs.gradcam(model, x, target=7, layer="layer3"), steps=2, progress=False)
     assert ranking.row("gradcam").deletion_per_image == pytest.approx(same.auc.tolist(), abs=1e-6)
@@ -232,17 +233,22 @@ def test_bad_arguments_are_one_line_errors(region, model_factory):
     one_line(cs.ConvscopeError, lambda: metrics.deletion(model, x, nan), "NaN")
     resnet = model_factory("resnet18")
     xr = torch.zeros(1, 3, 64, 64)
-    one_line(cs.ConvscopeError, lambda: metrics.compare(resnet, xr, ["gradcamm"]), "did you mean 'gradcam'")
-    one_line(cs.ConvscopeError, lambda: metrics.compare(resnet, xr, ["gradcam"], metric="auc"), "metric")
-    one_line(cs.ConvscopeError, lambda: metrics.compare(resnet, xr, ["gradcam"], options={"saliency": {}}), "not in methods")
-    one_line(cs.ConvscopeError, lambda: metrics.compare(resnet, xr, ["gradcam"], options={"gradcam": {"target": 1}}), "target")
-    one_line(cs.ConvscopeError, lambda: metrics.compare(resnet, xr, ["gradcam"], baseline_samples=0), "baseline_samples")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["gradcamm"]), "did you mean 'gradcam'")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["gradcam"], metric="auc"), "metric")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["gradcam"], options={"saliency": {}}), "not in methods")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["gradcam"], options={"gradcam": {"target": 1}}), "target")
+    one_line(cs.OptionError, lambda: metrics.rank(resnet, xr, ["gradcam"], baseline_samples=0), "baseline_samples")
+    one_line(cs.OptionError, lambda: metrics.rank(resnet, xr, ["gradcam"], steps=5000), "1 ≤ value ≤ 1,024")
+    one_line(cs.OptionError, lambda: metrics.rank(resnet, xr, ["gradcam"], fill="gray"), "fill")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["gradcam", "gradcam"]), "twice")
+    one_line(cs.ConvscopeError, lambda: metrics.rank(resnet, xr, ["rank"]), "not an attribution|attribution methods")
     one_line(cs.ConvscopeError, lambda: metrics.random_map(resnet, xr, cells=0), "cells")
-    one_line(cs.ConvscopeError, lambda: metrics.sanity(resnet, xr, "gradcam", layers=0), "layers")
+    one_line(cs.OptionError, lambda: metrics.sanity(resnet, xr, "gradcam", layers=0), "layers")
     one_line(cs.LayerError, lambda: metrics.sanity(resnet, xr, "gradcam", layers=["layer5"]), "did you mean")
     one_line(cs.LayerError, lambda: metrics.sanity(resnet, xr, "gradcam", layers=["relu"]), "no parameters")
-    one_line(cs.ConvscopeError, lambda: metrics.sanity(resnet, xr, "gradcam", threshold=2), "threshold")
+    one_line(cs.OptionError, lambda: metrics.sanity(resnet, xr, "gradcam", threshold=2), "threshold")
     one_line(cs.ConvscopeError, lambda: metrics.sanity(resnet, xr, "nope"), "unknown method")
+    one_line(cs.ConvscopeError, lambda: metrics.sanity(resnet, xr, "gradcm"), "did you mean 'gradcam'")
 
 
 def _state(module: nn.Module) -> tuple:
@@ -250,30 +256,147 @@ def _state(module: nn.Module) -> tuple:
             sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in module.modules()))
 
 
+class Counting(nn.Module):
+    """``inner`` with a count of the forward calls: the work done, whatever calls it. The count is the class's,
+    so the deep copy the sanity check explains counts too."""
+
+    calls = 0
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Counting.calls += 1
+        return self.inner(x)
+
+
+def counting(model: cs.Model) -> cs.Model:
+    return cs.Model(Counting(copy.deepcopy(model.module)), input_size=model.input_size, mean=model.mean, std=model.std,
+                    labels=model.labels, name=model.name)
+
+
+def cancel_after(calls: int) -> tuple[list[int], object]:
+    """A progress callback that raises Cancelled at its ``calls``-th call, and the forwards counted then."""
+    seen: list[int] = []
+
+    def callback(done: int, total: int, what: str) -> None:
+        seen.append(done)
+        if len(seen) >= calls:
+            raise Cancelled("stopped by the user")
+
+    return seen, callback
+
+
 def test_progress_and_cancel(model_factory, batch_factory):
     model = model_factory("resnet18")
     x = batch_factory(model)
     before = _state(model.module)
     calls: list[tuple[int, int, str]] = []
-    metrics.compare(model, x, ["saliency"], steps=3, baseline_samples=1, progress=lambda *a: calls.append(a))
+    metrics.rank(model, x, ["saliency"], steps=3, baseline_samples=1, progress=lambda *a: calls.append(a))
     assert calls[-1][0] == calls[-1][1] == 2 * (1 + 2 * 2 * 2)  # 2 runs × (explain + 2 metrics × 2 points × 2 images)
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
     result = cs.gradcam(model, x)
-    seen: list[int] = []
-
-    def cancel(done: int, total: int, what: str) -> None:
-        seen.append(done)
-        if done >= 2:
-            raise Cancelled("stopped by the user")
-
-    for run in (lambda: metrics.deletion(model, x, result, steps=8, batch_size=1, progress=cancel),
-                lambda: metrics.compare(model, x, ["gradcam"], steps=8, progress=cancel),
-                lambda: metrics.sanity(model, x, "gradcam", progress=cancel)):
-        seen.clear()
+    counted = counting(model)
+    for run in (lambda progress: metrics.deletion(counted, x, result, steps=8, batch_size=1, progress=progress),
+                lambda progress: metrics.rank(counted, x, ["gradcam"], steps=8, batch_size=2, progress=progress),
+                lambda progress: metrics.sanity(counted, x, "gradcam", progress=progress)):
+        seen, callback = cancel_after(2)
+        Counting.calls = 0
         with pytest.raises(Cancelled):
-            run()
-        assert max(seen) >= 2
-        assert _state(model.module) == before
+            run(callback)
+        at_cancel = Counting.calls
+        assert len(seen) == 2 and at_cancel > 0
+        assert Counting.calls == at_cancel  # no work after the cancel
+    assert _state(model.module) == before
+
+
+def test_a_cancel_gets_through_a_long_method_inside(model_factory, batch_factory):
+    """Score-CAM inside rank and sanity: its per-channel progress reaches the caller, so a cancel stops it within
+    one of its batches instead of after all 512 channels."""
+    counted = counting(model_factory("resnet18"))
+    x = batch_factory(counted)[:1]
+    for run in (lambda progress: metrics.rank(counted, x, ["scorecam"], steps=2, options={"scorecam": {"batch_size": 8}},
+                                              progress=progress),
+                lambda progress: metrics.sanity(counted, x, "scorecam", layers=1, options={"batch_size": 8}, progress=progress)):
+        seen, callback = cancel_after(1)  # the first report comes from inside Score-CAM
+        Counting.calls = 0
+        with pytest.raises(Cancelled):
+            run(callback)
+        # set-up, layer trace, explaining and blank-picture forwards, one batch of 8 masked pictures: not 512 / 8 batches
+        assert Counting.calls <= 6
+        assert len(seen) == 1
+
+
+def test_methods_and_their_options_are_checked_before_any_work(model_factory, batch_factory):
+    counted = counting(model_factory("resnet18"))
+    x = batch_factory(counted)
+    bad = [
+        (lambda: metrics.rank(counted, x, ["gradcam", "saliency"], options={"saliency": {"abs": "sometimes"}}), "saliency"),
+        (lambda: metrics.rank(counted, x, ["scorecam"], options={"scorecam": {"top_channels": 0}}), "top_channels"),
+        (lambda: metrics.rank(counted, x, ["gradcam"], options={"gradcam": {"colour": 1}}), "no option 'colour'"),
+        (lambda: metrics.sanity(counted, x, "scorecam", options={"batch_size": 10**6}), "batch_size"),
+        (lambda: metrics.sanity(counted, x, "gradcam", options={"progress": False}), "progress"),
+    ]
+    Counting.calls = 0
+    for call, match in bad:
+        message = one_line(cs.ConvscopeError, call, match)
+        assert Counting.calls == 0, message
+
+
+def test_registered_as_trust_tools_with_costs():
+    rank, sanity = cs.registry.get("rank"), cs.registry.get("sanity")
+    assert rank.family == sanity.family == "trust" and cs.registry.get("trust") is rank
+    assert (rank.returns, sanity.returns) == ("ranking", "sanity") and rank.loops and sanity.loops
+    assert cs.metrics.rank is rank.fn and not hasattr(cs.metrics, "compare")
+    for tool in (rank, sanity):
+        assert tool.report is not None and tool.report.title and tool.report.note
+        for spec in tool.option_specs():
+            assert spec.help and "None" not in spec.help, (tool.name, spec.name)
+        tool.validate(tool.quick)
+    bounded = {s.name: (s.minimum, s.maximum) for s in rank.option_specs()}
+    assert bounded["steps"] == (1, 1024) and bounded["baseline_samples"] == (1, 64) and bounded["batch_size"][1] == 4096
+
+
+def test_costs_count_the_forwards(model_factory, batch_factory):
+    model = model_factory("resnet18")
+    x = batch_factory(model)  # 2 pictures at the model's size
+    gradcam = cs.registry.get("gradcam").cost_of(model, x).forwards
+    cost = cs.registry.get("rank").cost_of(model, x, ["gradcam"], steps=5, baseline_samples=2)
+    area = x.shape[-2] * x.shape[-1] / (model.input_size[0] * model.input_size[1])  # 64x64 pictures, 224x224 input
+    # gradcam, then (1 method + 2 random maps) x 2 curves x 4 points x 2 pictures, the two ends and the random maps' forwards
+    assert cost.forwards == pytest.approx(gradcam + (3 * 2 * 4 * 2 + (2 + 2) * 2) * area)
+    assert cs.registry.get("rank").cost_of(model, x, ["gradcam"], steps=5, metric="deletion").forwards < cost.forwards
+    with pytest.raises(cs.ConvscopeError, match="did you mean 'gradcam'"):
+        cs.registry.get("rank").cost_of(model, x, ["gradcm"])
+    sanity = cs.registry.get("sanity").cost_of(model, x, "gradcam", layers=["fc", "layer4", "layer3"])
+    assert sanity.forwards == pytest.approx(4 * gradcam) and sanity.memory > 0
+    every = cs.registry.get("sanity").cost_of(model, x, "gradcam").forwards
+    assert every == pytest.approx((len(metrics.layer_groups(model, (3, 64, 64))) + 1) * gradcam)
+    assert cs.registry.get("sanity").cost_of(model, x, "gradcam", layers=3).forwards == pytest.approx(5 * gradcam)
+    with cs.limits(max_forwards=10), pytest.raises(cs.CostError, match="rank would take about"):
+        metrics.rank(model, x, ["gradcam"])
+
+
+def test_results_know_their_kind_and_metrics_never_draw(model_factory, batch_factory):
+    import re
+    from pathlib import Path
+
+    import convscope.metrics as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):  # compute code never imports render, not even lazily
+        assert not re.search(r"^\s*(from|import)\s+\S*render", path.read_text(), re.MULTILINE), path.name
+    model = model_factory("resnet18")
+    x = batch_factory(model)
+    ranking = metrics.rank(model, x, ["gradcam"], steps=2, baseline_samples=1, progress=False)
+    report = metrics.sanity(model, x, "gradcam", layers=1, progress=False)
+    curve = ranking.curves["gradcam"]["deletion"]
+    for obj, kind in ((ranking, "ranking"), (curve, "curve"), (report, "sanity")):
+        assert obj.kind == kind and isinstance(obj, cs.result.Displayable)
+        assert cs.render.text(obj) == obj.table() and cs.render.caption(obj)
+        assert obj.records() and json.dumps(obj.records())
+    assert "<table" in ranking.to_html() and "random (baseline)" in ranking.to_html()
+    assert "PASSED" in cs.render.caption(report) or "FAILED" in cs.render.caption(report)
 
 
 # --- sanity check ------------------------------------------------------------------------------------------
@@ -348,14 +471,15 @@ def test_similarity_measures_match_scipy_and_skimage():
 
 # --- pictures ---------------------------------------------------------------------------------------------
 def test_figures_render(model_factory, batch_factory, tmp_path):
-    from convscope.render import figure_png
+    from PIL import Image
 
     model = model_factory("resnet18")
     x = batch_factory(model)
-    ranking = metrics.compare(model, x, ["gradcam"], steps=4, progress=False)
+    ranking = metrics.rank(model, x, ["gradcam", "saliency"], steps=4, progress=False)
     report = metrics.sanity(model, x, "gradcam", layers=2, progress=False)
-    for name, fig in (("curve", ranking.curves["gradcam"]["deletion"].figure()), ("ranking", ranking.figure()),
-                      ("sanity", report.figure(1))):
-        png = figure_png(fig)
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        (tmp_path / f"{name}.png").write_bytes(png)
+    written = [ranking.curves["gradcam"]["deletion"].save(tmp_path / "curve.png"), ranking.save(tmp_path / "ranking.png"),
+               report.save(tmp_path / "sanity.png", index=1), ranking.save(tmp_path / "ranking.html")]
+    for path in written[:3]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(path).size[0] > 300
+    assert len(ranking.figure().axes) == 2  # one panel per metric
+    assert "<table" in written[3].read_text()

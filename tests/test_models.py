@@ -155,3 +155,18 @@ def test_inputs_are_validated() -> None:
     for bad, words in cases:
         with pytest.raises(cs.InputError, match=words):
             cs.gradcam(model, bad)
+
+
+def test_predict_tool_is_a_table_of_the_top_classes() -> None:
+    model = cs.load_model("efficientnet_lite0")
+    x = model.preprocess([cs.sample_image("cat"), cs.sample_image("coffee")])
+    table = cs.features.predict(model, x, k=3)
+    assert isinstance(table, cs.Table) and table.kind == "table"
+    assert table.answers == model.predict(x, k=3)
+    assert table.columns == ("picture", "rank", "class", "label", "probability") and len(table.rows) == 6
+    assert table.rows[3][:4] == (1, 1, 967, "espresso")
+    assert "espresso" in table and "<td>espresso</td>" in table.to_html()
+    assert cs.registry.get("predict").cost_of(model, x).forwards == 2
+    with pytest.raises(cs.OptionError, match=r"k=0 is out of range; allowed: 1 ≤ value ≤ 1,000"):
+        cs.features.predict(model, x, k=0)
+    assert len(cs.features.predict(model, x[:1], k=1000).rows) == 1000

@@ -8,6 +8,8 @@ probability of the class; an independent forward on the returned pictures; state
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import test_state
@@ -241,12 +243,34 @@ def test_class_image_of_lite0_reaches_high_probability(lite0):
     torch.testing.assert_close(probs[[0, 1], [281, 948]], result.meta["probability"], atol=1e-4, rtol=1e-4)
 
 
+def double_precision(model: cs.Model) -> cs.Model:
+    """A float64 copy of ``model`` (same weights, normalization and size)."""
+    return cs.Model(copy.deepcopy(model.module).double(), input_size=model.input_size, mean=model.mean, std=model.std,
+                    name=f"{model.name}-f64")
+
+
 def test_chunks_of_the_batch_give_the_same_pictures(tiny, assert_close):
+    """Chunking is exact maths: the gradients of different pictures are independent, and the transforms run on the
+    whole batch before it is split. What is not exact is float32 rounding: CPU kernels differ between batch sizes
+    (~1e-7), and Adam's normalized step g / (|g| + 1e-8) turns a rounding-level difference in a near-zero gradient
+    into a step of lr, so float32 pictures of chunked and whole runs drift apart over many steps (up to ~4e-4 after
+    60 steps here). So this asserts what the maths guarantees:
+    1. a run with a fixed batch_size is deterministic, to the bit;
+    2. the first step (same start picture, same transforms) agrees to float32 rounding;
+    3. in float64 the rounding (~1e-16 of the gradient's scale) stays far below Adam's eps and cannot be
+       amplified: chunked and whole runs give the same pictures after many steps."""
     objective = obj.channel("4", [1, 5, 9]) - 0.1 * obj.total_variation()  # reads a layer and the picture
     whole = features.maximize(tiny, objective, batch_size=3, **QUICK)
     chunked = features.maximize(tiny, objective, batch_size=1, **QUICK)
-    assert_close(chunked.data, whole.data, rtol=1e-4, atol=1e-4)
-    assert_close(chunked.meta["values"], whole.meta["values"], rtol=1e-4, atol=1e-4)
+    again = features.maximize(tiny, objective, batch_size=1, **QUICK)
+    assert torch.equal(chunked.data, again.data) and torch.equal(chunked.meta["history"], again.meta["history"])
+    assert_close(chunked.meta["history"][:, 0], whole.meta["history"][:, 0], rtol=1e-4, atol=1e-5)
+    tiny64 = double_precision(tiny)
+    whole64 = features.maximize(tiny64, objective, batch_size=3, steps=20, progress=False)
+    chunked64 = features.maximize(tiny64, objective, batch_size=1, steps=20, progress=False)
+    assert whole64.data.dtype == torch.float32  # results are float32 whatever the model computes in
+    torch.testing.assert_close(chunked64.data, whole64.data, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked64.meta["values"], whole64.meta["values"], rtol=1e-6, atol=1e-9)
     coupled = features.maximize(tiny, obj.channel("4", 1) + obj.diversity("4"), batch=3, batch_size=1, **QUICK)
     assert coupled.data.shape == (3, 3, 32, 32)  # diversity needs the whole batch: no chunks
 
@@ -326,11 +350,17 @@ def test_one_channel_28x28_model():
     ("4:1:99:0", {}, cs.LayerError, "outside layer '4'"),
     ("logit:10", {}, cs.LayerError, "class 10 is out of range"),
     ("4:1-3", {"batch": 2}, cs.ConvscopeError, "batch=2"),
-    ("4:1", {"steps": 0}, cs.ConvscopeError, "steps must be"),
-    ("4:1", {"param": "wavelet"}, cs.ConvscopeError, "unknown param"),
-    ("4:1", {"precision": "fp8"}, cs.ConvscopeError, "unknown precision"),
-    ("4:1", {"transforms": "wobble"}, cs.ConvscopeError, "transforms must be"),
-    ("4:1", {"size": 4}, cs.InputError, "too small"),
+    ("4:1", {"steps": 0}, cs.OptionError, r"option steps=0 is out of range; allowed: 1 ≤ value ≤ 4,096"),
+    ("4:1", {"steps": 100_000}, cs.OptionError, r"steps=100000 is out of range"),
+    ("4:1", {"param": "wavelet"}, cs.OptionError, "param='wavelet' is not one of 'fft', 'pixel'"),
+    ("4:1", {"precision": "fp8"}, cs.OptionError, "precision='fp8' is not one of 'fp32', 'bf16'"),
+    ("4:1", {"transforms": "wobble"}, cs.OptionError, "transforms='wobble' is not one of 'default', 'lucid', 'none'"),
+    ("4:1", {"size": 4}, cs.OptionError, "size=4 is out of range; allowed: 8 ≤ value ≤ 2,048"),
+    ("4:1", {"lr": 0}, cs.OptionError, "lr=0 is out of range"),
+    ("4:1", {"batch_size": 0}, cs.OptionError, "batch_size=0 is out of range"),
+    ("4:1", {"stpes": 3}, cs.OptionError, "did you mean 'steps'"),
+    ("3", {"layer": "9"}, cs.LayerError, "unknown layer '9'"),
+    ("4:1", {"layer": "2"}, cs.LayerError, "names its own layers; drop layer='2'"),
     (obj.Objective(lambda ev: 1.0, "constant"), {}, cs.ConvscopeError, "does not depend on the picture"),
 ])
 def test_errors_are_one_line_and_leave_the_model_untouched(tiny, objective, options, error, match):
@@ -393,3 +423,116 @@ def test_fixed_size_head_models_optimize_at_any_size_up_to_a_layer():
         cs.class_image(model, 1, steps=2, size=64, progress=False)
     assert "\n" not in str(caught.value)
     assert_unchanged(before, net)
+
+
+# -- registered tools: costs, progress and cancellation, pictures ------------------------------------
+def test_readme_example_is_refused_with_its_estimate(lite0):
+    """64 channels x 256 steps at 224x224 took about 80 minutes on 2 cores: the default cap refuses it, saying why."""
+    objective = cs.objectives.channels("_blocks.8._expand_conv", range(64))
+    with pytest.raises(cs.CostError, match=r"about 49,216 forward passes \(64 pictures x 256 steps at 224x224") as info:
+        cs.maximize(lite0, objective)
+    assert "over the limit of 20,000" in str(info.value) and "\n" not in str(info.value)
+    tool = cs.registry.get("maximize")
+    assert tool.cost_of(lite0, objective, steps=64).forwards == 64 * (3 * 64 + 1)
+    assert tool.cost_of(lite0, "0-15", size=112).forwards == 16 * (3 * 256 + 1) / 4  # area counts
+    assert cs.registry.get("class_image").cost_of(lite0, [1, 2, 3]).forwards == 3 * (3 * 256 + 1)
+    with cs.limits(max_forwards=10):
+        with pytest.raises(cs.CostError, match="class_image would take about 769 forward passes"):
+            cs.class_image(lite0, 1)
+        with pytest.raises(cs.CostError, match="dream would take about"):
+            cs.dream(lite0, cs.sample_image("cat"))
+
+
+def test_memory_estimates_refuse_what_the_machine_cannot_hold(tiny):
+    tool = cs.registry.get("maximize")
+    small, large = tool.cost_of(tiny, "4:0", size=32, steps=1).memory, tool.cost_of(tiny, "4:0", size=512, steps=1).memory
+    assert 200 < large / small < 300  # 256 times the area (the head takes 32x32 only: traced there, scaled by area)
+    with cs.limits(max_memory=large // 2, max_forwards=float("inf")):
+        with pytest.raises(cs.CostError, match=r"maximize would need about .* GiB of memory .* more than the .* allowed"):
+            cs.maximize(tiny, "4:0", size=512, steps=1)
+        cs.maximize(tiny, "4:0", size=32, steps=1, progress=False)
+
+
+def counting(model: cs.Model):
+    """A forward pre-hook counting the model's forwards after ``state["cancelled"]`` is set; -> (state, handle)."""
+    state = {"cancelled": False, "after": 0, "events": []}
+
+    def hook(module, args):
+        if state["cancelled"]:
+            state["after"] += 1
+
+    return state, model.module.register_forward_pre_hook(hook)
+
+
+def cancel_at(state: dict, unit: int):
+    def callback(done: int, total: int, what: str) -> None:
+        state["events"].append((done, total, what))
+        if done >= unit:
+            state["cancelled"] = True
+            raise Cancelled("stopped by the test")
+
+    return callback
+
+
+@pytest.mark.parametrize("call, unit, expected", [
+    (lambda m, p: features.maximize(m, "4:1", steps=50, progress=p), 3, (3, 50, "maximize")),
+    (lambda m, p: features.maximize(m, "4:0-3", steps=50, batch_size=1, progress=p), 5, (5, 200, "maximize")),  # per chunk
+    (lambda m, p: features.class_image(m, [1, 2], steps=50, progress=p), 2, (2, 50, "class_image")),
+    (lambda m, p: features.dream(m, torch.rand(1, 3, 32, 32), "2", octaves=1, steps=50, progress=p), 4, (4, 50, "dream")),
+])
+def test_cancel_stops_before_the_next_step(tiny, call, unit, expected):
+    """Progress comes once per step (per chunk of a step when the batch is chunked); raising Cancelled from the
+    callback stops the job: no forward runs after it, and the model is restored."""
+    before = snapshot(tiny.module)
+    state, handle = counting(tiny)
+    try:
+        with pytest.raises(Cancelled):
+            call(tiny, cancel_at(state, unit))
+    finally:
+        handle.remove()
+    assert state["events"][-1] == expected and [e[0] for e in state["events"]] == list(range(1, unit + 1))
+    assert state["after"] == 0
+    assert_unchanged(before, tiny.module)
+
+
+def test_saved_picture_is_the_picture_itself(tiny, tmp_path):
+    from PIL import Image
+
+    from convscope.images import to_uint8
+
+    one = features.maximize(tiny, "4:3", **QUICK)
+    assert one.kind == "picture"
+    np.testing.assert_array_equal(np.asarray(Image.open(one.save(tmp_path / "one.png"))), to_uint8(one.data)[0])
+    grid = features.maximize(tiny, "4:0-3", **QUICK)
+    assert np.asarray(Image.open(grid.save(tmp_path / "grid.png"))).shape[0] > 32  # a batch: the titled grid
+    np.testing.assert_array_equal(np.asarray(Image.open(grid.save(tmp_path / "two.png", index=2))), to_uint8(grid.data)[2])
+    dreamed = features.dream(tiny, torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), "2", steps=2,
+                             octaves=1, progress=False)
+    np.testing.assert_array_equal(np.asarray(Image.open(dreamed.save(tmp_path / "dream.png"))), to_uint8(dreamed.data)[0])
+    assert "dream" in cs.render.text(dreamed) and "ch 0: " in cs.render.text(grid)
+    assert cs.render.figure(dreamed).axes[0].get_title() == "photo"  # the figure: before and after
+    one.save(tmp_path / "one.pdf")
+    assert (tmp_path / "one.pdf").stat().st_size > 0
+
+
+def test_channels_only_objectives_read_the_chosen_or_default_layer(lite0):
+    default = features.default_dream_layer(lite0).label
+    result = features.maximize(lite0, "0-1", size=48, **QUICK)
+    assert result.layer == default and result.meta["objective"] == f"channel({default!r}, [0, 1])"
+    chosen = features.maximize(lite0, "5", layer="_blocks.2._project_conv", size=48, **QUICK)
+    assert chosen.layer == "_blocks.2._project_conv" and chosen.meta["targets"] == [5]
+    same = features.maximize(lite0, "_blocks.2._project_conv:5", layer="_blocks.2._project_conv", size=48, **QUICK)
+    assert torch.equal(same.data, chosen.data)
+    spot = features.dream(lite0, torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)), "_blocks.2",
+                          objective="3", octaves=1, steps=2, progress=False)
+    assert spot.meta["objective"] == "channel('_blocks.2', 3)"
+
+
+def test_double_precision_models_optimize_in_float64(tiny):
+    tiny64 = double_precision(tiny)
+    result = features.maximize(tiny64, "4:0-1", **QUICK)
+    expected = features.maximize(tiny, "4:0-1", **QUICK)
+    torch.testing.assert_close(result.meta["history"][:, 0], expected.meta["history"][:, 0], rtol=1e-4, atol=1e-6)
+    assert result.data.dtype == torch.float32 and features.class_image(tiny64, 3, **QUICK).meta["probability"].shape == (1,)
+    dreamed = features.dream(tiny64, torch.rand(1, 3, 32, 32, dtype=torch.float64), "2", octaves=1, steps=2, progress=False)
+    assert dreamed.data.dtype == torch.float32 and dreamed.data.shape == (1, 3, 32, 32)

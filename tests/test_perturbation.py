@@ -1,17 +1,18 @@
 """Perturbation methods (occlusion, RISE, superpixels): Captum as an oracle for occlusion, models whose
 answer is known analytically (a net that reads one patch, a linear model), determinism, batching,
-progress and cancellation, bf16, and a real picture on EfficientNet-Lite0."""
+progress and cancellation, options checked before any work, cost estimates and the limits that refuse
+absurd calls, bf16, and a real picture on EfficientNet-Lite0."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_state import assert_unchanged, snapshot
+from test_state import assert_unchanged, counting_forwards, snapshot
 from torch import nn
 
 import convscope as cs
-from convscope import engine
+from convscope import engine, registry
 from convscope.attribution import masked_image, occlusion, occlusion_mask, rise, superpixels
 from convscope.progress import Cancelled
 
@@ -221,53 +222,69 @@ def test_progress_reports_every_perturbed_image(small_net, name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_cancelling_stops_the_job_and_leaves_the_model_intact(small_net, name):
+    """The callback raises Cancelled at its first report, after the clean forward (2 rows) and one batch of 4:
+    no forward runs after it, and the model (in train mode, to see it put back) is untouched."""
     method, options = ALL[name]
     net = small_net
     net.train()
     x = noise()
     before = snapshot(net, x)
-    calls = []
-
-    def cancel(done: int, total: int, what: str) -> None:
-        calls.append(done)
-        raise Cancelled("stopped by the user")
-
+    calls: list[tuple[int, int]] = []
     try:
-        with pytest.raises(Cancelled):
-            method(net, x, batch_size=4, progress=cancel, **options)
-        assert calls == [4]
+        with counting_forwards(net) as seen:
+            def cancel(done: int, total: int, what: str) -> None:
+                calls.append((done, seen.rows))
+                raise Cancelled("stopped by the user")
+
+            with pytest.raises(Cancelled):
+                method(net, x, batch_size=4, progress=cancel, **options)
+        assert calls == [(4, 2 + 4)]
+        assert seen.rows == 2 + 4  # nothing after the cancel
         assert_unchanged(before, net, x)
     finally:
         net.eval()
 
 
 # --- options and helpers ---------------------------------------------------------------------------
-BAD_OPTIONS = (
-    (occlusion, {"window": 40}, "larger than the 32x32"),
-    (occlusion, {"window": 0}, "window must be positive"),
-    (occlusion, {"stride": 0}, "stride must be positive"),
-    (occlusion, {"window": 2.5}, "neither whole pixels"),
-    (occlusion, {"fill": "grey"}, "unknown fill"),
-    (occlusion, {"fill": float("nan")}, "finite"),
-    (occlusion, {"score": "softmax"}, "unknown score"),
-    (occlusion, {"batch_size": 0}, "batch_size"),
-    (occlusion, {"layer": "0"}, "takes no layer"),
-    (occlusion, {"precision": "fp16"}, "precision"),
-    (rise, {"masks": 0}, "masks must be an int >= 1"),
-    (rise, {"cells": 40}, "cells=40"),
-    (rise, {"p": 0.0}, "0 < p <= 1"),
-    (superpixels, {"samples": 1}, "samples must be an int >= 2"),
-    (superpixels, {"segments": 0}, "segments"),
-    (superpixels, {"kernel_width": 0}, "kernel_width must be a positive"),
+BAD_OPTIONS = (  # (method, options, the error's type and words); every one is refused before the model runs
+    (occlusion, {"window": 40}, cs.OptionError, "window 40x40 is larger than the 32x32 picture"),
+    (occlusion, {"window": 0}, cs.OptionError, r"option window=0 is out of range; allowed: 0 < value ≤ 4,096"),
+    (occlusion, {"window": 5000}, cs.OptionError, "option window=5000 is out of range"),
+    (occlusion, {"window": (8, 0)}, cs.OptionError, r"option window\[1\]=0 is out of range"),
+    (occlusion, {"stride": 0}, cs.OptionError, "option stride=0 is out of range"),
+    (occlusion, {"window": 2.5}, cs.OptionError, "neither whole pixels"),
+    (occlusion, {"windw": 8}, cs.OptionError, "did you mean 'window'"),
+    (occlusion, {"fill": "grey"}, cs.OptionError, "option fill='grey' is not one of 'mean', 'blur'"),
+    (occlusion, {"fill": float("nan")}, cs.OptionError, "fill"),
+    (occlusion, {"fill": torch.zeros(3, 8, 8)}, cs.OptionError, r"fill shape \(3, 8, 8\) does not fit x"),
+    (occlusion, {"score": "softmax"}, cs.OptionError, "option score='softmax' is not one of 'probability', 'logit'"),
+    (occlusion, {"batch_size": 0}, cs.OptionError, "option batch_size=0 is out of range"),
+    (occlusion, {"batch_size": 5000}, cs.OptionError, r"option batch_size=5000 is out of range; allowed: 1 ≤ value ≤ 4,096"),
+    (occlusion, {"layer": "0"}, cs.LayerError, "takes no layer"),
+    (occlusion, {"precision": "fp16"}, cs.OptionError, "option precision='fp16' is not one of"),
+    (rise, {"masks": 0}, cs.OptionError, r"option masks=0 is out of range; allowed: 1 ≤ value ≤ 100,000"),
+    (rise, {"masks": 100_001}, cs.OptionError, "option masks=100001 is out of range"),
+    (rise, {"masks": True}, cs.OptionError, "bool"),
+    (rise, {"cells": 40}, cs.OptionError, "cells=40 is more than the 32x32 picture's side"),
+    (rise, {"cells": 0}, cs.OptionError, "option cells=0 is out of range"),
+    (rise, {"p": 0.0}, cs.OptionError, r"option p=0.0 is out of range; allowed: 0 < value ≤ 1"),
+    (rise, {"p": 1.5}, cs.OptionError, "option p=1.5 is out of range"),
+    (rise, {"seed": -1}, cs.OptionError, "option seed=-1 is out of range"),
+    (superpixels, {"samples": 1}, cs.OptionError, r"option samples=1 is out of range; allowed: 2 ≤ value ≤ 100,000"),
+    (superpixels, {"segments": 0}, cs.OptionError, "option segments=0 is out of range"),
+    (superpixels, {"segments": 10_000}, cs.OptionError, "option segments=10000 is out of range"),
+    (superpixels, {"kernel_width": 0}, cs.OptionError, "option kernel_width=0 is out of range"),
+    (superpixels, {"ridge": -1.0}, cs.OptionError, "option ridge=-1.0 is out of range"),
 )
 
 
-@pytest.mark.parametrize("method, options, match", BAD_OPTIONS,
-                         ids=[f"{m.__name__}-{next(iter(o))}={next(iter(o.values()))}" for m, o, _ in BAD_OPTIONS])
-def test_bad_options_raise_one_line_errors(small_net, method, options, match):
-    with pytest.raises(cs.ConvscopeError, match=match) as info:
+@pytest.mark.parametrize("method, options, error, match", BAD_OPTIONS,
+                         ids=[f"{m.__name__}-{next(iter(o))}={next(iter(o.values()))!r}"[:60] for m, o, _, _ in BAD_OPTIONS])
+def test_bad_options_raise_one_line_errors_before_any_work(small_net, method, options, error, match):
+    with counting_forwards(small_net) as seen, pytest.raises(error, match=match) as info:
         method(small_net, noise(), progress=False, **options)
     assert "\n" not in str(info.value)
+    assert seen.calls == 0
 
 
 def test_default_window_is_a_seventh_of_the_side(small_net):
@@ -301,6 +318,96 @@ def test_automatic_batch_size_fits_the_memory_budget(small_net, monkeypatch):
     monkeypatch.setattr(engine, "memory_budget", lambda device: 3 * per_row)
     assert engine.perturbation_rows(small_net, x) == 3
     assert engine.perturbation_rows(small_net, x, 40) == 40
+
+
+# --- tensor fills -------------------------------------------------------------------------------------
+def test_a_tensor_fill_is_the_picture_shown_where_parts_are_hidden(small_net, assert_close):
+    """From Python, fill may be a picture (C, H, W) or (B, C, H, W): a flat one is the number, a blurred copy is "blur"."""
+    x = noise()
+    for method, options in ALL.values():
+        assert_close(method(small_net, x, fill=torch.full((3, 32, 32), 0.3), progress=False, **options).data,
+                     method(small_net, x, fill=0.3, progress=False, **options).data)
+    blurred = engine.gaussian_blur(x, 32 / 20)
+    assert_close(occlusion(small_net, x, fill=blurred, window=8, stride=4, progress=False).data,
+                 occlusion(small_net, x, fill="blur", window=8, stride=4, progress=False).data)
+
+
+# --- cost: estimated before any work, refused over the limits --------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_the_estimate_is_the_forwards_that_run(small_net, name):
+    """Forward passes of one picture at the model's input size (224x224 for a bare module): the clean forward and
+    one per perturbed picture, each 32x32 picture counting by its area."""
+    method, options = ALL[name]
+    x = noise()
+    cost = registry.get(name).cost_of(small_net, x, **options)
+    with counting_forwards(small_net) as seen:
+        method(small_net, x, batch_size=5, progress=False, **options)
+    assert cost.forwards == pytest.approx(seen.rows * 32 * 32 / 224**2)
+
+
+def test_a_raised_limit_lets_a_refused_call_run(small_net):
+    x = noise()
+    cost = registry.get("occlusion").cost_of(small_net, x, window=8, stride=4)
+    with cs.limits(max_forwards=cost.forwards / 2), counting_forwards(small_net) as seen, pytest.raises(cs.CostError):
+        occlusion(small_net, x, window=8, stride=4, progress=False)
+    assert seen.calls == 0
+    with cs.limits(max_forwards=cost.forwards):
+        assert occlusion(small_net, x, window=8, stride=4, progress=False).data.shape == (2, 1, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def eight_pictures(lite0) -> torch.Tensor:
+    """(8, 3, 224, 224): four photos twice."""
+    return lite0.preprocess([cs.sample_image(name) for name in ("cat", "coffee", "rocket", "astronaut")] * 2)
+
+
+def test_occlusion_with_a_small_window_on_eight_pictures_is_refused_before_any_work(lite0, eight_pictures):
+    """window=8 at 224x224 (stride 4): 55 x 55 = 3,025 windows a picture, 24,208 forwards for eight — hours on a
+    laptop CPU. Refused with the estimate before the model runs; a raised limit lets it start (and a cancel
+    at the first report stops it after one batch)."""
+    with counting_forwards(lite0.module) as seen, pytest.raises(cs.CostError) as info:
+        cs.occlusion(lite0, eight_pictures, window=8)
+    message = str(info.value)
+    assert seen.calls == 0 and "\n" not in message
+    assert "occlusion would take about 24,208 forward passes (3,025 windows of 8x8 per picture)" in message
+    assert "over the limit of 20,000" in message and "cs.limits(max_forwards=...)" in message
+    reports: list[tuple[int, int]] = []
+
+    def stop(done: int, total: int, what: str) -> None:
+        reports.append((done, total))
+        raise Cancelled("enough")
+
+    cs.layers(lite0, input_size=(3, 224, 224))  # the cached layer trace (memory per row) is not the call's work
+    with cs.limits(max_forwards=25_000), counting_forwards(lite0.module) as seen, pytest.raises(Cancelled):
+        cs.occlusion(lite0, eight_pictures, window=8, batch_size=8, progress=stop)
+    assert reports == [(8, 8 * 3025)] and seen.rows == 8 + 8  # the clean forward, one batch, nothing after
+
+
+def test_rise_with_100_000_masks_on_eight_pictures_is_refused_before_any_work(lite0, eight_pictures):
+    with counting_forwards(lite0.module) as seen, pytest.raises(cs.CostError) as info:
+        cs.rise(lite0, eight_pictures, masks=100_000)
+    assert seen.calls == 0 and "\n" not in str(info.value)
+    assert "rise would take about 800,008 forward passes (100,000 masks of 7x7 cells per picture)" in str(info.value)
+    with cs.limits(max_forwards=1_000_000):
+        assert registry.get("rise").plan(lite0, eight_pictures, masks=100_000).cost.forwards == 800_008
+
+
+MEMORY_HOGS = {  # options whose memory, not forwards, is the problem (1 picture of 224x224)
+    "rise-mask-bank": ("rise", {"masks": 20_000, "cells": 224}),  # 20,000 grids of 224x224 floats, drawn and kept: 7.5 GiB
+    "superpixels-design": ("superpixels", {"samples": 100_000, "segments": 4096}),  # 100,000 x 4,096 float64, 4 copies
+    "occlusion-batch": ("occlusion", {"batch_size": 4096}),  # 169 windows in one batch of Lite0 activations
+}
+
+
+@pytest.mark.parametrize("case", MEMORY_HOGS)
+def test_memory_estimates_refuse_what_would_not_fit(lite0, cat_x, case):
+    """With the forward limit off, the memory limit still refuses (here 1 GiB, by default the machine's memory)."""
+    name, options = MEMORY_HOGS[case]
+    cs.layers(lite0, input_size=tuple(cat_x.shape[1:]))  # the cached layer trace is not the call's work
+    with cs.limits(max_forwards=float("inf"), max_memory=2**30), counting_forwards(lite0.module) as seen, \
+            pytest.raises(cs.CostError, match=rf"^{name} would need about [0-9.,]+ GiB of memory .* more than the 1.0 GiB allowed"):
+        registry.get(name).fn(lite0, cat_x, **options)
+    assert seen.calls == 0
 
 
 # --- EfficientNet-Lite0 --------------------------------------------------------------------------

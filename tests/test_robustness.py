@@ -1,5 +1,6 @@
 """Robustness sweep: identities, rotation equivariance, monotone damage, determinism, batch size, 1-channel
-and odd-sized models, custom perturbations, errors, model safety, pictures."""
+and odd-sized models, custom perturbations, errors, model safety, pictures; the registered tool (typed options,
+cost, the method's options checked before any work, cancellation)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 import convscope as cs
 from convscope.metrics.robustness import PERTURBATIONS, Perturbation, rotate
+from convscope.progress import Cancelled
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +151,11 @@ def test_errors_are_one_line(lite0: cs.Model) -> None:
         (dict(image=cat, method="gradcm"), "gradcam"),
         (dict(image=cat, target=1000), "out of range"),
         (dict(image=cat, batch_size=0), "batch_size"),
+        (dict(image=cat, batch_size=10**6), "1 ≤ value ≤ 4,096"),
+        (dict(image=cat, seed=-1), "seed"),
+        (dict(image=cat, method="rank"), "attribution methods"),
+        (dict(image=cat, method="scorecam", top_channels=0), "top_channels"),
+        (dict(image=cat, colour=2), "gradcam has no option 'colour'"),
     ]
     for options, match in cases:
         with pytest.raises(cs.ConvscopeError, match=match) as caught:
@@ -174,6 +181,66 @@ def test_model_and_input_untouched(lite0: cs.Model) -> None:
     assert_unchanged(before, lite0.module, x)
 
 
+class Counting(nn.Module):
+    """A model's module with a count of its forward calls: the work done."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_cancel_stops_the_work_and_bad_options_start_none() -> None:
+    """A cancel raised by the progress callback stops the sweep (no forward after it), also from inside a method
+    that loops (Score-CAM); the method's options are checked before any forward."""
+    digits = cs.load_model("digits_cnn")
+    counted = cs.Model(Counting(digits.module), input_size=digits.input_size, mean=digits.mean, std=digits.std,
+                       labels=digits.labels, name="digits")
+    picture = cs.sample_image("coffee")
+    for method, extra in (("gradcam", {}), ("scorecam", {"top_channels": 8})):
+        at_cancel: list[int] = []
+
+        def cancel(done: int, total: int, what: str, at_cancel: list[int] = at_cancel) -> None:
+            if done >= 1 or at_cancel:  # the second report (Score-CAM's first comes from inside it, at done = 0)
+                at_cancel.append(counted.module.calls)
+                raise Cancelled("stopped")
+            at_cancel.append(-1)
+
+        counted.module.calls = 0
+        with pytest.raises(Cancelled):
+            cs.robustness(counted, picture, perturbations={"blur": [1, 2, 4, 8]}, batch_size=1, method=method,
+                          progress=cancel, **extra)
+        assert counted.module.calls == at_cancel[-1], method  # nothing ran after the cancel
+        assert 0 < at_cancel[-1] <= 6, method  # far from the whole sweep
+    counted.module.calls = 0
+    with pytest.raises(cs.OptionError, match="scorecam: option top_channels=0"):
+        cs.robustness(counted, picture, method="scorecam", top_channels=0, progress=False)
+    with pytest.raises(cs.ConvscopeError, match="did you mean 'gradcam'"):
+        cs.robustness(counted, picture, method="gradcm", progress=False)
+    assert counted.module.calls == 0
+
+
+def test_registered_with_its_cost(lite0: cs.Model) -> None:
+    tool = cs.registry.get("robustness")
+    assert (tool.family, tool.takes, tool.returns, tool.inputs) == ("workflow", "image", "robustness", ("model", "image"))
+    assert cs.robustness is tool.fn and tool.loops and tool.report is not None and tool.report.note
+    specs = {spec.name: spec for spec in tool.option_specs()}
+    assert set(specs) == {"perturbations", "method", "batch_size", "seed"} and all(s.help for s in specs.values())
+    gradcam = cs.registry.get("gradcam").cost_of(lite0, torch.zeros(1, 3, 224, 224)).forwards
+    everything = sum(len(p.strengths) for p in PERTURBATIONS.values())
+    cat = cs.sample_image("cat")
+    assert tool.cost_of(lite0, cat).forwards == pytest.approx((everything + 1) * gradcam)
+    assert tool.cost_of(lite0, cat, perturbations={"blur": [1, 2], "noise": None}).forwards == pytest.approx(7 * gradcam)
+    assert tool.cost_of(lite0, cat, **tool.quick).forwards < tool.cost_of(lite0, cat).forwards
+    with pytest.raises(cs.InputError, match="did you mean 'shadow'"):
+        tool.cost_of(lite0, cat, perturbations="shadw")
+    with cs.limits(max_forwards=20), pytest.raises(cs.CostError, match=r"robustness would take about \d+ forward passes"):
+        cs.robustness(lite0, cat)
+
+
 def test_a_preprocessed_tensor_gives_the_same_sweep(lite0: cs.Model) -> None:
     picture = cs.sample_image("coffee")
     kinds = {"contrast": [0.5]}
@@ -185,14 +252,19 @@ def test_a_preprocessed_tensor_gives_the_same_sweep(lite0: cs.Model) -> None:
 
 
 def test_pictures(sweep, tmp_path) -> None:
-    from convscope.render import figure_png
-    from convscope.render.robustness import robustness_curves, robustness_figure
+    from convscope.render.robustness import robustness_figure
 
-    (tmp_path / "grid.png").write_bytes(figure_png(sweep.figure()))
-    (tmp_path / "scaled.png").write_bytes(figure_png(robustness_figure(sweep, scale="original", peaks=False)))
-    (tmp_path / "curves.png").write_bytes(figure_png(robustness_curves(sweep)))
+    assert sweep.kind == "robustness" and isinstance(sweep, cs.result.Displayable)
+    sweep.save(tmp_path / "grid.png")
+    sweep.save(tmp_path / "scaled.png", scale="original", peaks=False)
+    sweep.save(tmp_path / "curves.png", view="curves")
     width, height = Image.open(tmp_path / "grid.png").size
     assert height > width > 600  # 8 perturbations down, the strengths across
     assert Image.open(tmp_path / "curves.png").size[0] > 400
     with pytest.raises(ValueError, match="scale"):
         robustness_figure(sweep, scale="log")
+    with pytest.raises(ValueError, match="view"):
+        sweep.figure(view="table")
+    assert cs.render.text(sweep) == sweep.table() and "costliest" in cs.render.caption(sweep)
+    page = sweep.to_html()
+    assert page.count("<img") == 2 and "<table" in page and "peak moved" in page

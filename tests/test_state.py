@@ -13,6 +13,7 @@ import gc
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from threading import Barrier
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 
 import convscope as cs
 from conftest import registered_methods
+from convscope.progress import Cancelled
 
 LITE0 = "efficientnet_lite0"
 ARCHS = ("resnet18", "densenet121", "mobilenet_v2", "vgg11", LITE0)
@@ -35,6 +37,42 @@ SHARED_LAYER = {"resnet18": "layer1.0.relu", LITE0: "_swish"}
 
 def method_id(method: Any) -> str:
     return method.name
+
+
+def takes_layer(method: Any) -> bool:
+    """Whether a method explains a layer (gradient and perturbation methods declare ``layer: None``: they take none)."""
+    import inspect
+
+    param = inspect.signature(method.impl).parameters.get("layer")
+    return param is not None and param.annotation not in (None, "None")
+
+
+@dataclass
+class Forwards:
+    """What a model was run on: ``calls`` forwards, ``rows`` pictures in all, ``graph_rows`` of them with a graph
+    kept for a backward (their input requires grad)."""
+
+    calls: int = 0
+    rows: int = 0
+    graph_rows: int = 0
+
+
+@contextmanager
+def counting_forwards(module: nn.Module) -> Iterator[Forwards]:
+    """Count ``module``'s forwards while the block runs (a plain forward pre-hook, removed after)."""
+    seen = Forwards()
+
+    def count(module: nn.Module, args: tuple[Any, ...]) -> None:
+        rows = int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 1
+        seen.calls += 1
+        seen.rows += rows
+        seen.graph_rows += rows if torch.is_grad_enabled() and args[0].requires_grad else 0
+
+    handle = module.register_forward_pre_hook(count)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 # --- snapshot ----------------------------------------------------------------------------------
@@ -230,7 +268,7 @@ class Scenario:
     archs: tuple[str, ...] = ARCHS
 
     def applies(self, arch: str, method: Any) -> bool:
-        return arch in self.archs and (method.uses_layer or not self.needs_layer)
+        return arch in self.archs and (takes_layer(method) or not self.needs_layer)
 
 
 SCENARIOS = (
@@ -384,7 +422,7 @@ def _inplace_cases() -> Iterator[Any]:
         for method in METHODS:
             # cam reads only the map right before global pooling: VGG has none, and other layers are refused
             usable = method.name != "cam" or (arch != "vgg11" and layer is None)
-            if (layer is None or method.uses_layer) and usable:
+            if (layer is None or takes_layer(method)) and usable:
                 yield pytest.param(arch, layer, method, id=f"{arch}-{layer or 'default'}-{method.name}")
 
 
@@ -503,3 +541,32 @@ def test_shared_relu_must_be_named_per_call(borrow, batch_factory, assert_close)
     # The block's second relu is the block's, and layer4's, output.
     assert_close(second.data, cs.gradcam(model, x, layer="layer4").data)
     assert_unchanged(before, model.module, x)
+
+
+# --- cancellation -------------------------------------------------------------------------------------
+LOOPING = [m for m in METHODS if m.loops]
+
+
+@pytest.mark.parametrize("method", LOOPING, ids=method_id)
+def test_cancel_at_the_first_progress_report_stops_the_work_and_restores_the_model(borrow, batch_factory, method):
+    """A progress callback that raises Cancelled at its first report (after the first batch of work): the
+    call stops there — no forward runs after the cancel — and the model is as it was."""
+    model = borrow("resnet18")
+    x = batch_factory(model)
+    set_mode(model.module, "train")
+    give_grads(model.module)
+    before = snapshot(model.module, x)
+    reports: list[tuple[int, int, int]] = []
+    with counting_forwards(model.module) as seen:
+        def cancel(done: int, total: int, what: str) -> None:
+            reports.append((done, total, seen.rows))
+            raise Cancelled("stopped by the user")
+
+        with pytest.raises(Cancelled):
+            method.fn(model, x, batch_size=2, progress=cancel)
+    assert len(reports) == 1
+    done, total, rows_at_cancel = reports[0]
+    assert done < total  # stopped part-way
+    assert seen.rows == rows_at_cancel  # nothing ran after the cancel
+    assert_unchanged(before, model.module, x)
+    assert not x.requires_grad and x.grad is None

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..engine import Cost, compute_precision, default_rows, package, prepare
-from ..errors import ConvscopeError, LayerError, TargetError
+from ..engine import Cost, bytes_per_row, compute_precision, default_rows, package, prepare
+from ..errors import LayerError, TargetError
 from ..hooks import Guard, LayerRef
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
 from ..models import Model, as_model
@@ -27,13 +27,14 @@ from ..options import BatchSize, Fp32Only, Precision
 from ..progress import ProgressArg, tracker
 from ..registry import CostContext, register
 from ..result import Result
-from ..targets import Target, resolve_target
+from ..targets import Target, fixed_target, resolve_target, row_scores
 from .gradient import guided_backprop
 
 __all__ = ["ablationcam", "cam", "cam_engine", "eigencam", "gradcam", "gradcam_pp", "guided_gradcam", "hirescam",
            "layercam", "scorecam", "xgradcam"]
 
 EPS = 1e-7
+TopChannels = Annotated[int, Field(ge=1, le=100_000)] | None  # Score-CAM / Ablation-CAM: a forward per channel each
 
 
 @dataclass
@@ -96,7 +97,7 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
             missing = [ref.label for ref, g in zip(refs, grads) if g is None]
             if missing:
                 raise LayerError(f"the target score does not depend on layer {missing[0]!r}; pick a layer before the output")
-    fixed: Target = classes if classes is not None else target
+    fixed = fixed_target(target, classes)
     rows = batch_size or default_rows(*x.shape[-2:])
     maps = []
     for ref, a, g in zip(refs, acts, grads):
@@ -113,7 +114,7 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
         low_res = None
         ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
         data = torch.stack([u / u.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(EPS) for u in ups]).mean(0)
-    return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output,
+    return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output, kind="map",
                    layer="+".join(ref.label for ref in refs), low_res=low_res,
                    layer_shape=tuple(acts[0].shape[1:]))
 
@@ -161,14 +162,23 @@ def _forward_cost(context: CostContext) -> Cost:
 
 
 def _channel_cost(context: CostContext) -> Cost:
-    """One forward per channel of the layer (Score-CAM, Ablation-CAM), or per ``top_channels``; the masked
-    pictures of one image (K, H, W) twice over in float32."""
-    shape = context.layer_shape()
-    channels = int(shape[0]) if shape else 512
-    evaluated = min(channels, context.options.get("top_channels") or channels)
-    height, width = (int(v) for v in context.x.shape[-2:])
-    memory = 2 * channels * height * width * 4
-    return Cost((1 + evaluated) * context.pictures * context.area(), memory,
+    """The explaining forward and one forward per channel of the layer (Score-CAM, Ablation-CAM), or per
+    ``top_channels``; Score-CAM adds one forward of a blank picture when it scores every channel. Memory:
+    Score-CAM's upsampled maps of one image (K, H, W) twice over in float32, and a batch of ``batch_size`` rows."""
+    chosen = context.special.get("layer")
+    shapes = [context.layer_shape(one) for one in chosen] if isinstance(chosen, (list, tuple)) and chosen else [context.layer_shape()]
+    counts = [int(shape[0]) if shape else 512 for shape in shapes]  # several layers: each is explained in turn
+    top = context.options.get("top_channels")
+    evaluated = sum(min(channels, top or channels) for channels in counts)
+    scorecam = context.tool.name == "scorecam"
+    blank = len(counts) if scorecam and top is None else 0
+    _, colours, height, width = (int(v) for v in context.x.shape)
+    memory = 2 * max(counts) * height * width * 4 if scorecam else 0
+    batch_size = context.options.get("batch_size")
+    if batch_size:
+        per_row = bytes_per_row(context.model, (colours, height, width)) if context.model is not None else None
+        memory += min(batch_size, evaluated) * (colours * height * width * 4 + (per_row or 0))
+    return Cost((1 + blank + evaluated) * context.pictures * context.area(), memory,
                 f"{evaluated:,} channels of the layer per picture")
 
 
@@ -185,8 +195,10 @@ def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable
     averaged) or None for the last convolutional map.
 
     Options:
-        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
-        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+        relu: True keeps only the regions that speak for the class (the paper); False also shows, as negative
+            values, the regions that speak against it.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree with fp32
+            to a correlation of 0.99+).
     """
     return register(name, family="attribution", group="cam", takes="images", returns="map", paper=paper,
                     cost=_cam_cost)(method)
@@ -242,8 +254,10 @@ def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec 
     average pooling, (B, 1, H, W). Only for GAP→linear heads; a clear error otherwise.
 
     Options:
-        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
-        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+        relu: True keeps only the regions that speak for the class (the paper); False also shows, as negative
+            values, the regions that speak against it.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree with fp32
+            to a correlation of 0.99+).
     """
     return cam_engine(model, x, target=target, layer=layer, method="cam", combine=_cam, needs_grad=False, relu=relu,
                       precision=precision)
@@ -269,27 +283,19 @@ def eigencam(model: Any, x: torch.Tensor, *, target: Target = None, layer: Layer
     ``target`` only names the class in the result; no gradients.
 
     Options:
-        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
-        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+        relu: True keeps only the regions that speak for the class (the paper); False also shows, as negative
+            values, the regions that speak against it.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree with fp32
+            to a correlation of 0.99+).
     """
     return cam_engine(model, x, target=target, layer=layer, method="eigencam", combine=_eigencam, needs_grad=False,
                       relu=relu, precision=precision)
 
 
 # -- Score-CAM ---------------------------------------------------------------------------------------
-def _target_scores(c: CamInputs, output: torch.Tensor, image: int, kind: str) -> torch.Tensor:
-    """The target's score for each row of ``output`` (all rows belong to image ``image``)."""
-    output = output.float()
-    if isinstance(c.target, torch.Tensor):
-        chosen = c.target[image].to(output.device).expand(output.shape[0])
-        if kind == "probability":
-            return output.softmax(dim=1).gather(1, chosen[:, None])[:, 0]
-        return output.gather(1, chosen[:, None])[:, 0]
-    scores, _ = resolve_target(c.target, output)
-    return scores.float()
-
-
 def _scorecam_combine(score: str) -> Combine:
+    kind = "probability" if score == "probability" else "logit"  # logit_softmax: a softmax over channels of the logits
+
     def combine(c: CamInputs) -> torch.Tensor:
         batch, channels = c.acts.shape[:2]
         size = tuple(c.x.shape[-2:])
@@ -307,7 +313,7 @@ def _scorecam_combine(score: str) -> Combine:
                 masks = (up - low) / (high - low).clamp_min(EPS)
                 if c.top_channels is None:
                     # constant maps normalize to zero: they all share the score of the blank input
-                    dead_score = _target_scores(c, module(torch.zeros_like(pixels[b:b + 1])), b, score)
+                    dead_score = row_scores(module(torch.zeros_like(pixels[b:b + 1])), c.target, b, kind)
                     scores = dead_score.expand(channels).clone()
                 else:  # only the strongest channels take part
                     live = _strongest(c.acts[b], live, c.top_channels)
@@ -316,7 +322,7 @@ def _scorecam_combine(score: str) -> Combine:
                 for start in range(0, live.numel(), c.batch_size):
                     chunk = live[start:start + c.batch_size]
                     masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
-                    scores[chunk] = _target_scores(c, module(masked), b, score)
+                    scores[chunk] = row_scores(module(masked), c.target, b, kind)
                     bar.advance(chunk.numel())
                 bar.advance(per_image - live.numel())  # constant maps: nothing to evaluate
                 if score == "logit_softmax":
@@ -332,7 +338,7 @@ def _scorecam_combine(score: str) -> Combine:
           quick={"top_channels": 4})
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              score: Literal["probability", "logit_softmax"] = "probability", relu: bool = True,
-             top_channels: Annotated[int, Field(ge=1, le=100_000)] | None = None, batch_size: BatchSize = None, precision: Precision = "fp32",
+             top_channels: TopChannels = None, batch_size: BatchSize = None, precision: Precision = "fp32",
              progress: ProgressArg = None) -> Result:
     """Score-CAM: each channel weighted by the target's score on the input masked by that channel's
     upsampled, min-max-normalized map, (B, 1, H, W). One forward per non-constant channel, batched.
@@ -342,15 +348,18 @@ def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: Layer
     approximation that evaluates only the channels with the largest mean activation (others weigh 0).
 
     Options:
-        score: "probability" (the paper) or "logit_softmax" (pytorch-grad-cam's variant).
-        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
-        top_channels: evaluate only this many strongest channels (faster, approximate); None: all.
-        batch_size: masked images per forward (None: about 16 images of 224x224).
-        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree to 0.99+).
+        score: how a masked picture scores a channel: "probability" (the class's softmax probability, the paper)
+            or "logit_softmax" (a softmax over channels of the class's logits, pytorch-grad-cam's variant: use it to
+            compare with that library).
+        relu: True keeps only the regions that speak for the class (the paper); False also shows, as negative
+            values, the regions that speak against it.
+        top_channels: score only this many channels, those with the largest mean activation (the others weigh 0):
+            a faster approximation for layers with many channels (1280 on EfficientNet-Lite0); None scores all.
+        batch_size: masked pictures per forward; None picks about 16 pictures of 224x224. Lower it when memory is short.
+        precision: "fp32" (exact) or "bf16" (autocast: faster on CPUs with bfloat16 units; maps agree with fp32
+            to a correlation of 0.99+).
         progress: None (a bar on a terminal), False, True, or a callback fn(done, total, what) that may raise Cancelled.
     """
-    if score not in ("probability", "logit_softmax"):
-        raise ConvscopeError(f"unknown score {score!r}; choose 'probability' or 'logit_softmax'")
     return cam_engine(model, x, target=target, layer=layer, method="scorecam", combine=_scorecam_combine(score),
                       needs_grad=False, relu=relu, precision=precision, batch_size=batch_size, top_channels=top_channels,
                       progress=progress)
@@ -380,7 +389,7 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
             for start in range(0, live.numel(), c.batch_size):
                 plan["channels"] = chunk = live[start:start + c.batch_size]
                 rows = pixels[b:b + 1].repeat(chunk.numel(), 1, 1, 1)  # real copies: the model may work in place
-                ablated = _target_scores(c, c.model.module(rows), b, "logit")
+                ablated = row_scores(c.model.module(rows), c.target, b)
                 weights[b, chunk.to(weights.device)] = (base - ablated) / _nonzero(base)
                 bar.advance(chunk.numel())
             bar.advance(per_image - live.numel())  # all-zero channels: nothing to ablate
@@ -403,17 +412,19 @@ def _nonzero(value: torch.Tensor) -> torch.Tensor:
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
           quick={"top_channels": 4})
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
-                relu: bool = True, top_channels: Annotated[int, Field(ge=1, le=100_000)] | None = None, batch_size: BatchSize = None,
+                relu: bool = True, top_channels: TopChannels = None, batch_size: BatchSize = None,
                 precision: Fp32Only = "fp32", progress: ProgressArg = None) -> Result:
     """Ablation-CAM: each channel weighted by the relative drop of the target score when that channel
     is set to zero, (B, 1, H, W). One forward per non-zero channel, batched; ``top_channels`` ablates
     only the channels with the largest mean activation (a faster approximation; others weigh 0).
 
     Options:
-        relu: True keeps only positive evidence (the paper); False keeps negative evidence too.
-        top_channels: ablate only this many strongest channels (faster, approximate); None: all.
-        batch_size: ablated copies per forward (None: about 16 images of 224x224).
-        precision: "fp32" only (bf16 is refused: the score drops are below its resolution).
+        relu: True keeps only the regions that speak for the class (the paper); False also shows, as negative
+            values, the regions that speak against it.
+        top_channels: ablate only this many channels, those with the largest mean activation (the others weigh 0):
+            a faster approximation for layers with many channels; None ablates all.
+        batch_size: ablated copies per forward; None picks about 16 pictures of 224x224. Lower it when memory is short.
+        precision: the arithmetic, "fp32" only here: the score drops it measures are below bfloat16's resolution.
         progress: None (a bar on a terminal), False, True, or a callback fn(done, total, what) that may raise Cancelled.
     """
     return cam_engine(model, x, target=target, layer=layer, method="ablationcam", combine=_ablationcam,
@@ -435,12 +446,11 @@ def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer:
     """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W).
 
     Options:
-        precision: "fp32" (bf16 is refused: guided backpropagation's pixel gradients do not agree with fp32).
+        precision: the arithmetic, "fp32" only here: guided backpropagation's bfloat16 pixel gradients do not agree with fp32.
     """
-    guided = guided_backprop(model, x, target=target, precision=precision)
-    fixed: Target = guided.target if guided.target is not None else target
-    coarse = gradcam(model, x, target=fixed, layer=layer, precision=precision)
+    coarse = gradcam(model, x, target=target, layer=layer, precision=precision)  # first: a bad layer fails fast
+    guided = guided_backprop(model, x, target=fixed_target(target, coarse.target), precision=precision)
     data = guided.data * coarse.data.to(guided.data.device)
     meta = {k: v for k, v in guided.meta.items() if k != "scores"}
-    return package(as_model(model), x, data, method="guided_gradcam", classes=guided.target,
+    return package(as_model(model), x, data, method="guided_gradcam", classes=guided.target, kind="pixels",
                    scores=guided.meta["scores"], output=None, layer=coarse.layer, **meta)

@@ -10,29 +10,32 @@
 No gradients at all: every perturbed image is one row of a batched forward under inference mode, in
 the model's input space, on a channels-last copy. The target is resolved once from the clean forward
 (``None`` -> top-1) and then fixed; every random choice comes from ``seed`` through a CPU generator, so
-the answer depends neither on ``batch_size`` nor on the other images of the batch.
+the answer depends neither on ``batch_size`` nor on the other images of the batch. Each batch of perturbed
+pictures is one unit of progress: a progress callback that raises ``Cancelled`` stops the call there.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field
 
-from ..engine import compute_precision, package, perturbation_rows, prepare
+from ..engine import Cost, bytes_per_row, compute_precision, default_rows, package, perturbation_rows, prepare
 from ..errors import ConvscopeError
 from ..hooks import Guard
 from ..models import Model
-from ..options import Precision
+from ..options import BatchSize, Precision, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import register
+from ..registry import CostContext, ReportSpec, register
 from ..result import Result
-from ..targets import Target, resolve_target
-from .gradient import _no_layer, baseline_for
+from ..targets import Target, fixed_target, resolve_target, row_scores
+from .gradient import _no_layer, as_batch, baseline_for, option_error
 
 __all__ = ["SCORES", "masked_image", "occlusion", "occlusion_mask", "rise", "superpixels"]
 
@@ -40,54 +43,46 @@ SCORES = ("probability", "logit")
 FILLS = ("mean", "blur")
 
 
+# -- option types ---------------------------------------------------------------------------------------
+def _whole_or_share(value: float) -> float:
+    """Whole pixels (returned as an int) or a share of the side below 1."""
+    if value >= 1:
+        if value != int(value):
+            raise ValueError(f"{value:g} is neither whole pixels (e.g. 32) nor a share of the side below 1 (e.g. 0.25)")
+        return int(value)
+    return value
+
+
+Side = Annotated[float, Field(gt=0, le=4096), AfterValidator(_whole_or_share)]  # pixels, or a share of the side below 1
+Score = Literal["probability", "logit"]
+Fill = Literal["mean", "blur"] | float | PythonOnly[torch.Tensor]
+Masks = Annotated[int, Field(ge=1, le=100_000)]
+Cells = Annotated[int, Field(ge=1, le=256)]
+Share = Annotated[float, Field(gt=0, le=1)]
+Segments = Annotated[int, Field(ge=1, le=4096)]
+LimeSamples = Annotated[int, Field(ge=2, le=100_000)]
+
+
 # -- shared pieces -------------------------------------------------------------------------------------
-def _score(output: Any, fixed: Target, images: torch.Tensor, kind: str) -> torch.Tensor:
-    """The target's score (n,) float32 for rows of ``output`` that belong to images ``images`` (n,):
-    the class's softmax probability or logit, or the callable's value as it is."""
-    if isinstance(fixed, torch.Tensor):
-        out = output.float()
-        chosen = fixed.to(out.device)[images.to(out.device)][:, None]
-        return (out.softmax(dim=1) if kind == "probability" else out).gather(1, chosen)[:, 0]
-    scores, _ = resolve_target(fixed, output)
-    return scores.float()
-
-
 def _clean_forward(model: Model, pixels: torch.Tensor, target: Target, kind: str
                    ) -> tuple[Any, torch.Tensor, torch.Tensor | None, Target, torch.Tensor]:
     """(output, target scores, classes, the fixed target, clean score (B,) in ``kind``)."""
     output = model.module(pixels.clone())  # a copy: the model may work in place on its input
     scores, classes = resolve_target(target, output)
-    fixed: Target = classes if classes is not None else target
-    index = torch.arange(pixels.shape[0], device=pixels.device)
-    return output, scores, classes, fixed, _score(output, fixed, index, kind)
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConvscopeError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}")
-
-
-def _count(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConvscopeError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    fixed = fixed_target(target, classes)
+    return output, scores, classes, fixed, row_scores(output, fixed, kind=kind)
 
 
 def _fill_tensor(model: Model, pixels: torch.Tensor, fill: Any) -> torch.Tensor:
     """What hidden pixels become, broadcastable to ``pixels`` (B, C, H, W): a value in the model's input
-    space (0 = the dataset's mean colour for normalized inputs), "mean" (each image's mean colour) or
-    "blur" (the image blurred with a Gaussian of sigma = 1/20 of its width)."""
-    if isinstance(fill, str) and fill not in FILLS:
-        try:
-            fill = float(fill)  # the CLI passes "--set fill=0.5" as text
-        except ValueError:
-            raise ConvscopeError(f"unknown fill {fill!r}; use a number (in the model's input space), 'mean' or 'blur'") from None
+    space (0 = the dataset's mean colour for normalized inputs), "mean" (each image's mean colour),
+    "blur" (the image blurred with a Gaussian of sigma = 1/20 of its width) or a picture-shaped tensor."""
+    if isinstance(fill, torch.Tensor):
+        return as_batch(fill, pixels, "fill")
     if fill == "mean":
         return pixels.mean(dim=(2, 3), keepdim=True)
     if fill == "blur":
         return baseline_for(model, pixels, "blur")
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-        raise ConvscopeError(f"fill must be a finite number, 'mean' or 'blur', got {fill!r}")
     return torch.full((1, 1, 1, 1), float(fill), device=pixels.device, dtype=pixels.dtype)
 
 
@@ -96,43 +91,57 @@ def _rows_of(pixels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return pixels[images].contiguous(memory_format=torch.channels_last)
 
 
-def _start(model: Any, x: torch.Tensor, target: Target, precision: str, layer: Any, method: str,
-           score: str) -> tuple[Model, torch.Tensor]:
+def _start(model: Any, x: torch.Tensor, target: Target, precision: str, layer: Any, method: str) -> tuple[Model, torch.Tensor]:
     _no_layer(method, layer)
-    _check_choice("score", score, SCORES)
     return prepare(model, x, target, precision)
 
 
 _COMMON_OPTIONS = """
-        score: "probability" (the target's softmax probability, default) or "logit"; a callable target is used as it is.
-        batch_size: perturbed images per forward (None: the fastest size that fits memory, ~16 of 224x224 on CPU).
-        precision: "fp32" (exact) or "bf16" (autocast + channels-last; maps agree with fp32 to 0.98+).
+        score: what the map measures: "probability" (the class's softmax probability, default: drops are bounded
+            and comparable between pictures) or "logit" (the raw score, which does not saturate when the model is
+            very sure); a callable target is used as it is.
+        batch_size: perturbed pictures per forward; None picks the fastest size that fits in memory (about 16
+            pictures of 224x224 on a CPU). Lower it only when memory is short.
+        precision: "fp32" (exact) or "bf16" (autocast + channels-last: faster on CPUs with bfloat16 units; maps
+            agree with fp32 to 0.98+).
         progress: None (a bar on a terminal), False, True, or a callback fn(done, total, what) that may raise Cancelled."""
+
+_FILL_HELP = ('a number in the model\'s input space (0, the default, is the dataset\'s mean colour for a normalized '
+              'model), "mean" (each picture\'s own mean colour) or "blur" (the picture blurred: hides detail, keeps '
+              'colour); from Python also a tensor (C, H, W) or (B, C, H, W)')
 
 
 def _options_doc(fn: Any) -> Any:
-    fn.__doc__ = fn.__doc__.rstrip() + _COMMON_OPTIONS + "\n    "
+    fn.__doc__ = fn.__doc__.replace("{fill}", _FILL_HELP).rstrip() + _COMMON_OPTIONS + "\n    "
     return fn
 
 
+# -- costs: forward passes of one picture at the model's input size, and memory ---------------------------
+FLOAT = 4  # bytes
+
+
+def _picture(context: CostContext) -> tuple[int, int, int, int]:
+    """(B, C, H, W) of the call's pictures."""
+    batch, channels, height, width = (int(v) for v in context.x.shape)
+    return batch, channels, height, width
+
+
+def _chunk_memory(context: CostContext, jobs: int, per_row: int = 0) -> int:
+    """Bytes of one batch of perturbed pictures: their copies (``per_row`` more bytes each) and, when
+    ``batch_size`` is given, the forward's activations (the automatic size fits the memory budget)."""
+    _, channels, height, width = _picture(context)
+    batch_size = context.options.get("batch_size")
+    rows = min(jobs, batch_size or default_rows(height, width))
+    forward = bytes_per_row(context.model, (channels, height, width)) if batch_size and context.model is not None else 0
+    return rows * (3 * channels * height * width * FLOAT + per_row + (forward or 0))
+
+
 # -- occlusion -----------------------------------------------------------------------------------------
-def _sides(name: str, value: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) in pixels from an int or float per side (below 1: a share of the picture's side)."""
+def _sides(value: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) in pixels from a checked ``Side`` or pair of them (below 1: a share of the picture's side)."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2:
-        raise ConvscopeError(f"{name} must be a number or a pair (h, w), got {value!r}")
-    out = []
-    for v, side in zip(pair, size):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ConvscopeError(f"{name} must be positive pixels (e.g. 32) or a share of the side below 1 (e.g. 0.25), "
-                                 f"got {value!r}")
-        if v < 1:
-            out.append(max(1, round(v * side)))
-        elif v != int(v):
-            raise ConvscopeError(f"{name} {v!r} is neither whole pixels nor a share of the side below 1")
-        else:
-            out.append(int(v))
-    return out[0], out[1]
+    sides = [max(1, round(v * side)) if v < 1 else int(v) for v, side in zip(pair, size)]
+    return sides[0], sides[1]
 
 
 def _positions(side: int, window: int, stride: int) -> list[int]:
@@ -143,6 +152,30 @@ def _positions(side: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class _Windows:
+    """Where occlusion's windows go on an H x W picture."""
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    tops: list[int]
+    lefts: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+
+def _windows(window: Any, stride: Any, height: int, width: int) -> _Windows:
+    """The windows for the checked ``window`` / ``stride`` options; a window larger than the picture is refused."""
+    wh, ww = _sides(window if window is not None else (max(1, round(height / 7)), max(1, round(width / 7))), (height, width))
+    if wh > height or ww > width:
+        raise option_error(f"occlusion: window {wh}x{ww} is larger than the {height}x{width} picture; "
+                           f"use at most {height}x{width}", "window")
+    sh, sw = _sides(stride if stride is not None else (max(1, wh // 2), max(1, ww // 2)), (height, width))
+    return _Windows((wh, ww), (sh, sw), _positions(height, wh, sh), _positions(width, ww, sw))
+
+
 def _cover(starts: Sequence[int], window: int, side: int, device: torch.device) -> torch.Tensor:
     """(n, side) float indicator: row i is 1 where window i covers the pixel."""
     index = torch.arange(side, device=device)
@@ -150,13 +183,25 @@ def _cover(starts: Sequence[int], window: int, side: int, device: torch.device) 
     return ((index >= begin) & (index < begin + window)).float()
 
 
+def _occlusion_cost(context: CostContext) -> Cost:
+    """The clean forward and one forward per window and picture; the drops (B, windows) and one batch."""
+    batch, _, height, width = _picture(context)
+    found = _windows(context.options["window"], context.options["stride"], height, width)
+    memory = batch * found.count * FLOAT + _chunk_memory(context, batch * found.count)
+    return Cost(batch * (1 + found.count) * context.area(), memory,
+                f"{found.count:,} windows of {found.window[0]}x{found.window[1]} per picture")
+
+
 @register("occlusion", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
-          quick={"window": 0.5, "stride": 0.5})
+          quick={"window": 0.5, "stride": 0.5}, cost=_occlusion_cost,
+          report=ReportSpec(style={"mask": 0.5}, note="Zeiler & Fergus's occlusion, as in seed 000: the drop in the "
+                            "class's probability when a grey window covers each part (heatmap), the mask where the drop "
+                            "reaches half its largest value, and the picture seen through it: what the model needs."))
 @_options_doc
 def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
-              window: float | tuple[float, float] | None = None, stride: float | tuple[float, float] | None = None,
-              fill: str | float = 0.0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None, precision: Precision = "fp32",
+              window: Side | tuple[Side, Side] | None = None, stride: Side | tuple[Side, Side] | None = None,
+              fill: Fill = 0.0, score: Score = "probability", batch_size: BatchSize = None, precision: Precision = "fp32",
               progress: ProgressArg = None) -> Result:
     """Occlusion: the drop in the target's score when a window hides each part of the picture, averaged
     over the windows that cover each pixel, (B, 1, H, W). Positive: hiding it hurts the class.
@@ -166,26 +211,23 @@ def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None
     score. ``occlusion_mask`` and ``masked_image`` turn the map into seed 000's mask and masked picture.
 
     Options:
-        window: side in pixels (32, or (h, w)) or as a share of the picture's side below 1 (0.25); None: 1/7 of the side (32 at 224).
-        stride: step between windows, in pixels or as a share of the side; None: half the window.
-        fill: what the window shows: a value in the model's input space (0: the mean colour when normalized),
-            "mean" (the image's mean colour) or "blur".
+        window: the hidden square's side in pixels (32, or (h, w)) or as a share of the picture's side below 1
+            (0.25); None: 1/7 of the side (32 at 224). Make it about the size of the parts you want to find: small
+            windows give sharp maps but cost (side / stride)^2 forwards and miss objects larger than the window.
+        stride: the step between windows, in pixels or as a share of the side; None: half the window. A smaller
+            stride gives a smoother map at a quadratic cost.
+        fill: what the window shows: {fill}.
     """
-    wrapped, x = _start(model, x, target, precision, layer, "occlusion", score)
+    wrapped, x = _start(model, x, target, precision, layer, "occlusion")
     batch, _, height, width = x.shape
-    wh, ww = _sides("window", window if window is not None else (max(1, round(height / 7)), max(1, round(width / 7))),
-                    (height, width))
-    if wh > height or ww > width:
-        raise ConvscopeError(f"window {wh}x{ww} is larger than the {height}x{width} picture; use at most {height}x{width}")
-    sh, sw = _sides("stride", stride if stride is not None else (max(1, wh // 2), max(1, ww // 2)), (height, width))
-    tops, lefts = _positions(height, wh, sh), _positions(width, ww, sw)
-    windows = len(tops) * len(lefts)
+    found = _windows(window, stride, height, width)
+    (wh, ww), (sh, sw), tops, lefts, windows = found.window, found.stride, found.tops, found.lefts, found.count
     rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * windows, "occlusion") as bar:
         pixels = wrapped.working_copy(x)
-        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         fills = _fill_tensor(wrapped, pixels, fill).expand_as(pixels)
+        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         drops = torch.empty(batch * windows, dtype=torch.float32, device=pixels.device)
         for start in range(0, batch * windows, rows):  # job j: image j // windows, window j % windows
             jobs = torch.arange(start, min(start + rows, batch * windows), device=pixels.device)
@@ -194,14 +236,14 @@ def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None
             for r, (j, b) in enumerate(zip(jobs.tolist(), images.tolist())):
                 top, left = tops[(j % windows) // len(lefts)], lefts[j % len(lefts)]
                 chunk[r, :, top:top + wh, left:left + ww] = fills[b, :, top:top + wh, left:left + ww]
-            drops[start:start + len(jobs)] = base[images] - _score(wrapped.module(chunk), fixed, images, score)
+            drops[start:start + len(jobs)] = base[images] - row_scores(wrapped.module(chunk), fixed, images, score)
             bar.advance(len(jobs))
     grid = drops.view(batch, len(tops), len(lefts))
     # every window is a product of a row band and a column band: sum the drops covering each pixel, divide by the count
     cover_h, cover_w = _cover(tops, wh, height, grid.device), _cover(lefts, ww, width, grid.device)
     total = torch.einsum("bij,ih,jw->bhw", grid, cover_h, cover_w)
     data = (total / (cover_h.sum(0)[:, None] * cover_w.sum(0)[None, :]))[:, None]
-    return package(wrapped, x, data, method="occlusion", classes=classes, scores=scores, output=output,
+    return package(wrapped, x, data, method="occlusion", classes=classes, scores=scores, output=output, kind="map",
                    grid=grid, base=base, score=score, window=(wh, ww), stride=(sh, sw), rows=tuple(tops),
                    cols=tuple(lefts), windows=windows)
 
@@ -254,12 +296,26 @@ class _RiseMasks:
         return torch.stack(crops).to(device=device, dtype=dtype)
 
 
+def _rise_cost(context: CostContext) -> Cost:
+    """The clean forward and one forward per mask and picture. Memory: the mask bank (masks x cells^2 grids,
+    drawn as floats and kept as floats) and, per batch, the masks upsampled to (cells + 1) cells and cropped."""
+    batch, _, height, width = _picture(context)
+    masks, cells = context.options["masks"], context.options["cells"]
+    bank = 2 * masks * cells * cells * FLOAT
+    upsampled = (cells + 1) ** 2 * math.ceil(height / cells) * math.ceil(width / cells) * FLOAT
+    jobs = batch * masks
+    rows = min(jobs, context.options["batch_size"] or default_rows(height, width))
+    made = (math.ceil(rows / batch) + 1) * (upsampled + height * width * FLOAT)  # the distinct masks of one batch
+    memory = bank + made + _chunk_memory(context, jobs, height * width * FLOAT) + batch * height * width * FLOAT
+    return Cost(batch * (1 + masks) * context.area(), memory, f"{masks:,} masks of {cells}x{cells} cells per picture")
+
+
 @register("rise", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models",
-          quick={"masks": 8})
+          quick={"masks": 8}, cost=_rise_cost)
 @_options_doc
-def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, masks: int = 1000, cells: int = 7,
-         p: float = 0.5, fill: str | float = 0.0, seed: int = 0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None,
+def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, masks: Masks = 1000, cells: Cells = 7,
+         p: Share = 0.5, fill: Fill = 0.0, seed: Seed = 0, score: Score = "probability", batch_size: BatchSize = None,
          precision: Precision = "fp32", progress: ProgressArg = None) -> Result:
     """RISE: the average of random smooth masks, each weighted by the target's score on the picture seen
     through it, S = sum_i score(x * M_i) M_i / (N p), (B, 1, H, W).
@@ -268,28 +324,26 @@ def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = No
     image sees the same masks, drawn from ``seed``. ``meta["base"]``: the clean score.
 
     Options:
-        masks: number of random masks N (more: smoother, slower; the paper uses 4000).
-        cells: the masks' grid is cells x cells before upsampling (the paper: 7).
-        p: probability that a cell is kept (the paper: 0.5).
-        fill: what masked-out pixels become: a value in the model's input space (0: the mean colour when normalized),
-            "mean" or "blur".
-        seed: the masks' seed (same seed, same answer).
+        masks: how many random masks; each costs one forward per picture. More gives a smoother map: the paper
+            uses 4000-8000, 1000 shows the same regions with more speckle, 100-200 is a rough preview.
+        cells: the masks' grid is cells x cells before it is upsampled: the size of the parts the map can tell
+            apart (the paper: 7). More cells find smaller parts but need more masks to settle.
+        p: the probability that a cell is kept (visible); the paper's 0.5 is best for most models.
+        fill: what masked-out pixels become: {fill}.
+        seed: the masks' seed: the same seed gives the same map; change it to see how much the map depends on the masks.
     """
-    wrapped, x = _start(model, x, target, precision, layer, "rise", score)
+    wrapped, x = _start(model, x, target, precision, layer, "rise")
     batch, _, height, width = x.shape
-    _count("masks", masks)
-    _count("cells", cells)
     if cells > min(height, width):
-        raise ConvscopeError(f"cells={cells} is more than the {height}x{width} picture's side; use at most {min(height, width)}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ConvscopeError(f"p is the probability of keeping a cell, 0 < p <= 1; got {p!r}")
+        raise option_error(f"rise: cells={cells} is more than the {height}x{width} picture's side; "
+                           f"use at most {min(height, width)}", "cells")
     bank = _RiseMasks(masks, cells, float(p), seed, (height, width))
     rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * masks, "rise") as bar:
         pixels = wrapped.working_copy(x)
-        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         fills = _fill_tensor(wrapped, pixels, fill).expand_as(pixels)
+        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         total = torch.zeros(batch, 1, height, width, dtype=torch.float32, device=pixels.device)
         for start in range(0, batch * masks, rows):  # job j: mask j // batch on image j % batch (each mask made once)
             jobs = torch.arange(start, min(start + rows, batch * masks), device=pixels.device)
@@ -297,11 +351,11 @@ def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = No
             first = int(which[0])
             mask = bank.make(range(first, int(which[-1]) + 1), pixels.device, pixels.dtype)[which - first]  # (n, 1, H, W)
             chunk = torch.lerp(fills[images], pixels[images], mask).contiguous(memory_format=torch.channels_last)
-            weight = _score(wrapped.module(chunk), fixed, images, score)
+            weight = row_scores(wrapped.module(chunk), fixed, images, score)
             total.index_add_(0, images, weight.view(-1, 1, 1, 1) * mask.float())
             bar.advance(len(jobs))
     data = total / (masks * float(p))
-    return package(wrapped, x, data, method="rise", classes=classes, scores=scores, output=output, base=base,
+    return package(wrapped, x, data, method="rise", classes=classes, scores=scores, output=output, kind="map", base=base,
                    score=score, masks=masks, cells=cells, p=float(p), seed=seed)
 
 
@@ -336,13 +390,24 @@ def _weighted_ridge(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, alp
     return coef, float(y_mean - z_mean @ coef), (1 - residual / spread) if spread > 0 else 1.0
 
 
+def _superpixels_cost(context: CostContext) -> Cost:
+    """The clean forward and one forward per sample and picture. Memory: the on/off design matrix (samples x
+    segments, float64) of every picture and the weighted ridge fit's copies of it, and one batch's masks."""
+    batch, _, height, width = _picture(context)
+    samples, segments = context.options["samples"], context.options["segments"]
+    design = samples * segments * 8  # float64
+    memory = batch * design + 3 * design + _chunk_memory(context, batch * samples, height * width)
+    return Cost(batch * (1 + samples) * context.area(), memory, f"{samples:,} samples of about {segments:,} segments per picture")
+
+
 @register("superpixels", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Ribeiro, Singh & Guestrin 2016, \"Why Should I Trust You?\": Explaining the Predictions of Any Classifier (LIME)",
-          quick={"segments": 8, "samples": 8})
+          quick={"segments": 8, "samples": 8}, cost=_superpixels_cost)
 @_options_doc
-def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, segments: int = 50,
-                compactness: float = 10.0, samples: int = 500, kernel_width: float = 0.25, ridge: float = 1.0,
-                fill: str | float = 0.0, seed: int = 0, score: Literal["probability", "logit"] = "probability", batch_size: int | None = None,
+def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, segments: Segments = 50,
+                compactness: Annotated[float, Field(gt=0, le=1000)] = 10.0, samples: LimeSamples = 500,
+                kernel_width: Annotated[float, Field(gt=0, le=100)] = 0.25, ridge: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0,
+                fill: Fill = 0.0, seed: Seed = 0, score: Score = "probability", batch_size: BatchSize = None,
                 precision: Precision = "fp32", progress: ProgressArg = None) -> Result:
     """LIME with superpixels: SLIC segments switched on and off at random, the target's score on each
     sample fitted by a ridge regression weighted by closeness to the full picture; each pixel gets its
@@ -355,21 +420,20 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
     segments each image with its channels min-max scaled, so the model's normalization need not be known.
 
     Options:
-        segments: about how many SLIC superpixels (scikit-image's n_segments).
-        compactness: SLIC's balance of colour and space (higher: squarer segments).
-        samples: random on/off samples per image (the first is the full picture).
-        kernel_width: width of the exponential kernel on the cosine distance (LIME: 0.25).
-        ridge: the ridge penalty alpha of the linear fit (LIME: 1).
-        fill: what switched-off segments become: a value in the model's input space (0: the mean colour when normalized), "mean" or "blur".
-        seed: the samples' seed (same seed, same answer).
+        segments: about how many SLIC superpixels to cut the picture into (scikit-image's n_segments). More
+            segments give a finer map but need more samples for a stable fit (keep samples at 10x segments or more).
+        compactness: SLIC's balance of colour and space: higher gives squarer, more even segments, lower follows
+            colour edges more closely.
+        samples: random on/off pictures per picture (the first is the full picture); each costs one forward. More
+            samples give a steadier fit (meta["fit"] says how well the linear model explains the scores).
+        kernel_width: how fast a sample's weight falls with its distance from the full picture (LIME: 0.25);
+            larger treats heavily masked samples as nearly as telling as light ones.
+        ridge: the ridge penalty of the linear fit (LIME: 1); raise it to tame noisy coefficients when samples are few.
+        fill: what switched-off segments become: {fill}.
+        seed: the samples' seed: the same seed gives the same map; change it to see how much the map depends on the samples.
     """
-    wrapped, x = _start(model, x, target, precision, layer, "superpixels", score)
+    wrapped, x = _start(model, x, target, precision, layer, "superpixels")
     batch, _, height, width = x.shape
-    _count("segments", segments)
-    _count("samples", samples, 2)
-    for name, value in (("compactness", compactness), ("kernel_width", kernel_width), ("ridge", ridge)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConvscopeError(f"{name} must be a positive number, got {value!r}")
     labels = _segments(x, segments, float(compactness))
     draws = []  # per image: (samples, S) on/off, the same for a given seed wherever the image sits in the batch
     for label in labels:
@@ -381,8 +445,8 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * samples, "superpixels") as bar:
         pixels = wrapped.working_copy(x)
-        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         fills = _fill_tensor(wrapped, pixels, fill).expand_as(pixels)
+        output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         seg = [torch.from_numpy(label).to(pixels.device) for label in labels]
         on = [z.to(device=pixels.device, dtype=torch.bool) for z in draws]
         y = torch.empty(batch * samples, dtype=torch.float32, device=pixels.device)
@@ -391,7 +455,7 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
             images = jobs // samples
             keep = torch.stack([on[b][s][seg[b]] for b, s in zip(images.tolist(), (jobs % samples).tolist())])
             chunk = torch.where(keep[:, None], pixels[images], fills[images]).contiguous(memory_format=torch.channels_last)
-            y[start:start + len(jobs)] = _score(wrapped.module(chunk), fixed, images, score)
+            y[start:start + len(jobs)] = row_scores(wrapped.module(chunk), fixed, images, score)
             bar.advance(len(jobs))
     coefficients, intercepts, fits = [], [], []
     data = torch.empty(batch, 1, height, width, dtype=torch.float32, device=pixels.device)
@@ -403,6 +467,6 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
         intercepts.append(intercept)
         fits.append(fit)
         data[b, 0] = coef.float().to(data.device)[seg[b]]
-    return package(wrapped, x, data, method="superpixels", classes=classes, scores=scores, output=output, base=base,
-                   score=score, segments=torch.stack(seg), weights=coefficients,
+    return package(wrapped, x, data, method="superpixels", classes=classes, scores=scores, output=output, kind="map",
+                   base=base, score=score, segments=torch.stack(seg), weights=coefficients,
                    intercept=torch.tensor(intercepts), fit=torch.tensor(fits), samples=samples, seed=seed)

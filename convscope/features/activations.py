@@ -9,21 +9,26 @@ mode, hooks removed afterwards), and stops the forward after the deepest request
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from ..engine import Cost
 from ..errors import ConvscopeError, LayerError
 from ..hooks import Guard, LayerRef
 from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
-from ..result import Result
+from ..options import PythonOnly
+from ..registry import CostContext, ReportSpec, register
+from ..result import Displayable, Result
 
-__all__ = ["LayerDetails", "feature_maps", "layer_access", "layer_info", "top_channels"]
+__all__ = ["FeatureWalk", "LayerDetails", "feature_maps", "layer_access", "layer_info", "top_channels"]
 
 
 # -- recording layers (shared with optimize.py) ----------------------------------------------------
@@ -120,41 +125,102 @@ def conv_layers(model: Model, input_shape: tuple[int, ...]) -> list[LayerRef]:
 
 
 # -- feature maps --------------------------------------------------------------------------------
-def feature_maps(model: Any, x: torch.Tensor, *, layers: Any = None) -> dict[str, Result] | Result:
-    """Each requested layer's output for the batch ``x``, from one forward pass.
+class FeatureWalk(dict, Displayable):
+    """Several layers' feature maps from one forward: a dict ``label -> Result`` (kind "feature_maps"), in
+    the order asked (execution order for the default walk through every convolution). Drawn as one row
+    per layer: the input, then each layer's strongest channels (kind "feature_walk")."""
 
-    ``layers``: a list of names/modules (-> dict label -> Result, in the order given), one name (->
-    one Result), or None for every convolution in execution order (seed 003's walk through VGG16's 13
-    conv layers). Each Result has ``data`` (B, C, h, w) raw activations and ``meta["mean_activation"]``
-    (B, C); ``inputs`` is ``x``. The forward stops after the deepest requested layer.
+    kind = "feature_walk"
+
+    def __repr__(self) -> str:
+        first = next(iter(self.values()), None)
+        batch = len(first) if first is not None else 0
+        return f"FeatureWalk({len(self)} layers: {', '.join(self)}; {batch} picture{'s' if batch != 1 else ''})"
+
+
+def _spread(items: list[Any], count: int | None) -> list[Any]:
+    """At most ``count`` of ``items``, evenly spaced from the first to the last (all when None or enough)."""
+    if count is None or len(items) <= count:
+        return items
+    if count == 1:
+        return [items[-1]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def _feature_maps_cost(context: CostContext) -> Cost:
+    """One forward of the batch (it stops after the deepest layer); memory: each recorded map three times
+    (the capture, the copy handed downstream, the float32 result), from the layer trace at the batch's
+    size (the one the tool makes itself, so it is cached)."""
+    model, x = context.model, context.x
+    forwards = context.pictures * context.area()
+    if model is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return Cost(forwards)
+    requested = context.special.get("layer")
+    requested = requested if requested is not None else context.options.get("layers")
+    try:
+        records = structure_trace(model, tuple(x.shape[1:]))
+        if requested is None:
+            wanted = _spread([r for r in records if is_conv(r.module)], context.options.get("max_layers"))
+        else:
+            refs = [resolve_layer(model, item) for item in (requested if isinstance(requested, (list, tuple)) else [requested])]
+            wanted = [r for r in records if any(r.module is ref.module and r.call == (ref.call or 0) for ref in refs)]
+    except (ConvscopeError, RuntimeError):
+        return Cost(forwards)
+    values = sum(math.prod(r.output_shape) for r in wanted if r.output_shape)
+    memory = int(3 * 4 * values * context.pictures)
+    layers, pictures = len(wanted), context.pictures
+    detail = f"{layers} layer{'s' if layers != 1 else ''} recorded for {pictures} picture{'s' if pictures != 1 else ''}"
+    return Cost(forwards, memory, detail)
+
+
+@register("feature_maps", family="features", takes="images", returns="feature_maps", cost=_feature_maps_cost,
+          paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
+          report=ReportSpec(options={"max_layers": 4}, title="Feature maps at four depths",
+                            note="One row per layer, shallow to deep: the picture, then the channels with the largest mean "
+                                 "activation, each scaled on its own (bright: strong); early layers follow edges, deep ones "
+                                 "light up on object parts."))
+def feature_maps(model: Any, x: torch.Tensor, *, layer: Any = None, layers: PythonOnly[Any] = None,
+                 max_layers: Annotated[int, Field(ge=1, le=10_000)] | None = None) -> FeatureWalk | Result:
+    """Feature maps: what layers output for the pictures, all from one forward pass that stops after the deepest.
+
+    ``layer``: one name or module (-> one Result, kind "feature_maps"), a list of them (-> a
+    :class:`FeatureWalk`, a dict label -> Result in the order given), or None for every convolution in
+    execution order (seed 003's walk through VGG16's 13 conv layers; ``max_layers`` spreads fewer from
+    the first to the last). Each Result has ``data`` (B, C, h, w) raw activations and
+    ``meta["mean_activation"]`` (B, C); ``inputs`` is ``x``.
 
     Options:
-        layers: layer names (a list, one name, or None for every convolution).
+        layers: the same as layer (its older name; Python only).
+        max_layers: with no layer chosen, show at most this many convolutions, spread evenly from the first to the last
+            (None: every convolution).
     """
     wrapped = as_model(model)
     wrapped.check_input(x)
+    if layer is not None and layers is not None:
+        raise ConvscopeError("pass layer= or layers= (its older name), not both")
+    chosen = layer if layer is not None else layers
     shape = tuple(x.shape[1:])
-    single = isinstance(layers, (str, nn.Module, LayerRef))
-    if layers is None:
-        requested = conv_layers(wrapped, shape)
+    single = isinstance(chosen, (str, nn.Module, LayerRef))
+    if chosen is None:
+        requested = _spread(conv_layers(wrapped, shape), max_layers)
         if not requested:
-            raise LayerError("the model has no convolution; pass layers=[...] naming the layers to record")
+            raise LayerError("the model has no convolution; pass layer=[...] naming the layers to record")
     else:
-        requested = [layers] if single else list(layers)
+        requested = [chosen] if single else list(chosen)
         if not requested:
-            raise LayerError("layers is an empty list; name one or more layers (see cs.layers(model))")
+            raise LayerError("layer is an empty list; name one or more layers (see cs.layers(model))")
     refs = _resolve_refs(wrapped, requested, shape)
     with Guard(wrapped.module, grad=False) as guard:
         tap = _Tap(guard, wrapped, refs)
         acts, _ = tap.run(wrapped.module, wrapped.working_copy(x), output=False)
-    results = {}
+    results = FeatureWalk()
     for key, ref in refs.items():
         data = acts[key].float().contiguous().clone()  # a normal tensor (made outside inference mode)
         meta: dict[str, Any] = {"shape": tuple(data.shape[1:])}
         if data.dim() == 4:
             meta["mean_activation"] = data.mean(dim=(2, 3))
         results[key] = Result(data=data, method="feature_maps", layer=ref.label, meta=meta, inputs=x.detach(),
-                              mean=wrapped.mean, std=wrapped.std)
+                              mean=wrapped.mean, std=wrapped.std, kind="feature_maps")
     return next(iter(results.values())) if single else results
 
 

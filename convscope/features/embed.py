@@ -12,32 +12,40 @@ writes TensorBoard's projector files.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from .. import data
+from ..engine import Cost, bytes_per_row, default_rows, memory_budget
 from ..errors import ConvscopeError, InputError, LayerError
 from ..hooks import Guard
 from ..images import to_uint8
 from ..layers import LayerSpec, resolve_layer
 from ..models import Model, as_model
-from ..progress import ProgressArg, tracker
+from ..options import PythonOnly, Seed
+from ..progress import ProgressArg, Tracker, tracker
+from ..registry import CostContext, ReportSpec, register
+from ..result import Displayable
 
-__all__ = ["POOLS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
+__all__ = ["POOLS", "PROJECTIONS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
 
 POOLS = ("avg", "max", "flatten")
+PROJECTIONS = ("tsne", "pca", "none")
+T = TypeVar("T")
 
 
 # -- the result ------------------------------------------------------------------------------------
 @dataclass(eq=False)
-class Embedding:
-    """Features of N images and what is known about each.
+class Embedding(Displayable):
+    """Features of N images and what is known about each (kind "embedding": drawn as its 2-D map).
 
     features:         (N, D) float32, one vector per image (pooled to a vector, see ``embed``).
     labels:           the true label of each image (folder name, dataset class, ``labels=``), or None.
@@ -48,7 +56,10 @@ class Embedding:
     thumbnails:       (N, t, t, 3) uint8 pictures as the network saw them, for sprites and maps (None: off).
     layer:            where the features come from ("input of fc" or a layer name); model: the model's name.
     classes:          the model's class names (to tell which labels it could predict at all).
+    projection:       the 2-D map its picture uses (``embed(..., projection="tsne")``), or None.
     """
+
+    kind = "embedding"
 
     features: np.ndarray
     labels: list[str | None]
@@ -61,14 +72,16 @@ class Embedding:
     model: str
     classes: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    projection: Projection | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
     def __repr__(self) -> str:
         known = sum(label is not None for label in self.labels)
+        shown = f", projection={self.projection.title!r}" if self.projection is not None else ""
         return (f"Embedding(model={self.model!r}, layer={self.layer!r}, features={tuple(self.features.shape)}, "
-                f"labelled={known}, misclassified={int(self.misclassified().sum())})")
+                f"labelled={known}, misclassified={int(self.misclassified().sum())}{shown})")
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Embedding:
         """The embedding of some images (an int, a slice, indices or a boolean mask)."""
@@ -76,9 +89,10 @@ class Embedding:
         rows = np.atleast_1d(rows)
         pick = lambda values: None if values is None else (values[rows] if isinstance(values, np.ndarray)
                                                               else [values[i] for i in rows])
+        projection = None if self.projection is None else replace(self.projection, coords=self.projection.coords[rows])
         return replace(self, features=self.features[rows], labels=pick(self.labels), predictions=pick(self.predictions),
                        probabilities=pick(self.probabilities), predicted_labels=pick(self.predicted_labels),
-                       paths=pick(self.paths), thumbnails=pick(self.thumbnails), meta=dict(self.meta))
+                       paths=pick(self.paths), thumbnails=pick(self.thumbnails), meta=dict(self.meta), projection=projection)
 
     def misclassified(self) -> np.ndarray:
         """(N,) bool: images whose label is one of the model's classes and differs from its prediction.
@@ -177,35 +191,127 @@ def _thumbnails(x: torch.Tensor, model: Model, size: int) -> np.ndarray:
 
 
 # -- embed -------------------------------------------------------------------------------------------
-def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, batch_size: int = 64, pool: Literal["avg", "max", "flatten"] = "avg",
-          labels: Sequence[Any] | None = None, thumbnail_size: int = 48, size: Sequence[int] | None = None,
-          progress: ProgressArg = None) -> Embedding:
-    """Feature vectors of many images, with labels, top-1 predictions, paths and thumbnails -> Embedding.
+Side = Annotated[int, Field(ge=8, le=4096)]
 
-    ``images``: a folder (ImageFolder layout: each sub-folder's name labels the images under it,
-    searched recursively; files at the top are unlabelled), a list of paths or pictures, a preprocessed
-    tensor (N, C, H, W), or a torch ``Dataset`` of ``(image, label)`` (PIL pictures or preprocessed
-    (C, H, W) tensors; int labels name ``dataset.classes`` or the model's classes). Images are loaded,
-    preprocessed and run ``batch_size`` at a time in inference mode: memory holds one batch, the
-    features (N × D floats) and the thumbnails (N × t² × 3 bytes), never all the images.
+
+def _picture_shape(model: Model, size: Sequence[int] | None) -> tuple[int, int, int]:
+    """(C, H, W) the pictures of a dataset are fed at: ``size``, the model's input size, else 224x224 (a guess
+    for costs and batch sizes only)."""
+    height, width = size if size is not None else (model.input_size or (224, 224))
+    return model.channels, int(height), int(width)
+
+
+def _rows(model: Model, shape: tuple[int, int, int], batch_size: int | None) -> int:
+    """Pictures per forward: ``batch_size``, else about 16 of 224x224 on a CPU (64 on a GPU), fewer when the
+    model's largest activation times the rows would pass the memory budget — and each batch well under a
+    second of work on a CPU, so progress (and a cancel) comes often."""
+    if batch_size is not None:
+        return int(batch_size)
+    fast = default_rows(shape[1], shape[2], device=model.device)
+    per_row = bytes_per_row(model, shape)
+    return fast if not per_row else max(1, min(fast, memory_budget(model.device) // per_row))
+
+
+def _embed_cost(context: CostContext) -> Cost:
+    """One forward per picture (per item: the dataset's size is not known before it is read); memory: one
+    batch's activations."""
+    model = context.model
+    if model is None:
+        return Cost(1, per_item=True)
+    shape = _picture_shape(model, context.options.get("size"))
+    rows = _rows(model, shape, context.options.get("batch_size"))
+    per_row = bytes_per_row(model, shape) or 0
+    return Cost(context.area(shape[1], shape[2]), rows * per_row, f"one forward per picture, {rows} pictures at a time",
+                per_item=True)
+
+
+def _in_background(work: Callable[[], T], progress: ProgressArg, bar: Tracker, interval: float = 0.25) -> T:
+    """``work()``; with a progress callback, in a worker thread while the callback is called every ``interval``
+    seconds, so a cancel is honoured at once: scikit-learn's t-SNE offers no way to stop it, so its thread
+    finishes in the background and its result is dropped."""
+    if (not callable(progress) or isinstance(progress, bool)) and getattr(bar, "parent", None) is None:
+        return work()  # nobody to hear a cancel (a nested tracker passes pings on to its caller's callback)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="convscope-projection", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(interval)
+        if thread.is_alive():
+            bar.advance(0)  # a heartbeat: the callback may raise Cancelled
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _project(embedding: Embedding, projection: str, perplexity: float, seed: int, progress: ProgressArg) -> Projection | None:
+    """The 2-D map ``embed`` stores: t-SNE (PCA below 4 pictures), PCA, or none (below 2 pictures)."""
+    count = len(embedding)
+    if projection == "none" or count < 2:
+        return None
+    method = "tsne" if projection == "tsne" and count >= 4 else "pca"
+    with tracker(progress, 1, "t-SNE map" if method == "tsne" else "PCA map") as bar:
+        if method == "tsne":
+            found = _in_background(lambda: tsne(embedding.features, perplexity=perplexity, seed=seed), progress, bar)
+        else:
+            found = pca(embedding.features, seed=seed)
+        bar.advance(1)
+    return found
+
+
+@register("embed", family="embedding", takes="dataset", returns="embedding", cost=_embed_cost,
+          paper="van der Maaten & Hinton 2008, Visualizing Data using t-SNE (the map); penultimate CNN features",
+          quick={"projection": "pca", "thumbnail_size": 32},
+          report=ReportSpec(options={"thumbnail_size": 32}, quick={"projection": "pca"}, title="The dataset in feature space",
+                            note="One dot per image at its place on a 2-D map of the model's features, coloured by label; "
+                                 "crosses are misclassified images. Classes the model tells apart form separate clusters."))
+def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None,
+          pool: Literal["avg", "max", "flatten"] = "avg", labels: PythonOnly[Any] = None,
+          thumbnail_size: Annotated[int, Field(ge=0, le=256)] = 48, size: tuple[Side, Side] | None = None,
+          projection: Literal["tsne", "pca", "none"] = "tsne", perplexity: Annotated[float, Field(ge=1, le=100)] = 30.0,
+          seed: Seed = 0, progress: ProgressArg = None) -> Embedding:
+    """Embedding: a dataset in the model's feature space, mapped to 2-D (t-SNE), labels and mistakes marked.
+
+    -> :class:`Embedding`: one feature vector per image with its label, the model's top-1 prediction, path
+    and thumbnail, and the 2-D map its picture shows.
+
+    ``images``: a folder (ImageFolder layout: each sub-folder's name labels the images under it, searched
+    recursively; files at the top are unlabelled), a list of paths or pictures, a preprocessed tensor
+    (N, C, H, W), an (images, labels) pair or a torch ``Dataset`` of ``(image, label)`` (PIL pictures
+    or preprocessed (C, H, W) tensors; int labels name ``dataset.classes`` or the model's classes). Images
+    are loaded, preprocessed and run ``batch_size`` at a time in inference mode: memory holds one batch,
+    the features (N × D floats) and the thumbnails (N × t² × 3 bytes), never all the images.
+    ``layer``: None for the input of the classifier head (the last Linear layer called: the penultimate
+    features), captured in the forward that gives the predictions; or a layer whose output is pooled.
+    ``result.projection`` is the 2-D map its picture shows (:func:`tsne` / :func:`pca` for others).
 
     Options:
-        layer: None: the input of the classifier head (the last Linear layer called: the penultimate features),
-            captured in the forward that gives the predictions; or a layer name, whose output is pooled.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; default about 16 of 224x224 on a CPU (64 on a GPU), fewer when memory is short.
         pool: how a layer's (B, C, H, W) output becomes a vector: "avg" (global average), "max", or "flatten" (C·H·W values).
-        labels: one label per image for a list or a tensor (folders and datasets carry their own).
-        thumbnail_size: side of the square thumbnails kept for sprites and thumbnail maps (0: none).
-        size: (H, W) for a model without an input size (a bare module) fed pictures.
-        progress: None (a bar on a terminal), False, True, or a callable (done, total, what).
+        labels: one label per image for a list or a tensor (folders and datasets carry their own; Python only).
+        thumbnail_size: side in pixels of the thumbnails kept for thumbnail maps and projector sprites (0: none).
+        size: (height, width) to feed a model that has no input size of its own (a bare module).
+        projection: the 2-D map the picture shows: "tsne" (neighbours stay neighbours: clusters; seconds for thousands of
+            images), "pca" (the two main directions of variation: instant, clusters overlap) or "none".
+        perplexity: t-SNE's number of close neighbours per point (5-50 usual; lowered to (N - 1) / 3 for small datasets).
+        seed: random state of the map (same seed, same map).
     """
     wrapped = as_model(model)
     if pool not in POOLS:
         raise ConvscopeError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConvscopeError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if projection not in PROJECTIONS:
+        raise ConvscopeError(f"unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}")
     source = data.source(wrapped, images, labels, size)
     ref = resolve_layer(wrapped, layer) if layer is not None else None
+    rows = _rows(wrapped, _picture_shape(wrapped, size), batch_size)
     module = wrapped.module
     features: list[np.ndarray] = []
     thumbs: list[np.ndarray] = []
@@ -218,7 +324,7 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
     with tracker(progress, source.count, "embedding") as bar, Guard(module, grad=False) as guard:
         head = _HeadInput(guard, module) if ref is None else None
         capture = guard.capture(ref, grad=False) if ref is not None else None
-        for x, batch_labels, batch_paths in source.batches(batch_size):
+        for x, batch_labels, batch_paths in source.batches(rows):
             if capture is not None:
                 capture.calls, capture.value = 0, None
             output = module(wrapped.working_copy(x))
@@ -244,9 +350,9 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
                 thumbs.append(_thumbnails(x.detach(), wrapped, int(thumbnail_size)))
             all_labels += batch_labels
             all_paths += batch_paths
-            bar.advance(int(x.shape[0]))
+            bar.advance(int(x.shape[0]))  # a callback may cancel here: the next batch is never read
     predictions = np.concatenate(classes).astype(np.int64) if with_output else None
-    return Embedding(
+    found = Embedding(
         features=np.ascontiguousarray(np.concatenate(features), dtype=np.float32),
         labels=all_labels,
         predictions=predictions,
@@ -257,19 +363,26 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
         layer=layer_name,
         model=wrapped.name,
         classes=list(wrapped.labels) if wrapped.labels is not None else None,
-        meta={"pool": pool if ref is not None else None, "batch_size": batch_size},
+        meta={"pool": pool if ref is not None else None, "batch_size": rows},
     )
+    found.projection = _project(found, projection, perplexity, seed, progress)
+    return found
 
 
 # -- 2-D maps ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
-class Projection:
+class Projection(Displayable):
     """2-D coordinates of an embedding's points: ``coords`` (N, 2) float32, the ``method`` ("t-SNE",
-    "PCA", "UMAP") and the parameters it ran with (the perplexity actually used, seed, ...)."""
+    "PCA", "UMAP") and the parameters it ran with (the perplexity actually used, seed, ...). Made from an
+    :class:`Embedding`, it keeps it as ``source`` and is drawn as its map (kind "projection"): dots
+    coloured by label, misclassified images as crosses; from a bare array, as plain dots."""
 
     coords: np.ndarray
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    source: Embedding | None = field(default=None, repr=False)
+
+    kind = "projection"
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -278,12 +391,17 @@ class Projection:
     def title(self) -> str:
         """E.g. "t-SNE, perplexity 30"."""
         if self.method == "t-SNE":
-            return f"t-SNE, perplexity {self.params.get('perplexity', '?'):g}"
+            return f"t-SNE, perplexity {self.params.get('perplexity', float('nan')):.3g}"
         if self.method == "PCA" and "explained_variance" in self.params:
             return f"PCA ({sum(self.params['explained_variance']):.0%} of the variance)"
         if self.method == "UMAP":
             return f"UMAP, {self.params.get('n_neighbors')} neighbours"
         return self.method
+
+
+def _source(data: Any) -> Embedding | None:
+    """The embedding a map is made of (kept without its own map: no reference cycle)."""
+    return replace(data, projection=None) if isinstance(data, Embedding) else None
 
 
 def _matrix(data: Embedding | np.ndarray | torch.Tensor, minimum: int = 2) -> np.ndarray:
@@ -376,11 +494,12 @@ def tsne(data: Embedding | np.ndarray | torch.Tensor, *, perplexity: float = 30.
         reduced = _reduce(values, pca_dims, seed)
         coords, extra = _run_tsne(reduced, used, seed, engine, threads)
     return Projection(coords, "t-SNE", {"perplexity": used, "requested_perplexity": float(perplexity), "seed": seed,
-                                        "pca_dims": reduced.shape[1], "backend": engine, **extra})
+                                        "pca_dims": reduced.shape[1], "backend": engine, **extra}, _source(data))
 
 
 def tsne_sweep(data: Embedding | np.ndarray | torch.Tensor, perplexities: Sequence[float] = (5, 15, 30, 50), *,
-               seed: int = 0, pca_dims: int | None = 50, backend: Literal["auto", "sklearn", "opentsne"] = "auto", threads: int = 1) -> list[Projection]:
+               seed: int = 0, pca_dims: int | None = 50, backend: Literal["auto", "sklearn", "opentsne"] = "auto",
+               threads: int = 1) -> list[Projection]:
     """One t-SNE map per perplexity (the PCA step is shared), for side-by-side comparison; options as ``tsne``."""
     values = _matrix(data, minimum=4)
     engine = _tsne_backend(backend)
@@ -391,7 +510,8 @@ def tsne_sweep(data: Embedding | np.ndarray | torch.Tensor, perplexities: Sequen
         for requested, used in zip(perplexities, used_values):
             coords, extra = _run_tsne(reduced, used, seed, engine, threads)
             maps.append(Projection(coords, "t-SNE", {"perplexity": used, "requested_perplexity": float(requested),
-                                                     "seed": seed, "pca_dims": reduced.shape[1], "backend": engine, **extra}))
+                                                     "seed": seed, "pca_dims": reduced.shape[1], "backend": engine, **extra},
+                                   _source(data)))
     return maps
 
 
@@ -412,7 +532,7 @@ def pca(data: Embedding | np.ndarray | torch.Tensor, *, seed: int = 0, threads: 
     if coords.shape[1] < 2:  # one feature: pad the second axis
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
     return Projection(coords, "PCA", {"explained_variance": [float(v) for v in reducer.explained_variance_ratio_],
-                                      "seed": seed})
+                                      "seed": seed}, _source(data))
 
 
 def umap(data: Embedding | np.ndarray | torch.Tensor, *, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0,
@@ -435,7 +555,7 @@ def umap(data: Embedding | np.ndarray | torch.Tensor, *, n_neighbors: int = 15, 
     reducer = umap_learn.UMAP(n_components=2, n_neighbors=neighbours, min_dist=min_dist, random_state=seed)
     coords = np.asarray(reducer.fit_transform(reduced), dtype=np.float32)
     return Projection(coords, "UMAP", {"n_neighbors": neighbours, "min_dist": min_dist, "seed": seed,
-                                       "pca_dims": reduced.shape[1]})
+                                       "pca_dims": reduced.shape[1]}, _source(data))
 
 
 def grid_side(count: int) -> int:

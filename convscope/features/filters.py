@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from ..engine import Cost
 from ..errors import LayerError
 from ..hooks import LayerRef
 from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
+from ..registry import ReportSpec, register
 from ..result import Result
 
 __all__ = ["compare_filters", "filter_smoothness", "filters", "first_conv"]
@@ -57,15 +59,18 @@ def filter_smoothness(weights: torch.Tensor) -> float:
     return float((a * b).sum()) / denominator
 
 
+@register("filters", family="features", takes="model", returns="filters", cost=lambda context: Cost(0),
+          paper="Krizhevsky, Sutskever & Hinton 2012; Zeiler & Fergus 2014 (first-layer filters)",
+          report=ReportSpec(title="First-layer filters",
+                            note="Each tile is one kernel scaled by its largest weight (grey 0, white positive, black negative); "
+                                 "a trained network shows smooth oriented edges and colour blobs, a random one noise "
+                                 "(smoothness near 0)."))
 def filters(model: Any, layer: Any = None) -> Result:
-    """The kernels of a convolution: ``data`` (out, in, kh, kw), raw weights (float32).
+    """Filters: the kernels of a convolution, ``data`` (out, in, kh, kw) raw weights (float32); no forward pass.
 
     ``layer``: a dotted name or module (default: the first convolution). ``meta``: ``type``,
     ``shape``, ``stride``, ``groups``, ``colour`` (True for the first layer of a 3-channel model:
     drawn as RGB kernels), ``smoothness`` (see :func:`filter_smoothness`).
-
-    Options:
-        layer: the convolution (default: the first one the model runs).
     """
     wrapped: Model = as_model(model)
     ref = first_conv(wrapped) if layer is None else resolve_layer(wrapped, layer)
@@ -76,7 +81,7 @@ def filters(model: Any, layer: Any = None) -> Result:
                          f"weights; pick a Conv2d (see cs.layers(model))")
     data = weight.detach().float().clone()
     first = ref.module is first_conv(wrapped).module
-    return Result(data=data, method="filters", layer=ref.name, meta={
+    return Result(data=data, method="filters", layer=ref.name, kind="filters", meta={
         "type": type(module).__name__,
         "shape": tuple(data.shape),
         "stride": tuple(getattr(module, "stride", ())),

@@ -60,15 +60,18 @@ class ImageParam(NamedTuple):
     image: Callable[[], torch.Tensor]
 
 
-def _normal(shape: Sequence[int], sd: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """N(0, sd²) drawn on the CPU generator (the same numbers on every device), then moved."""
-    return (torch.randn(tuple(shape), generator=generator) * sd).to(device)
+def _normal(shape: Sequence[int], sd: float, generator: torch.Generator, device: torch.device,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, sd²) drawn in float32 on the CPU generator (the same numbers on every device and in every
+    precision), then moved."""
+    return (torch.randn(tuple(shape), generator=generator) * sd).to(device, dtype)
 
 
-def pixel_image(batch: int, channels: int, size: tuple[int, int], *, sd: float = 0.01,
-                generator: torch.Generator, device: torch.device | str = "cpu") -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
+def pixel_image(batch: int, channels: int, size: tuple[int, int], *, sd: float = 0.01, generator: torch.Generator,
+                device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
     """Plain pixels (B, C, H, W), initialized with N(0, sd²) noise; unbounded (``image_param`` squashes)."""
-    t = _normal((batch, channels, *size), sd, generator, torch.device(device)).requires_grad_(True)
+    t = _normal((batch, channels, *size), sd, generator, torch.device(device), dtype).requires_grad_(True)
     return [t], lambda: t
 
 
@@ -80,15 +83,16 @@ def _freqs(height: int, width: int) -> torch.Tensor:
 
 
 def fft_image(batch: int, channels: int, size: tuple[int, int], *, sd: float = 0.01, decay_power: float = 1.0,
-              generator: torch.Generator, device: torch.device | str = "cpu") -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
+              generator: torch.Generator, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
     """A spectrum (B, C, H, W//2+1) of complex coefficients (stored as real pairs) scaled by
     1 / max(f, 1/max(H, W))^decay_power, turned into pixels by the inverse real FFT (Lucid's ``fft_image``)."""
     height, width = size
     device = torch.device(device)
     freqs = _freqs(height, width)
     scale = 1.0 / freqs.clamp_min(1.0 / max(height, width)) ** decay_power
-    scale = (scale * math.sqrt(height * width)).to(device)[None, None, :, :, None]  # (1, 1, H, W', 1)
-    spectrum = _normal((batch, channels, *freqs.shape, 2), sd, generator, device).requires_grad_(True)
+    scale = (scale * math.sqrt(height * width)).to(device, dtype)[None, None, :, :, None]  # (1, 1, H, W', 1)
+    spectrum = _normal((batch, channels, *freqs.shape, 2), sd, generator, device, dtype).requires_grad_(True)
 
     def image() -> torch.Tensor:
         coeffs = torch.view_as_complex((spectrum * scale).contiguous())
@@ -116,13 +120,14 @@ def correlate_gradient(grad: torch.Tensor) -> torch.Tensor:
 
 
 def image_param(kind: str, batch: int, channels: int, size: tuple[int, int], *, decorrelate: bool = True,
-                sd: float = 0.01, generator: torch.Generator, device: torch.device | str = "cpu") -> ImageParam:
+                sd: float = 0.01, generator: torch.Generator, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> ImageParam:
     """The parameterization ``kind`` ("fft" or "pixel") with colour decorrelation (three channels only)
-    and a sigmoid to [0, 1]."""
+    and a sigmoid to [0, 1]. ``dtype``: float32, or float64 for a double-precision model."""
     if kind == "fft":
-        params, raw = fft_image(batch, channels, size, sd=sd, generator=generator, device=device)
+        params, raw = fft_image(batch, channels, size, sd=sd, generator=generator, device=device, dtype=dtype)
     elif kind == "pixel":
-        params, raw = pixel_image(batch, channels, size, sd=sd, generator=generator, device=device)
+        params, raw = pixel_image(batch, channels, size, sd=sd, generator=generator, device=device, dtype=dtype)
     else:
         raise ConvscopeError(f"unknown param {kind!r}; choose one of {', '.join(PARAMS)}")
     whiten = decorrelate and channels == 3

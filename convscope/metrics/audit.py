@@ -27,18 +27,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from .. import data, registry
-from ..engine import default_rows
+from .. import data
+from ..engine import Cost, default_rows
 from ..errors import InputError
 from ..images import to_uint8
 from ..models import Model, as_model
+from ..options import BatchSize, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
+from ..registry import CostContext, register
+from ..result import Displayable
+from .nested import method as checked_method
 
 __all__ = ["Audit", "SwapTest", "audit", "fill_region", "region_share", "smooth_fill"]
 
@@ -82,13 +87,16 @@ class SwapTest:
 
 
 @dataclass
-class Audit:
+class Audit(Displayable):
     """Per image (N,): ``label`` (-1 when unknown), ``predicted``, ``probability`` (of the prediction),
     ``share`` of the explanation inside the region, ``area`` of the region (the share of a uniform map),
     ``hit`` (the map's peak inside the region), ``concentration`` ((share - area) / (1 - area)),
     ``flagged`` (concentration < ``threshold``), ``explained`` (the class each map explains); ``swap`` the
     background-swap test (None when not run); ``examples``: image index -> (picture uint8 (h, w, 3), map
-    (h, w), region (h, w)) at most 96 px, for the lowest-concentration images (``keep_examples``)."""
+    (h, w), region (h, w)) at most 96 px, for the lowest-concentration images (``keep_examples``).
+    Kind "audit": ``figure(k=8)`` draws the worst images, the shares per class and the swap composites."""
+
+    kind = "audit"
 
     method: str
     threshold: float
@@ -210,11 +218,17 @@ class Audit:
                                                        "follows_background": self.swap.follows_background},
                 "seconds": self.seconds}
 
-    def figure(self, k: int = EXAMPLES) -> Any:
-        """Worst images with their maps and regions, the per-class shares and swap examples."""
-        from ..render.audit import audit_figure
-
-        return audit_figure(self, k=k)
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per image: its path, true and predicted class, the class explained, share, area,
+        concentration, hit and whether it is flagged (JSON, a DataFrame)."""
+        concentration, flagged = self.concentration, self.is_flagged
+        explained = self.explained if self.explained is not None else self.predicted
+        return [{"image": i, "path": self.paths[i] if i < len(self.paths) else None,
+                 "label": None if self.label[i] < 0 else self._name(int(self.label[i])),
+                 "predicted": self._name(int(self.predicted[i])), "probability": float(self.probability[i]),
+                 "explained": self._name(int(explained[i])), "share": float(self.share[i]), "area": float(self.area[i]),
+                 "concentration": float(concentration[i]), "hit": bool(self.hit[i]), "flagged": bool(flagged[i])}
+                for i in range(len(self))]
 
 
 # -- pieces ------------------------------------------------------------------------------------------
@@ -371,45 +385,86 @@ def _small(x: torch.Tensor, side: int = 96) -> tuple[int, int]:
 
 
 # -- the audit ---------------------------------------------------------------------------------------
-def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradcam", regions: Any = None,
-          target: Any = None, labels: Sequence[Any] | None = None, threshold: float = FLAG_CONCENTRATION,
-          batch_size: int | None = None, swap_backgrounds: bool = True, swaps: int = 256, seed: int = 0,
-          keep_examples: int = 16, progress: ProgressArg = None, **method_options: Any) -> Audit:
-    """Audit ``model`` on ``dataset`` for shortcuts: where its explanations fall and whose class its
-    predictions follow when objects change backgrounds (see the module docstring).
+def _dataset_picture(model: Model, dataset: Any) -> torch.Tensor | None:
+    """A stand-in (1, C, H, W) of one of the dataset's pictures as the model sees it, for cost estimates."""
+    pictures = dataset[0] if data.is_pair(dataset) else dataset
+    if isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
+        return torch.empty((1, *pictures.shape[1:]))
+    if model.input_size is None:
+        return None
+    return torch.empty((1, model.channels or 3, *model.input_size))
+
+
+def _audit_cost(context: CostContext) -> Cost:
+    """Per picture: the method's map of it, and (with the swap test) one forward of a composite."""
+    model = context.model
+    if model is None:
+        return Cost(0, per_item=True)
+    own = context.tool.options_model.model_fields
+    given = {k: v for k, v in context.options.items() if k not in own}
+    chosen = checked_method(context.options["method"], {**given, "layer": context.special.get("layer")}, who="audit")
+    one = _dataset_picture(model, context.inputs.get("dataset"))
+    if one is None:
+        return Cost(0, per_item=True)
+    explain = chosen.cost(model, one)
+    swap = 1.0 if context.options["swap_backgrounds"] else 0.0
+    return Cost(explain.forwards + swap, explain.memory, f"per picture: {chosen.name}" + (" and one composite" if swap else ""),
+                per_item=True)
+
+
+@register("audit", family="workflow", takes="dataset", returns="audit", cost=_audit_cost, report=None,
+          paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (the pointing game); Wang et al. "
+                "2020, Score-CAM (its energy-based pointing game); Xiao et al. 2021, Noise or Signal: The Role of Image "
+                "Backgrounds in Object Recognition (objects on other classes' backgrounds)",
+          quick={"swaps": 16, "keep_examples": 8})
+def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str, Field(min_length=1, max_length=64)] = "gradcam",
+          regions: Path | PythonOnly[Any] | None = None,
+          target: Any = None, layer: Any = None, labels: list[int] | list[str] | PythonOnly[Any] | None = None,
+          threshold: Annotated[float, Field(gt=-1, lt=1)] = FLAG_CONCENTRATION, batch_size: BatchSize = None,
+          swap_backgrounds: bool = True, swaps: Annotated[int, Field(ge=1, le=100_000)] = 256, seed: Seed = 0,
+          keep_examples: Annotated[int, Field(ge=0, le=1024)] = 16, progress: ProgressArg = None,
+          **method_options: Any) -> Audit:
+    """Shortcut audit of a dataset: do the model's explanations fall on the objects, and does its prediction
+    follow the object or the background when objects are pasted onto other classes' backgrounds?
 
     dataset:  a folder (ImageFolder layout: sub-folder = label), a list of paths or pictures, a
               preprocessed tensor (N, C, H, W) (labels from ``labels=``), an ``(images, labels)`` pair,
               or a torch Dataset of (image, label).
-    method:   any registered attribution method (``convscope methods``), run batched; extra keyword
-              options (``layer=``, ``steps=``…) go to it.
     regions:  the object in each image: bool masks (N, H, W) at the model's input size (or a multiple of
               it with the same aspect ratio), boxes (N, 4) as (x0, y0, x1, y1) in input pixels, or a
               folder of mask pictures mirroring the dataset's files (same relative path or name, white =
               object), cropped as the model crops the images.
     target:   the class each map explains: None (the model's top-1, default), ``"label"`` (the true
               class), an int, or one class per image (N,).
-    threshold: an image is flagged when its concentration (share - area) / (1 - area) is below this.
-    batch_size: images per call of the method (None: about 16 images of 224x224, 196 of 64x64).
-    swap_backgrounds: run the background-swap test on up to ``swaps`` composites per class.
-    keep_examples: the pictures, maps and regions of this many lowest-concentration images are kept for figures.
+    layer:    the method's layer (default: its own choice). Other keyword options go to the method
+              (``steps=``…), checked by its own options before any work.
     Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
+
+    Options:
+        method: the attribution method whose maps are located (default gradcam); it runs batched on the dataset.
+        regions: where the object is in each picture: a folder of mask pictures (white = object) laid out like the
+            dataset's files (a path on this machine: the command line and Python only, never the web app); from Python
+            also masks (N, H, W) or boxes (N, 4) as (x0, y0, x1, y1) in input pixels.
+        labels: the true class of each picture when the dataset does not say it (a tensor of pictures): class
+            names or indices.
+        threshold: a picture is flagged when its concentration (share - area) / (1 - area) is below this: how much
+            more of the map the object holds than a uniform map would give it.
+        batch_size: pictures per call of the method (none: about 16 of 224x224, 196 of 64x64).
+        swap_backgrounds: also paste objects onto other classes' backgrounds and see whose class the model predicts.
+        swaps: at most this many composites per class in the swap test (a uniform sample of the dataset).
+        seed: which pictures the swap test samples and pairs; the same seed gives the same composites.
+        keep_examples: the pictures, maps and regions of this many lowest-concentration pictures are kept for figures.
     """
     wrapped = as_model(model)
-    info = registry.get(method)
-    if not -1 < float(threshold) < 1:
-        raise InputError(f"threshold (a concentration) must be between -1 and 1, got {threshold!r}")
+    chosen = checked_method(method, {**method_options, "layer": layer}, who="audit")
     if regions is None:
         raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
-    for name, value, low in (("batch_size", batch_size, 1), ("swaps", swaps, 1), ("keep_examples", keep_examples, 0)):
-        if (value is not None or name != "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise InputError(f"{name} must be an int >= {low}, got {value!r}")
     source = data.source(wrapped, dataset, labels)
     pictures = dataset[0] if data.is_pair(dataset) else dataset
     if batch_size is None and isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
-        batch_size = default_rows(*pictures.shape[-2:])
+        batch_size = default_rows(*pictures.shape[-2:], device=wrapped.device)
     if batch_size is None:  # pictures: the model's input size decides
-        batch_size = default_rows(*(wrapped.input_size or (224, 224)))
+        batch_size = default_rows(*(wrapped.input_size or (224, 224)), device=wrapped.device)
     targets = _check_audit_target(target, source.count)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
@@ -433,7 +488,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradca
                 raise InputError(f"the region of image {offset + int(empty[0])} is empty; every image needs its object")
             label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
             explain = _batch_target(targets, label, offset, count)
-            result = info.fn(wrapped, x, target=explain, **method_options)
+            result = chosen(wrapped, x, target=explain)
             maps = result.maps().float().cpu()  # (B, H, W)
             if maps.shape[-2:] != masks.shape[-2:]:
                 maps = F.interpolate(maps[:, None], size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
@@ -459,8 +514,8 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: str = "gradca
     examples = {i: examples[i][1:] for i in sorted(examples)}
     classes = int(max(cat["predicted"].max(), cat["label"].max())) + 1
     names = list(wrapped.labels) if wrapped.labels else [f"class {i}" for i in range(classes)]
-    swap = _swap_test(wrapped, keep, names, batch_size, generator) if swap_backgrounds else None
-    return Audit(info.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
+    swap = _swap_test(wrapped, keep, names, batch_size, generator, progress) if swap_backgrounds else None
+    return Audit(chosen.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
                  examples, swap, time.perf_counter() - start, cat["evidence"], cat["explained"])
 
@@ -566,8 +621,9 @@ def _reservoir(keep: dict[int, list[Any]], seen: dict[int, int], x: torch.Tensor
 
 
 def _swap_test(model: Model, keep: dict[int, list[Any]], names: list[str], batch_size: int,
-               generator: torch.Generator) -> SwapTest:
-    """Each kept object onto the (object-free) background of a kept picture of another class."""
+               generator: torch.Generator, progress: ProgressArg = None) -> SwapTest:
+    """Each kept object onto the (object-free) background of a kept picture of another class (progress: one
+    unit per composite)."""
     classes = sorted(c for c in keep if c >= 0)
     objects, backgrounds, predicted, examples = [], [], [], []
     if len(classes) < 2:
@@ -581,18 +637,24 @@ def _swap_test(model: Model, keep: dict[int, list[Any]], names: list[str], batch
             back, back_region = bucket[int(torch.randint(0, len(bucket), (1,), generator=generator))]
             pairs.append((picture, region, back, back_region, c, other))
     pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=generator).tolist()]  # classes mixed in every batch
-    for start in range(0, len(pairs), batch_size):
-        part = pairs[start:start + batch_size]
-        pictures = torch.stack([p[0] for p in part])
-        regions = torch.stack([p[1] for p in part])
-        backs = fill_region(torch.stack([p[2] for p in part]), torch.stack([p[3] for p in part]))
-        composite = torch.where(regions[:, None], pictures, backs)
-        guesses = model.forward(composite.to(model.device)).argmax(1).cpu()
-        predicted.append(guesses)
-        objects += [p[4] for p in part]
-        backgrounds += [p[5] for p in part]
-        if len(examples) < EXAMPLES:
-            shown = to_uint8(model.denormalize(composite[:EXAMPLES - len(examples)].float().cpu()))
-            examples += [(shown[i], part[i][4], part[i][5], int(guesses[i])) for i in range(len(shown))]
+    with tracker(progress, len(pairs), "audit: background swaps") as bar:
+        for start in range(0, len(pairs), batch_size):
+            _swap_batch(model, pairs[start:start + batch_size], predicted, objects, backgrounds, examples)
+            bar.advance(len(pairs[start:start + batch_size]))
     return SwapTest(np.asarray(objects), np.asarray(backgrounds), torch.cat(predicted).numpy(), names, examples)
 
+
+def _swap_batch(model: Model, part: list[Any], predicted: list[torch.Tensor], objects: list[int], backgrounds: list[int],
+                examples: list[Any]) -> None:
+    """One batch of composites: the objects of ``part`` on its backgrounds (their own objects filled in), predicted."""
+    pictures = torch.stack([p[0] for p in part])
+    regions = torch.stack([p[1] for p in part])
+    backs = fill_region(torch.stack([p[2] for p in part]), torch.stack([p[3] for p in part]))
+    composite = torch.where(regions[:, None], pictures, backs)
+    guesses = model.forward(composite.to(model.device)).argmax(1).cpu()
+    predicted.append(guesses)
+    objects += [p[4] for p in part]
+    backgrounds += [p[5] for p in part]
+    if len(examples) < EXAMPLES:
+        shown = to_uint8(model.denormalize(composite[:EXAMPLES - len(examples)].float().cpu()))
+        examples += [(shown[i], part[i][4], part[i][5], int(guesses[i])) for i in range(len(shown))]

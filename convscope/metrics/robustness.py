@@ -19,17 +19,21 @@ import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from .. import registry
-from ..engine import default_rows, gaussian_blur
+from ..engine import Cost, default_rows, gaussian_blur
 from ..errors import ConvscopeError, InputError
 from ..models import Model, as_model
+from ..options import BatchSize, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
+from ..registry import CostContext, ReportSpec, register
+from ..result import Displayable
+from .nested import method as checked_method
 
 __all__ = ["PERTURBATIONS", "Original", "Perturbation", "Robustness", "RobustnessRow", "robustness", "rotate"]
 
@@ -201,10 +205,14 @@ class Original:
 
 
 @dataclass
-class Robustness:
+class Robustness(Displayable):
     """The sweep: ``original`` (class, label, probability, picture, map), ``rows`` (one per perturbation
     × strength, in sweep order), the pictures and maps for figures (``pictures`` (N, H, W, 3) uint8,
-    ``maps`` (N, H, W) raw), ``notes`` (what was skipped or adjusted)."""
+    ``maps`` (N, H, W) raw), ``notes`` (what was skipped or adjusted). Kind "robustness": ``figure()``
+    draws the grid of perturbed pictures with their maps, ``figure(view="curves")`` p(original class)
+    against strength."""
+
+    kind = "robustness"
 
     method: str
     original: Original
@@ -288,18 +296,6 @@ class Robustness:
                      f"original map (moved with the picture for rotations); peak moved: share of the diagonal")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-    def figure(self, **style: Any) -> Any:
-        """The grid figure (see ``convscope.render.robustness.robustness_figure``)."""
-        from ..render.robustness import robustness_figure
-
-        return robustness_figure(self, **style)
-
-    def curves(self, **style: Any) -> Any:
-        """p(original class) against strength (see ``convscope.render.robustness.robustness_curves``)."""
-        from ..render.robustness import robustness_curves
-
-        return robustness_curves(self, **style)
 
 
 # -- choosing perturbations -------------------------------------------------------------------------
@@ -393,11 +389,7 @@ def _display_picture(model: Model, image: Any, notes: list[str]) -> torch.Tensor
         x = model.check_input(image)
         if x.shape[0] != 1:
             raise InputError(f"robustness takes one picture; got a batch of {x.shape[0]} (pass x[i:i+1])")
-        x = x.detach().to(device=model.device, dtype=torch.float32, copy=True)
-        if model.std is not None:
-            x = x * torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
-        if model.mean is not None:
-            x = x + torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
+        x = model.denormalize(x.detach().to(device=model.device, dtype=torch.float32))
         outside = float(((x < -0.02) | (x > 1.02)).float().mean())
         if outside > 0.01:
             notes.append(f"{outside:.0%} of the picture's values fall outside [0, 1] after undoing the normalization "
@@ -414,12 +406,7 @@ def _display_picture(model: Model, image: Any, notes: list[str]) -> torch.Tensor
 
 def _normalize(model: Model, pictures: torch.Tensor) -> torch.Tensor:
     """[0, 1] pictures (B, C, H, W) -> the model's input (its mean/std, device and dtype)."""
-    x = pictures
-    if model.mean is not None:
-        x = x - torch.tensor(model.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    if model.std is not None:
-        x = x / torch.tensor(model.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return x.to(model.dtype)
+    return model.normalize(pictures).to(model.dtype)
 
 
 def _uint8(pictures: torch.Tensor) -> np.ndarray:
@@ -504,13 +491,61 @@ def _compare(original: torch.Tensor, original_ranks: torch.Tensor, maps: torch.T
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
-def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Any = None, target: int | None = None,
-               method: str = "gradcam", layer: Any = None, batch_size: int | None = None, seed: int = 0,
-               progress: ProgressArg = None, **method_options: Any) -> Robustness:
-    """Perturb ``image`` in every way of ``perturbations`` at several strengths; per perturbed picture
-    record the top-1, the probability of the original class and how the ``method`` map for the original
-    class changed (Spearman rank correlation with the original map, peak displacement).
+Perturbations = (Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=64)]
+                 | str | dict[str, list[float] | float | None] | PythonOnly[Any] | None)
 
+
+def _method_options(context: CostContext) -> dict[str, Any]:
+    """The options of a call that are not the tool's own: they go to the method (``**method_options``)."""
+    own = context.tool.options_model.model_fields
+    return {k: v for k, v in context.options.items() if k not in own}
+
+
+def _one_picture(model: Model, image: Any) -> torch.Tensor | None:
+    """A stand-in (1, C, H, W) of the picture the sweep will explain, for cost estimates (no data in it)."""
+    if isinstance(image, torch.Tensor) and image.dim() == 4:
+        return torch.empty((1, *image.shape[1:]))
+    if model.input_size is None:
+        return None
+    return torch.empty((1, model.channels or 3, *model.input_size))
+
+
+def _robustness_cost(context: CostContext) -> Cost:
+    """The method on the original picture and on every perturbed one (perturbations × strengths pictures)."""
+    model = context.model
+    if model is None:
+        return Cost(0)
+    one = _one_picture(model, context.inputs.get("image"))
+    if one is None:
+        return Cost(0)
+    chosen = checked_method(context.options["method"], {**_method_options(context), "layer": context.special.get("layer")},
+                            who="robustness")
+    pictures = sum(len(strengths) for _, strengths in resolve_perturbations(context.options["perturbations"],
+                                                                            model.channels or 3, []))
+    per_picture = chosen.cost(model, one)
+    kept = pictures * one.shape[-2] * one.shape[-1] * (3 + 4 + 4 * one.shape[1])  # pictures, maps, perturbed inputs
+    return Cost(per_picture.forwards * (pictures + 1), max(per_picture.memory, kept),
+                f"{chosen.name} on the picture and on {pictures} perturbed pictures")
+
+
+@register("robustness", family="workflow", takes="image", returns="robustness", cost=_robustness_cost,
+          paper="Hendrycks & Dietterich 2019, Benchmarking Neural Network Robustness to Common Corruptions and "
+                "Perturbations (the idea; the sweep and the map comparison are convscope's)",
+          quick={"perturbations": ["brightness", "shadow", "blur", "rotation"]},
+          report=ReportSpec(title="Robustness: light, colour, shadow, blur, noise, rotation, an occluding patch",
+                            note="Each row perturbs the first picture more and more: the curves show how much of the "
+                                 "original class's probability survives, the grid where the map for that class moves "
+                                 "(red: the top-1 changed; ρ: rank correlation with the original map)."))
+def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Perturbations = None, target: int | None = None,
+               method: Annotated[str, Field(min_length=1, max_length=64)] = "gradcam", layer: Any = None,
+               batch_size: BatchSize = None, seed: Seed = 0, progress: ProgressArg = None,
+               **method_options: Any) -> Robustness:
+    """Perturb a picture as light, weather and the camera would (brightness, contrast, colour, shadow, blur,
+    noise, rotation, an occluding patch) at several strengths, and see whether the prediction and the map for
+    the original class survive.
+
+    Per perturbed picture: the top-1, the probability of the original class and how the ``method`` map for
+    the original class changed (Spearman rank correlation with the original map, peak displacement).
     For geometric perturbations (rotation) the original map is rotated the same way before comparing —
     the evidence should move with the object — and only pixels that came from inside the picture count.
 
@@ -519,37 +554,40 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Any
     perturbations: None (all of ``PERTURBATIONS``), names ("shadow,blur" or a list), a mapping name ->
                    strengths, :class:`Perturbation` objects or functions ``fn(x, strength, generator)``.
     target:        the class to follow (default: the original top-1); every map explains this class.
-    method:        any registered map method (default Grad-CAM), one call per batch of perturbed pictures.
     layer:         the method's layer (default: its own choice, e.g. the last conv map).
-    batch_size:    perturbed pictures per call (default: about 16 pictures of 224²); never changes the answer.
-    seed:          noise, the shadow's angle and place, a patch without a peak; same seed, same sweep.
-    progress:      see ``convscope.progress``. Other keyword options go to the method.
+    progress:      see ``convscope.progress``. Other keyword options go to the method (checked by its own
+                   options before any work).
 
     Uses only the model's public forward (through the method): model and input are left as they were.
+
+    Options:
+        perturbations: which changes to sweep, by name (brightness, contrast, colour, shadow, blur, noise, rotation,
+            patch; a list or "shadow,blur"), or name -> strengths ({"blur": [1, 4]}); none: all of them at their
+            default strengths.
+        method: the attribution method whose map is compared across the perturbed pictures (default gradcam).
+        batch_size: perturbed pictures per call of the method (none: about 16 of 224x224); never changes the answer.
+        seed: draws the noise, the shadow's angle and place and a patch without a peak; the same seed gives the
+            same sweep.
     """
     wrapped = as_model(model)
-    info = registry.get(method)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    chosen_method = checked_method(method, {**method_options, "layer": layer}, who="robustness")
     notes: list[str] = []
     chosen = resolve_perturbations(perturbations, wrapped.channels, notes)
     base = _display_picture(wrapped, image, notes)  # (1, C, H, W) in [0, 1]
     height, width = base.shape[-2:]
-    options = dict(method_options)
-    if layer is not None:
-        options["layer"] = layer
-    rows_per_call = batch_size or default_rows(height, width)
+    rows_per_call = batch_size or default_rows(height, width, device=wrapped.device)
     total = sum(len(strengths) for _, strengths in chosen)
 
     with tracker(progress, total + 1, "robustness") as bar:
-        first = info.fn(wrapped, _normalize(wrapped, base), target=target, **options)
+        first = chosen_method(wrapped, _normalize(wrapped, base), target=target)
         if first.target is None or "probabilities" not in first.meta:
-            raise ConvscopeError(f"robustness follows a class; {info.name} on this model gives no class probabilities")
+            raise ConvscopeError(f"robustness follows a class; {chosen_method.name} on this model gives no class probabilities")
         followed = int(first.target[0])
         original_map = _maps_at(first, height, width)[0]  # (H, W)
         peak = _peak(original_map, torch.ones_like(original_map, dtype=torch.bool))
         if peak is None:
-            notes.append(f"the original {info.name} map is flat: peak shifts are undefined and the patch goes to a seeded place")
+            notes.append(f"the original {chosen_method.name} map is flat: peak shifts are undefined and the patch goes "
+                         f"to a seeded place")
         predicted = int(first.meta["predicted"][0])
         original = Original(followed, wrapped.label(followed), float(first.meta["probabilities"][0]), predicted,
                             wrapped.label(predicted), float(first.meta["predicted_probabilities"][0]),
@@ -563,7 +601,7 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Any
         original_ranks = _centred_ranks(original_map.flatten()[None])[0]
         for start in range(0, len(jobs), rows_per_call):
             part = jobs[start:start + rows_per_call]
-            result = info.fn(wrapped, _normalize(wrapped, torch.cat([job.picture for job in part])), target=followed, **options)
+            result = chosen_method(wrapped, _normalize(wrapped, torch.cat([job.picture for job in part])), target=followed)
             these = _maps_at(result, height, width)  # (b, H, W)
             for i, (job, (rho, peak_here, shift)) in enumerate(zip(part, _compare(original_map, original_ranks, these, part))):
                 top = int(result.meta["predicted"][i])
@@ -575,7 +613,7 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Any
             bar.advance(len(part))
 
     pictures = _uint8(torch.cat([job.picture for job in jobs]))
-    return Robustness(info.name, original, rows, pictures, torch.cat(maps).numpy(), notes, int(seed),
+    return Robustness(chosen_method.name, original, rows, pictures, torch.cat(maps).numpy(), notes, int(seed),
                       {perturbation.name: perturbation for perturbation, _ in chosen})
 
 

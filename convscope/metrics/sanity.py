@@ -15,28 +15,28 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ..engine import prepare
+from ..engine import Cost, prepare
 from ..errors import ConvscopeError, LayerError, ModelError
 from ..layers import layers as list_layers
 from ..layers import resolve_layer
 from ..models import Model, as_model
+from ..options import Seed
 from ..progress import ProgressArg, tracker
-from ..result import Result
+from ..registry import CostContext, ReportSpec, register
+from ..result import Displayable, Result
 from ..targets import Target
+from .nested import method as checked_method
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-__all__ = ["SanityReport", "layer_groups", "rank_correlation", "sanity", "sanity_figure", "ssim"]
+__all__ = ["SanityReport", "layer_groups", "rank_correlation", "sanity", "ssim"]
 
 THRESHOLD = 0.5
 REST = "(all remaining)"
@@ -215,8 +215,9 @@ def _private_copy(model: Model) -> Model:
 
 # -- the report -------------------------------------------------------------------------------------
 @dataclass(eq=False)
-class SanityReport:
-    """The cascading randomization of one method on one batch (S steps, B images).
+class SanityReport(Displayable):
+    """The cascading randomization of one method on one batch (S steps, B images); kind "sanity":
+    ``figure(index=0)`` draws one image's maps along the cascade and the similarity curves.
 
     layers:                  what each step randomized in addition to the steps before (top-down).
     rank_correlation:        (S, B) Spearman rank correlation of |map| with the original |map|.
@@ -226,6 +227,8 @@ class SanityReport:
     maps:                    (S + 1, B, H, W) the |maps|, the original first (raw values).
     threshold:               ``passed`` needs the mean rank correlation over the cascade below it.
     """
+
+    kind = "sanity"
 
     method: str
     layers: list[str]
@@ -277,6 +280,13 @@ class SanityReport:
     def __str__(self) -> str:
         return self.table()
 
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per step of the cascade: what it randomized and the batch-mean similarities."""
+        signed = self.rank_correlation_signed
+        return [{"step": i + 1, "randomized": name, "rank_correlation": float(self.rank_correlation[i].mean()),
+                 "rank_correlation_signed": None if signed is None else float(signed[i].mean()),
+                 "ssim": float(self.ssim[i].mean())} for i, name in enumerate(self.layers)]
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe numbers (no maps)."""
         signed = None if self.rank_correlation_signed is None else self.rank_correlation_signed.tolist()
@@ -285,20 +295,55 @@ class SanityReport:
                 "score": self.score.tolist(), "passed": self.passed, "passed_per_image": self.passed_per_image.tolist(),
                 "target": None if self.target is None else self.target.tolist(), "labels": self.labels}
 
-    def figure(self, index: int = 0, *, columns: int = 8) -> Figure:
-        """Image ``index``'s map after each step, and the similarity curves."""
-        return sanity_figure(self, index, columns=columns)
-
 
 def _signed(result: Result) -> torch.Tensor:
     """(B, H, W) the map with its signs: the channel sum for pixel methods."""
     return result.data.detach().float().sum(dim=1)
 
 
-def sanity(model: Any, x: torch.Tensor, method: str = "gradcam", *, target: Target = None, layers: Any = None,
-           seed: int = 0, options: dict[str, Any] | None = None, threshold: float = THRESHOLD,
-           progress: ProgressArg = None) -> SanityReport:
-    """Cascading model-parameter randomization (Adebayo et al. 2018) of a registered method.
+LayerNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
+
+
+def _cascade_length(model: Model, shape: tuple[int, ...], layers: Any) -> int:
+    """How many steps the cascade will have (as ``_steps`` will build it), from the cached layer trace."""
+    if isinstance(layers, str):
+        return 1
+    if isinstance(layers, Sequence):
+        return len(layers)
+    groups = len(layer_groups(model, shape))
+    if layers is None:
+        return groups
+    return groups if layers >= groups else layers + 1  # the top N, then all the rest in one step
+
+
+def _sanity_cost(context: CostContext) -> Cost:
+    """The method once on the original model and once after each step of the cascade; the model's copy and
+    the kept maps in memory."""
+    x, model = context.x, context.model
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or model is None:
+        return Cost(0)
+    chosen = checked_method(context.options["method"], context.options["options"], who="sanity")
+    per_call = chosen.cost(model, x)
+    steps = _cascade_length(model, tuple(x.shape[1:]), context.options["layers"])
+    copy_bytes = sum(p.numel() * p.element_size() for p in model.module.parameters())
+    maps_bytes = (steps + 1) * x.shape[0] * x.shape[-2] * x.shape[-1] * 4
+    return Cost(per_call.forwards * (steps + 1), max(per_call.memory, copy_bytes + maps_bytes),
+                f"{chosen.name} on the model and after each of {steps} randomization steps")
+
+
+@register("sanity", family="trust", takes="images", returns="sanity", cost=_sanity_cost,
+          paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (cascading model-parameter randomization)",
+          quick={"layers": 3},
+          report=ReportSpec(title="Sanity check: does the map depend on what the model learned?",
+                            note="The network's weights are randomized block by block from the output down and the map "
+                                 "is made again each time: a map that reads the learned weights loses its similarity to "
+                                 "the original at once (below the dashed line); one that survives shows the picture's edges."))
+def sanity(model: Any, x: torch.Tensor, method: Annotated[str, Field(min_length=1, max_length=64)] = "gradcam", *,
+           target: Target = None, layers: Annotated[int, Field(ge=1, le=10_000)] | LayerNames | str | None = None,
+           seed: Seed = 0, options: dict[str, Any] | None = None,
+           threshold: Annotated[float, Field(gt=-1, le=1)] = THRESHOLD, progress: ProgressArg = None) -> SanityReport:
+    """Cascading model-parameter randomization (Adebayo et al. 2018): does a method's map change when the
+    model's weights are randomized, from the output back to the input?
 
     A private deep copy of the model is explained (``options`` = the method's keyword options), then
     its parameterized layers are re-initialized from the output back to the input — ``layers=None``:
@@ -317,26 +362,25 @@ def sanity(model: Any, x: torch.Tensor, method: str = "gradcam", *, target: Targ
     the cat until block 9 is random). Below 0.5 the original ranking accounts, on average, for under
     a quarter (r² < 0.25) of the randomized one.
     With ``layers=N`` the score averages the top N steps and the final one. ``seed`` fixes the new
-    weights (the global RNG is not touched). The user's model is only read.
-    """
-    from ..registry import get
+    weights (the global RNG is not touched). The user's model is only read. The method and its options
+    are checked before any work.
 
-    info = get(method)
+    Options:
+        method: the attribution method checked, by name (e.g. "gradcam", "guided_backprop").
+        layers: what to randomize, step by step: none for every block of the network (output first); a number N
+            for the top N blocks one by one and then all the rest at once (fewer steps, faster); or layer/block
+            names in the order to randomize them.
+        seed: draws the new random weights; the same seed gives the same cascade.
+        options: the method's own options, e.g. {"steps": 16} for integrated_gradients.
+        threshold: the check passes when the map's mean rank correlation with the original over the cascade is
+            below this (0.5: the original map explains under a quarter of the randomized one).
+    """
+    chosen = checked_method(method, options, who="sanity")
     wrapped, x = prepare(model, x, target)
-    options = {} if options is None else options
-    if not isinstance(options, dict):
-        raise ConvscopeError(f"options must be a dict of {method}'s keyword options, got {type(options).__name__}")
-    if "target" in options:
-        raise ConvscopeError("options sets target; pass target= to sanity")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 < threshold <= 1:
-        raise ConvscopeError(f"threshold must be a rank correlation in (-1, 1], got {threshold!r}")
     clone = _private_copy(as_model(wrapped))
     steps = _steps(clone, x, layers)
-    with tracker(progress, len(steps) + 1, f"sanity check ({method})") as bar:
-        extra = dict(options)
-        if "progress" in info.options and "progress" not in extra:
-            extra["progress"] = lambda done, total, what: bar.advance(0)  # reaches the caller's callback (cancel)
-        original = info.fn(clone, x, target=target, **extra)
+    with tracker(progress, len(steps) + 1, f"sanity check ({chosen.name})") as bar:
+        original = chosen(clone, x, target=target)
         bar.advance(1)
         fixed: Target = original.target if original.target is not None else target
         base_abs = original.maps().abs()
@@ -345,7 +389,7 @@ def sanity(model: Any, x: torch.Tensor, method: str = "gradcam", *, target: Targ
         maps, rho, rho_signed, structure = [base_abs.cpu()], [], [], []
         for step, (_, modules) in enumerate(steps):
             _reinitialize(modules, int(seed) * 1_000_003 + step)
-            result = info.fn(clone, x, target=fixed, **extra)
+            result = chosen(clone, x, target=fixed)
             current = result.maps().abs()
             rho.append(rank_correlation(base_abs, current))
             if signed:
@@ -354,45 +398,7 @@ def sanity(model: Any, x: torch.Tensor, method: str = "gradcam", *, target: Targ
             maps.append(current.cpu())
             bar.advance(1)
     return SanityReport(
-        method=method, layers=[label for label, _ in steps], rank_correlation=torch.stack(rho),
+        method=chosen.name, layers=[label for label, _ in steps], rank_correlation=torch.stack(rho),
         rank_correlation_signed=torch.stack(rho_signed) if signed else None, ssim=torch.stack(structure),
         maps=torch.stack(maps), threshold=float(threshold),
         target=None if original.target is None else original.target.cpu(), labels=original.labels)
-
-
-# -- pictures -------------------------------------------------------------------------------------------
-def _short(label: str, width: int = 18) -> str:
-    label = re.sub(r"\s+", " ", label)
-    return label if len(label) <= width else "…" + label[-(width - 1):]
-
-
-def sanity_figure(report: SanityReport, index: int = 0, *, columns: int = 8) -> Figure:
-    """The original map and the maps after evenly spaced steps (top), similarity per step (bottom)."""
-    from matplotlib.figure import Figure
-
-    from ..render import colorize, normalize
-
-    total = report.maps.shape[0]
-    picks = sorted({round(i * (total - 1) / max(1, columns - 1)) for i in range(min(columns, total))})
-    fig = Figure(figsize=(1.7 * len(picks), 1.9 + 2.8), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.9, 2.8])
-    axes = top.subplots(1, len(picks), squeeze=False)[0]
-    for ax, k in zip(axes, picks):
-        ax.imshow(colorize(normalize(report.maps[k, index], "minmax")))
-        ax.set_axis_off()
-        ax.set_title("original" if k == 0 else f"+ {_short(report.layers[k - 1])}", fontsize=7)
-    ax = bottom.subplots()
-    steps = range(1, len(report.layers) + 1)
-    ax.plot(steps, report.rank_correlation[:, index].numpy(), "o-", label="rank correlation |map|")
-    if report.rank_correlation_signed is not None:
-        ax.plot(steps, report.rank_correlation_signed[:, index].numpy(), "s-", label="rank correlation signed")
-    ax.plot(steps, report.ssim[:, index].numpy(), "^-", label="SSIM")
-    ax.axhline(report.threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {report.threshold}")
-    ax.set_xticks(list(steps), [_short(n, 20) for n in report.layers], rotation=60, ha="right", fontsize=6)
-    lowest = min(float(report.rank_correlation[:, index].min()), float(report.ssim[:, index].min()),
-                 float(report.rank_correlation_signed[:, index].min()) if report.rank_correlation_signed is not None else 0.0)
-    ax.set(ylim=(min(-0.2, lowest - 0.05), 1.05), ylabel="similarity to original",
-           title=f"{report.method}: {'passed' if report.passed else 'FAILED'} (score {float(report.score[index]):.2f}; "
-                 f"cascading randomization, output → input)")
-    ax.legend(fontsize=7)
-    return fig

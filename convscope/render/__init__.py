@@ -1,7 +1,7 @@
 """Rendering: the only place that turns raw values into pictures.
 
-``figure``, ``save``, ``show``, ``to_png``, ``to_html`` and ``text`` are the one entry point: they draw
-anything a tool returns by its ``kind`` (see ``dispatch``). Normalization for display (per-image min-max,
+``figure``, ``picture``, ``save``, ``show``, ``to_png``, ``to_html``, ``mimebundle``, ``caption`` and ``text``
+are the one entry point: they draw anything a tool returns by its ``kind`` (see ``dispatch``). Normalization for display (per-image min-max,
 percentile clipping, sign modes) happens here and nowhere else. Arrays are numpy uint8 RGB (H, W, 3);
 matplotlib is imported only when a figure is made.
 """
@@ -24,7 +24,7 @@ from .core import (
     tensor_to_images,
     to_uint8_image,
 )
-from .dispatch import caption, drawer, figure, kinds, picture, save, show, text, to_html, to_png
+from .dispatch import caption, drawer, figure, kinds, mimebundle, picture, save, show, text, to_bytes, to_html, to_png
 
 __all__ = [
     "audit",
@@ -41,6 +41,7 @@ __all__ = [
     "figure_png",
     "grid_figure",
     "kinds",
+    "mimebundle",
     "normalize",
     "overlay",
     "overlay_result",
@@ -56,6 +57,7 @@ __all__ = [
     "tables",
     "tensor_to_images",
     "text",
+    "to_bytes",
     "to_html",
     "to_png",
     "to_uint8_image",

@@ -1,4 +1,5 @@
-"""Pictures of a shortcut audit: the worst images with map and region, shares per class, swap examples.
+"""Pictures of regions: a shortcut audit (kind "audit": the worst images with map and region, shares per class,
+swap examples) and the regions of interest a map points at (kind "regions": each masked picture and its crop).
 
 Each picture exists as a panel drawn into a given figure area (``draw_*``) and as a figure of its own
 (``worst_figure``, ``share_figure``, ``swap_figure``); ``audit_figure`` stacks the three.
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..metrics.audit import Audit
+    from ..roi import Regions
 
-__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_outline", "share_figure", "swap_figure",
-           "worst_figure"]
+__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_outline", "regions_figure", "share_figure",
+           "swap_figure", "worst_figure"]
 
 FLAG_COLOR = "#b00020"
 
@@ -159,3 +161,101 @@ def audit_figure(audit: Audit, k: int = 8) -> Figure:
         draw_swaps(fig, [grid[2, c] for c in range(len(swaps))], audit)
     fig.suptitle(textwrap.fill(audit.verdict, 12 * ncols + 40), fontsize=8)
     return fig
+
+
+# -- the drawer of kind "audit" ---------------------------------------------------------------------------------
+def _audit_figure(audit: Audit, *, k: int = 8) -> Figure:
+    return audit_figure(audit, k=k)
+
+
+def _audit_html(audit: Audit, *, k: int = 8) -> str:
+    from .trust import result_block
+
+    columns = ["class", "images", "accuracy", "share", "area", "concentration", "hit", "flagged"]
+    rows = [[name, row["images"], f"{row['accuracy']:.1%}", f"{row['share']:.1%}", f"{row['area']:.1%}",
+             round(row["concentration"], 2), f"{row['hit']:.1%}", f"{row['flagged']:.1%}"]
+            for name, row in audit.per_class().items()]
+    return result_block(audit, [(audit_figure(audit, k=k), "audit")], caption=f"verdict: {audit.verdict}",
+                        text=audit.table(), columns=columns, rows=rows)
+
+
+# -- regions of interest (kind "regions") --------------------------------------------------------------------
+def _box_outline(picture: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, int, int] = (255, 230, 0)) -> np.ndarray:
+    """``picture`` with the rectangle ``box`` (left, top, right, bottom; right/bottom exclusive) drawn in ``color``."""
+    out = picture.copy()
+    left, top, right, bottom = box
+    out[top:bottom, [left, right - 1]] = color
+    out[[top, bottom - 1], left:right] = color
+    return out
+
+
+def _region_title(regions: Regions, i: int) -> str:
+    region = regions[i]
+    if region is None:
+        return f"{regions.names[i]}: no region"
+    label = f" '{region.label}'" if region.label else ""
+    return f"{regions.names[i]}{label}\n{region.coverage:.0%} of the picture"
+
+
+def regions_figure(regions: Regions, *, panel_size: float = 2.2) -> Figure:
+    """One row per region: the picture seen through the mask with its box outlined, and the crop (a note
+    where the map was flat)."""
+    from matplotlib.figure import Figure
+
+    count = max(1, len(regions))
+    fig = Figure(figsize=(2 * panel_size, (panel_size + 0.35) * count + 0.4), layout="constrained")
+    axes = fig.subplots(count, 2, squeeze=False)
+    for i, (left, right) in enumerate(axes):
+        left.set_axis_off()
+        right.set_axis_off()
+        if i >= len(regions):
+            continue
+        region = regions[i]
+        if region is None:
+            left.text(0.5, 0.5, textwrap.fill(regions.notes[i] or "no region", 28), ha="center", va="center", fontsize=7,
+                      transform=left.transAxes)
+        else:
+            left.imshow(_box_outline(region.masked, region.box))
+            right.imshow(region.crop)
+            right.set_title(f"crop {region.box[2] - region.box[0]}×{region.box[3] - region.box[1]}", fontsize=7)
+        left.set_title(_region_title(regions, i), fontsize=7)
+    fig.suptitle(f"where the {regions.method} map reaches {regions.threshold:.0%} of its range", fontsize=8)
+    return fig
+
+
+def _regions_caption(regions: Regions) -> str:
+    found = sum(region is not None for region in regions)
+    return (f"regions where the {regions.method} map reaches {regions.threshold:.0%} of its range: {found} of "
+            f"{len(regions)} found")
+
+
+def _regions_html(regions: Regions) -> str:
+    """One card per region: the picture through the mask and the crop (what the report's section shows)."""
+    import html
+
+    from .core import data_uri, png_bytes
+
+    cards = []
+    for i, region in enumerate(regions):
+        if region is None:
+            cards.append(f"<p>{html.escape(regions.names[i])}: {html.escape(regions.notes[i] or 'no region')}</p>")
+            continue
+        label = f"'{region.label}' " if region.label else ""
+        words = f"{regions.names[i]}: {label}region, {region.coverage:.0%} of the picture, box {region.box}"
+        cards.append(f'<figure><img src="{data_uri(png_bytes(region.masked))}" alt="{html.escape(words)}">'
+                     f'<img src="{data_uri(png_bytes(region.crop))}" alt="{html.escape(words)} (crop)">'
+                     f"<figcaption>{html.escape(words)}</figcaption></figure>")
+    return (f'<div class="convscope regions cards"><p class="note">{html.escape(_regions_caption(regions))}</p>'
+            f'{"".join(cards)}</div>')
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    drawer("regions", figure=regions_figure, caption=_regions_caption, text=lambda regions: regions.table(),
+           html=_regions_html)
+    drawer("audit", figure=_audit_figure, caption=lambda audit: f"verdict: {audit.verdict}", text=lambda audit: audit.table(),
+           html=_audit_html)
+
+
+_register()

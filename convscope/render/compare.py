@@ -1,4 +1,4 @@
-"""The comparison grid: rows = models (or target classes), columns = the picture and each method."""
+"""The comparison grid (kind "comparison"): rows = models (or target classes), columns = the picture and each method."""
 
 from __future__ import annotations
 
@@ -131,3 +131,26 @@ def comparison_figure(comparison: Comparison, image: str | int | None = None, *,
                  "yellow box: what the model saw", fontsize=9)
     return fig
 
+
+
+def _caption(comparison: Comparison) -> str:
+    what = "models" if comparison.rows_are == "models" else "target classes"
+    return (f"{len(comparison.rows)} {what} × {len(comparison.methods)} methods ({', '.join(comparison.methods)}) on "
+            f"{len(comparison.images)} picture(s)")
+
+
+def _html(comparison: Comparison, image: str | int | None = None, *, size: int = 224, alpha: float | None = None,
+          panel_size: float = 2.4) -> str:
+    from .trust import result_block
+
+    fig = comparison_figure(comparison, image, size=size, alpha=alpha, panel_size=panel_size)
+    return result_block(comparison, [(fig, "comparison grid")], caption=_caption(comparison), text=comparison.table())
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    drawer("comparison", figure=comparison_figure, caption=_caption, text=lambda comparison: comparison.table(), html=_html)
+
+
+_register()

@@ -199,10 +199,15 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# how every figure is written: cropped to what is drawn, so a long title or a legend outside the axes is never
+# cut off (what notebooks' inline backend does)
+FIGURE_SAVE = {"bbox_inches": "tight", "pad_inches": 0.05}
+
+
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     """A matplotlib figure rendered to PNG bytes (no GUI backend needed)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, **FIGURE_SAVE)
     return buffer.getvalue()
 
 
@@ -256,12 +261,51 @@ def _explanation_text(result: Result) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def _image_caption(result: Result, index: int) -> str:
+    label = result.labels[index] if result.labels else "custom target"
+    probs = result.meta.get("probabilities")
+    return f"picture {index + 1}: explaining '{label}'" + (f" (p = {float(probs[index]):.1%})" if probs is not None else "")
+
+
+def explanation_html(result: Result, *, mask: float | None = None, width: int = 224, index: int | None = None,
+                     image: Any = None, **style: Any) -> str:
+    """Per picture, its overlay and the map alone, captioned with the class explained — and with ``mask`` (a share
+    of the picture's largest value, 0..1) the mask where the map reaches it and the picture seen through it
+    (seed 000's occlusion triple: heatmap, mask, what the model needs)."""
+    import html
+
+    if mask is not None and not 0 <= mask <= 1:
+        raise ValueError(f"mask is a share of the map's largest value, between 0 and 1; got {mask!r}")
+    if index is not None:
+        result = result[index]
+    pictures = (result.images() if image is None else to_uint8_image(image, tuple(result.data.shape[-2:]))[None]
+                .repeat(len(result), axis=0)) if result.inputs is not None or image is not None else None
+    cells = []
+    for i in range(len(result)):
+        caption = _image_caption(result, i)
+        panels = [(overlay_result(result, i, image=image, **style), caption),
+                  (result_map(result, i, mode=style.get("mode"), cmap=style.get("cmap")), caption + " map")]
+        if mask is not None and pictures is not None:
+            values = result.maps()[i].detach().float().cpu().numpy()
+            peak = float(values.max())
+            keep = (values >= mask * peak) & (peak > 0)
+            panels += [((keep[..., None].repeat(3, axis=2) * 255).astype(np.uint8), caption + " mask"),
+                       (pictures[i] * keep[..., None].astype(np.uint8), caption + " through the mask")]
+        images = "".join(f'<img src="{data_uri(png_bytes(panel))}" alt="{html.escape(alt)}" width="{width}">'
+                         for panel, alt in panels)
+        note = f" · mask: {mask:.0%} of the largest value" if mask is not None else ""
+        cells.append(f'<figure class="convscope {result.kind}">{images}<figcaption>{html.escape(caption + note)}'
+                     f"</figcaption></figure>")
+    layer = f" · layer {result.layer}" if result.layer else ""
+    return f'<div class="convscope cards" title="{html.escape(result.method + layer)}">{"".join(cells)}</div>'
+
+
 def _register() -> None:
     from .dispatch import drawer
 
     for kind in ("map", "pixels"):
-        drawer(kind, figure=_explanation_figure, picture=_explanation_picture, caption=explanation_caption,
-               text=_explanation_text)
+        drawer(kind, figure=_explanation_figure, picture=_explanation_picture, html=explanation_html,
+               caption=explanation_caption, text=_explanation_text)
 
 
 _register()

@@ -256,3 +256,84 @@ def _drawn_size(size: int, count: int, stored: int, thumb: int | None) -> int:
     if thumb is None:
         thumb = int(np.clip(size / (1.4 * np.sqrt(count) + 1), 12, stored * 2))
     return int(min(max(thumb, 4), size))
+
+
+# -- the drawers of embeddings and 2-D maps (kinds "embedding", "projection") -------------------------------
+def _stored_map(embedding: Embedding) -> Any:
+    """The embedding's own map; PCA (instant) when it was made with ``projection="none"``."""
+    if embedding.projection is not None:
+        return embedding.projection
+    from ..features.embed import pca
+
+    return pca(embedding.features)
+
+
+def _few_figure(embedding: Embedding) -> Figure:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 1.2))
+    fig.text(0.5, 0.5, f"{embedding.model} · {embedding.layer}: {len(embedding)} image — a map needs two or more",
+             ha="center", va="center", fontsize=9)
+    return fig
+
+
+def _embedding_figure(embedding: Embedding, *, view: str = "map", index: int | None = None, image: Any = None,
+                      **style: Any) -> Figure:
+    """``view="map"``: the scatter map (:func:`scatter_figure`); ``"thumbnails"``: each image at its place
+    (:func:`thumbnail_figure`)."""
+    if view not in ("map", "thumbnails"):
+        raise InputError(f"unknown view {view!r}; choose 'map' or 'thumbnails'")
+    if len(embedding) < 2:
+        return _few_figure(embedding)
+    projection = _stored_map(embedding)
+    if view == "thumbnails":
+        return thumbnail_figure(embedding, projection, **style)
+    return scatter_figure(embedding, projection, **style)
+
+
+def _embedding_caption(embedding: Embedding) -> str:
+    method = embedding.projection.title if embedding.projection is not None else "PCA"
+    accuracy = embedding.accuracy()
+    scored = f", top-1 accuracy {accuracy:.1%}" if accuracy is not None else ""
+    return f"{len(embedding)} images in the feature space of {embedding.model} ({embedding.layer}), {method}{scored}"
+
+
+def _embedding_text(embedding: Embedding) -> str:
+    wrong = int(embedding.misclassified().sum())
+    lines = [repr(embedding), _embedding_caption(embedding)]
+    if wrong:
+        lines.append(f"{wrong} misclassified (crosses on the map)")
+    return "\n".join(lines)
+
+
+def _projection_figure(projection: Projection, *, index: int | None = None, image: Any = None, **style: Any) -> Figure:
+    """The map of the embedding it was made from; plain dots for a map of bare features."""
+    source = getattr(projection, "source", None)
+    if source is not None and len(source) == len(projection):
+        return scatter_figure(source, projection, **style)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=style.get("figsize", (6.0, 6.0)), layout="constrained")
+    ax = fig.subplots()
+    points = np.asarray(projection.coords, dtype=np.float32)
+    ax.scatter(points[:, 0], points[:, 1], s=float(np.clip(3000 / max(len(points), 1), 4, 40)), color="#4477aa", alpha=0.8,
+               linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(style.get("title") or f"{projection.title} · {len(points)} points", fontsize=9)
+    return fig
+
+
+def _projection_caption(projection: Projection) -> str:
+    return f"{projection.title} of {len(projection)} points"
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    drawer("embedding", figure=_embedding_figure, caption=_embedding_caption, text=_embedding_text)
+    drawer("projection", figure=_projection_figure, caption=_projection_caption, text=_projection_caption)
+
+
+_register()

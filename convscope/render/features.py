@@ -210,8 +210,6 @@ def feature_walk_figure(maps: Mapping[str, Result] | Sequence[Result], *, index:
     fig = Figure(figsize=(1.5 * cols, 1.55 * len(results) + 0.3), layout="constrained")
     axes = fig.subplots(len(results), cols, squeeze=False)
     for row, result in enumerate(results):
-        chosen = _channels(result, index, k, None)
-        data = result.data[index, chosen].detach().float().cpu()
         for ax in axes[row]:
             ax.set_axis_off()
         label = axes[row][0]
@@ -220,6 +218,12 @@ def feature_walk_figure(maps: Mapping[str, Result] | Sequence[Result], *, index:
         shape = "×".join(map(str, result.data.shape[1:]))
         label.text(0.5, -0.08 if image and row == 0 else 0.5, f"{result.layer}\n{shape}", fontsize=7, ha="center",
                    va="top" if image and row == 0 else "center", transform=label.transAxes)
+        if result.data.dim() != 4:  # a vector (a Linear layer): no maps to draw
+            axes[row][1].text(0.0, 0.5, f"a vector of {result.data[index].numel()} values, not maps", fontsize=7,
+                              va="center", transform=axes[row][1].transAxes)
+            continue
+        chosen = _channels(result, index, k, None)
+        data = result.data[index, chosen].detach().float().cpu()
         for j, (c, m) in enumerate(zip(chosen, scale_maps(data))):
             axes[row][j + 1].imshow(colorize(m, cmap))
             axes[row][j + 1].set_title(f"ch {c}", fontsize=7)
@@ -323,19 +327,38 @@ def dream_figure(result: Result, *, index: int = 0) -> Figure:
     return fig
 
 
-# -- the drawers of feature results (kinds "picture", "feature_maps", "filters") ----------------------------
-def _picture_figure(result: Result, *, index: int | None = None, **style: Any) -> Figure:
+# -- the drawers of feature results (kinds "picture", "feature_maps", "feature_walk", "filters") ------------
+# Result.save / show pass ``image=None`` and ``index=None`` to every drawer: both mean "the default" here.
+def _picture_figure(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> Figure:
     chosen = result if index is None else result[index]
     if chosen.method == "dream" and chosen.meta.get("original") is not None and len(chosen) == 1:
-        return dream_figure(chosen, **style)
+        return dream_figure(chosen)
     return optimization_grid(chosen, **style)
 
 
-def _picture_picture(result: Result, *, index: int | None = None, **style: Any) -> np.ndarray | None:
-    """The optimized picture itself, pixel for pixel (one image, or ``index``); None for a batch."""
+def _picture_picture(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> np.ndarray | None:
+    """The optimized picture itself, pixel for pixel (one image, or ``index``); None for a batch (a grid)."""
     if index is None and len(result) != 1:
         return None
-    return optimization_images(result)[index or 0]
+    from ..images import to_uint8
+
+    return to_uint8(result.data[index or 0:(index or 0) + 1])[0]
+
+
+def _picture_html(result: Result, **style: Any) -> str:
+    """Deep Dream next to its photo (the figure); other pictures as themselves, with their caption."""
+    import html
+
+    from .core import data_uri, figure_png, png_bytes
+
+    dreamed = result.method == "dream" and result.meta.get("original") is not None and len(result) == 1 and not style
+    png = figure_png(dream_figure(result)) if dreamed else None
+    if png is None:
+        direct = _picture_picture(result, **style)
+        png = png_bytes(direct) if direct is not None else figure_png(_picture_figure(result, **style))
+    words = _picture_caption(result)
+    return (f'<figure class="convscope picture"><img src="{data_uri(png)}" alt="{html.escape(words)}" style="max-width:100%">'
+            f"<figcaption>{html.escape(words)}</figcaption></figure>")
 
 
 def _picture_caption(result: Result) -> str:
@@ -344,7 +367,44 @@ def _picture_caption(result: Result) -> str:
     return what.get(result.method, result.method) + (f" · {len(result)} pictures" if len(result) > 1 else "")
 
 
-def _feature_maps_figure(result: Result, *, index: int = 0, k: int = 8, **style: Any) -> Figure:
+def _picture_text(result: Result) -> str:
+    """One line per picture: what it maximizes and what it reached."""
+    lines = []
+    if result.method == "class_image":
+        for label, p in zip(result.labels or [], result.meta.get("probability", [])):
+            lines.append(f"class_image '{label}': the model gives it p = {float(p):.1%}")
+    elif result.method == "dream":
+        lines.append(f"dream: {result.meta.get('objective', result.layer)}, {result.meta.get('octaves')} octaves x "
+                     f"{result.meta.get('steps')} steps, {tuple(result.data.shape[-2:])} pixels")
+    else:
+        titles = _optimization_titles(result)
+        lines.append(f"maximize {result.meta.get('objective', '')}: " + ", ".join(titles))
+    return "\n".join(lines) or _picture_caption(result)
+
+
+def vector_figure(result: Result, *, index: int = 0, k: int = 16) -> Figure:
+    """A layer whose output is a vector (B, N) (a Linear layer): its ``k`` largest values for image ``index``."""
+    from matplotlib.figure import Figure
+
+    values = result.data[index].detach().float().cpu().flatten()
+    top = values.topk(min(k, values.numel()))
+    fig = Figure(figsize=(6.0, 0.25 * len(top.values) + 1.0), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(top.values)), top.values.numpy()[::-1], color="#4477aa")
+    ax.set_yticks(range(len(top.values)), [str(int(i)) for i in top.indices.tolist()[::-1]], fontsize=7)
+    ax.set_xlabel("activation")
+    ax.set_title(f"{result.layer}: the {len(top.values)} largest of {values.numel()} values", fontsize=9)
+    return fig
+
+
+def _feature_maps_figure(result: Result, *, index: int | None = None, image: Any = None, k: int = 8,
+                         masks: bool = False, **style: Any) -> Figure:
+    """The strongest channels of one image (``masks=True``: the picture seen through them); a vector layer as bars."""
+    index = index or 0
+    if result.data.dim() != 4:
+        return vector_figure(result, index=index, k=max(k, 16))
+    if masks:
+        return activation_masks_figure(result, index=index, k=min(k, 8), image=image, **style)
     return feature_map_grid(result, index=index, k=k, **style)
 
 
@@ -353,16 +413,60 @@ def _feature_maps_caption(result: Result) -> str:
     return f"feature maps of {result.layer} {shape}, strongest channels first"
 
 
+def _feature_maps_text(result: Result) -> str:
+    shape = tuple(result.data.shape[1:])
+    if result.data.dim() != 4:
+        return f"{result.layer}: {shape} values for {len(result)} picture(s)"
+    means = result.meta.get("mean_activation")
+    top = top_channels_text(result) if means is not None else ""
+    return f"{result.layer}: {shape} maps for {len(result)} picture(s){top}"
+
+
+def top_channels_text(result: Result, k: int = 5) -> str:
+    from ..features.activations import top_channels
+
+    chosen = top_channels(result, k)
+    means = result.data[0].float().mean(dim=(1, 2))
+    return "; strongest channels of picture 0: " + ", ".join(f"{int(c)} ({float(means[c]):.3g})" for c in chosen)
+
+
+def _walk_figure(walk: Mapping[str, Result], *, index: int | None = None, image: Any = None, **style: Any) -> Figure:
+    return feature_walk_figure(walk, index=index or 0, **style)
+
+
+def _walk_caption(walk: Mapping[str, Result]) -> str:
+    names = list(walk)
+    shown = ", ".join(names[:4]) + (f" … {names[-1]}" if len(names) > 4 else "")
+    return f"feature maps of {len(names)} layers ({shown}), strongest channels first"
+
+
+def _walk_text(walk: Mapping[str, Result]) -> str:
+    return "\n".join(f"{label}: {tuple(result.data.shape[1:])}" for label, result in walk.items())
+
+
+def _filters_figure(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> Figure:
+    return filters_figure(result, **style)
+
+
 def _filters_caption(result: Result) -> str:
     return f"filters of {result.layer} {tuple(result.data.shape)}"
+
+
+def _filters_text(result: Result) -> str:
+    smooth = result.meta.get("smoothness")
+    known = smooth is not None and not math.isnan(smooth)
+    extra = f", smoothness {smooth:.2f} (about 0: random init; clearly positive: trained)" if known else ""
+    return f"{result.layer}: {result.meta.get('type', 'conv')} kernels {tuple(result.data.shape)}{extra}"
 
 
 def _register() -> None:
     from .dispatch import drawer
 
-    drawer("picture", figure=_picture_figure, picture=_picture_picture, caption=_picture_caption)
-    drawer("feature_maps", figure=_feature_maps_figure, caption=_feature_maps_caption)
-    drawer("filters", figure=lambda result, **style: filters_figure(result, **style), caption=_filters_caption)
+    drawer("picture", figure=_picture_figure, picture=_picture_picture, html=_picture_html, caption=_picture_caption,
+           text=_picture_text)
+    drawer("feature_maps", figure=_feature_maps_figure, caption=_feature_maps_caption, text=_feature_maps_text)
+    drawer("feature_walk", figure=_walk_figure, caption=_walk_caption, text=_walk_text)
+    drawer("filters", figure=_filters_figure, caption=_filters_caption, text=_filters_text)
 
 
 _register()

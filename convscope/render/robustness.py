@@ -1,4 +1,5 @@
-"""Pictures of a robustness sweep: a grid of perturbed pictures with their maps, and probability curves."""
+"""Pictures of a robustness sweep (kind "robustness"): a grid of perturbed pictures with their maps, and
+probability curves."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ if TYPE_CHECKING:
 
     from ..metrics.robustness import Robustness
 
-__all__ = ["SCALES", "robustness_curves", "robustness_figure"]
+__all__ = ["SCALES", "VIEWS", "robustness_curves", "robustness_figure", "sweep_figure"]
 
 FLIP_COLOR = "#c8102e"
 SCALES = ("each", "original")
+VIEWS = ("grid", "curves")
 
 
 def _scaled(values: np.ndarray, scale: str, reference_max: float) -> np.ndarray:
@@ -128,3 +130,44 @@ def robustness_curves(sweep: Robustness, *, ncols: int = 4, panel_size: tuple[fl
     fig.suptitle(f"p('{sweep.original.label}') against strength (grey: unperturbed; dashed: its p; red x: the top-1 changed)",
                  fontsize=8)
     return fig
+
+
+def sweep_figure(sweep: Robustness, *, view: str = "grid", alpha: float = 0.65, scale: str = "each",
+                 peaks: bool = True) -> Figure:
+    """The sweep's figure: ``view="grid"`` (:func:`robustness_figure` with ``alpha``, ``scale``, ``peaks``; the
+    default) or ``"curves"`` (:func:`robustness_curves`: p(original class) against strength)."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    if view == "curves":
+        return robustness_curves(sweep)
+    return robustness_figure(sweep, alpha=alpha, scale=scale, peaks=peaks)
+
+
+def _caption(sweep: Robustness) -> str:
+    worst = sweep.worst(1)
+    costliest = f"; the costliest: {worst[0].perturbation} {worst[0].strength:g} (p = {worst[0].original_probability:.0%})" \
+        if worst else ""
+    return (f"robustness of '{sweep.original.label}' (p = {sweep.original.probability:.0%}): the top-1 changed on "
+            f"{len(sweep.flips)} of {len(sweep.rows)} perturbed pictures{costliest}")
+
+
+def _html(sweep: Robustness, *, alpha: float = 0.65, scale: str = "each", peaks: bool = True) -> str:
+    from .trust import result_block
+
+    columns = ["perturbation", "strength", "top-1 (* changed)", "p(top-1)", "p(original)", "rank ρ", "peak moved"]
+    rows = [[r.perturbation, r.strength, r.label + (" *" if r.flipped else ""), f"{r.probability:.1%}",
+             f"{r.original_probability:.1%}", round(r.rank_correlation, 2),
+             "—" if math.isnan(r.peak_shift_fraction) else f"{r.peak_shift_fraction:.0%}"] for r in sweep.rows]
+    figures = [(robustness_curves(sweep), "probability against strength"),
+               (robustness_figure(sweep, alpha=alpha, scale=scale, peaks=peaks), "robustness grid")]
+    notes = "".join(f"; note: {n}" for n in sweep.notes)
+    return result_block(sweep, figures, caption=_caption(sweep) + notes, text=sweep.table(), columns=columns, rows=rows)
+
+
+def _register() -> None:
+    from .dispatch import drawer
+
+    drawer("robustness", figure=sweep_figure, caption=_caption, text=lambda sweep: sweep.table(), html=_html)
+
+
+_register()

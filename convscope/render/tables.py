@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["table_html"]
+__all__ = ["FOLD_ROWS", "table_html"]
+
+FOLD_ROWS = 40  # longer tables fold into <details> in reports and notebooks
 
 
 def table_html(table: Any) -> str:
@@ -20,7 +22,11 @@ def table_html(table: Any) -> str:
         return f'<div class="convscope table">{title}<pre>{html.escape(str(table))}</pre></div>'
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table class="convscope table">{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    table_html = f'<table class="convscope table">{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    if len(rows) > FOLD_ROWS:  # a long table (every layer of a network) folds: its size is in the summary line
+        what = html.escape(getattr(table, "title", "") or "table")
+        return f'<details class="convscope table"><summary>{what}: {len(rows):,} rows</summary>{table_html}</details>'
+    return table_html
 
 
 def _cell(value: Any) -> str:
@@ -46,7 +52,7 @@ def _register() -> None:
     from .dispatch import drawer
 
     drawer("table", figure=table_figure, html=lambda table, **style: table_html(table),
-           caption=lambda table: getattr(table, "title", "") or "table", text=str)
+           caption=lambda table: getattr(table, "title", "") or "table", text=str, textual=True)
 
 
 _register()

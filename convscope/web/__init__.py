@@ -6,7 +6,9 @@
         print(server.url)
 
 Standard library HTTP server, a JSON API described by ``/api/openapi.json``, a static page with no build
-step and nothing loaded from the network.
+step and nothing loaded from the network. Every registered tool (``convscope.registry``) is listed by
+``/api/tools``, runs as ``POST /api/tools/<name>/jobs`` (validated and cost-checked before the 202) and gets
+a form on the page — adding a tool needs no edit here.
 """
 
 from .server import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, Server, make_app, serve

@@ -1,37 +1,48 @@
 """The JSON API of ``convscope serve``: one ``@route`` per endpoint, each calling only the public convscope API.
 
 State lives in :class:`App`: the models (by key), the pictures (in memory, LRU-bounded, never on disk),
-small caches (preprocessed inputs, predictions, activations) and the job queue. The route table these
-decorators fill is what the server dispatches on and what ``/api/openapi.json`` describes.
+small caches (preprocessed inputs, predictions, activations, built-in datasets) and the job queue. The
+route table these decorators fill is what the server dispatches on and what ``/api/openapi.json``
+describes. The tools are not listed here: ``/api/tools``, the job endpoint ``POST /api/tools/{tool}/jobs``
+(one documented path per tool) and the page's forms are generated from ``convscope.registry``; a job is
+``tool.plan(...)`` (validated and cost-checked before the 202) then ``plan.run(progress=...)`` on a worker,
+and its result is drawn by ``convscope.render`` whatever its kind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import difflib
 import email.parser
 import email.policy
+import inspect
+import json
 import math
 import re
 import secrets
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 import convscope as cs
-from convscope import options as option_types
-from convscope import registry, render
-from convscope.errors import ConvscopeError, ImageError, LayerError
+from convscope import engine, registry, render
+from convscope.data import DATASETS, named_dataset
+from convscope.errors import ConvscopeError, CostError, ImageError, LayerError, OptionError
+from convscope.options import OptionSpec
 
 from .jobs import JobManager, JobOutput, QueueFull
-from .server import ROUTES, HTTPError, Param, Request, Response, openapi, route, static_file
+from .server import ROUTES, HTTPError, Param, Request, Response, Route, openapi, route, static_file
 
-__all__ = ["App"]
+__all__ = ["App", "body_fields", "job_body", "job_output", "offered", "options_schema", "plan_job", "tool_json", "tool_routes"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 STORED_SIDE = 1024  # pictures are kept at most this many pixels on their longer side (models crop 224-520)
@@ -43,7 +54,6 @@ IMAGE_MAGIC: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
     ("WEBP", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP"),
     ("TIFF", lambda b: b[:4] in (b"II*\x00", b"MM\x00*")),
 )
-SKIP_OPTIONS = ("progress",)  # set by the server, not by the form
 
 
 class LRU(OrderedDict):
@@ -82,69 +92,13 @@ class Picture:
                 "url": f"/api/images/{self.id}.png", "thumbnail": f"/api/images/{self.id}.png?size=160"}
 
 
-@dataclass(frozen=True)
-class Tool:
-    """A long job outside the registry's ``fn(model, x, target=, layer=)`` shape (feature visualization):
-    how to call it from the page's choices, and its options (the function's own, with web defaults)."""
-
-    name: str
-    fn: Callable[..., Any]
-    summary: str
-    paper: str
-    call: Callable[..., Any]  # (fn, model, picture, x, layer, target, options) -> Result
-    needs_layer: bool = False
-    uses_layer: bool = True
-    uses_target: bool = False
-    skip: tuple[str, ...] = ()
-    defaults: dict[str, Any] = field(default_factory=dict)  # lighter defaults for an interactive page
-    extra: tuple[option_types.OptionSpec, ...] = ()  # options the page adds (consumed by ``call``)
-
-    def option_specs(self) -> list[option_types.OptionSpec]:
-        specs = [dataclasses.replace(s, default=self.defaults[s.name], help=f"{s.help} Here {self.defaults[s.name]} to start quickly.")
-                 if s.name in self.defaults else s for s in option_types.describe_options(self.fn, skip=("layer", "target", *self.skip))]
-        return [*self.extra, *specs]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "family": "feature", "output": "picture", "uses_layer": self.uses_layer,
-                "needs_layer": self.needs_layer, "uses_target": self.uses_target, "summary": self.summary, "paper": self.paper,
-                "long": True, "options": [s.as_json() for s in self.option_specs() if s.name not in SKIP_OPTIONS]}
-
-
-def _tools() -> dict[str, Tool]:
-    """Deep Dream, activation maximization and class images from ``convscope.features`` (when installed)."""
-    try:
-        from convscope import features
-    except ImportError:  # pragma: no cover - features ship with convscope
-        return {}
-    channel = option_types.OptionSpec("channel", "0", "str", (), "the channel(s) of the selected layer to maximize: 7, 3,5,9 or 0-7 "
-                                  "(several give one picture each, optimized together).", {"type": "string"})
-    tools = [
-        Tool("dream", features.dream, "Deep Dream: change the photo so that the selected layer sees more of what it already "
-             "sees (gradient ascent on its mean squared activation, at several scales).",
-             "Mordvintsev, Olah & Tyka 2015, Inceptionism", skip=("objective",), defaults={"size": 256},
-             call=lambda fn, model, picture, x, layer, target, options: fn(model, picture.image, layer, **options)),
-        Tool("maximize", features.maximize, "Activation maximization: the picture that excites a channel of the selected "
-             "layer most (Lucid's recipe: FFT parameterization, decorrelated colours, random transforms).",
-             "Olah, Mordvintsev & Schubert 2017, Feature Visualization", needs_layer=True, extra=(channel,),
-             defaults={"steps": 128, "size": 160},
-             call=lambda fn, model, picture, x, layer, target, options: fn(
-                 model, f"{layer}:{options.pop('channel', '0')}", **options)),
-        Tool("class_image", features.class_image, "Class image: the picture the model finds most like the target class "
-             "(activation maximization of the class logit).",
-             "Simonyan, Vedaldi & Zisserman 2013; Olah et al. 2017", uses_layer=False, uses_target=True,
-             defaults={"steps": 128, "size": 160},
-             call=lambda fn, model, picture, x, layer, target, options: fn(
-                 model, target if target is not None else int(model.predict(x, k=1)[0][0].index), **options)),
-    ]
-    return {t.name: t for t in tools}
-
-
 class App:
     """Everything the endpoints share. ``models``: names, files or ``cs.Model`` objects (default Lite0)."""
 
     def __init__(self, models: Sequence[Any] | Any = None, *, max_upload_bytes: int, max_pixels: int,
-                 max_images: int = 64, max_jobs: int = 100) -> None:
+                 max_images: int = 64, max_jobs: int = 100, max_forwards: float | None = None) -> None:
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
+        self.max_forwards = None if max_forwards is None else float(max_forwards)  # None: convscope's own limit
         items = [DEFAULT_MODEL] if models is None else list(models) if isinstance(models, (list, tuple)) else [models]
         self.models: dict[str, cs.Model] = {}
         for item in items:
@@ -159,9 +113,8 @@ class App:
         self.images: LRU = LRU(max_images)
         self.samples: dict[str, Picture] = {}
         self.png_cache, self.inputs, self.predictions = LRU(64), LRU(16), LRU(64)
-        self.activations, self.layer_rows = LRU(8), LRU(8)
+        self.activations, self.layer_rows, self.datasets = LRU(8), LRU(8), LRU(4)
         self.jobs = JobManager(max_jobs=max_jobs)
-        self.tools = _tools()
 
     def close(self) -> None:
         self.jobs.close()
@@ -208,6 +161,12 @@ class App:
         """The picture preprocessed for the model, (1, C, H, W); cached, never modified by methods."""
         model, picture = self.model(key), self.picture(image_id)
         return self.inputs.fetch((key, picture.id), lambda: model.preprocess(picture.image))
+
+    def dataset(self, key: str, name: str) -> tuple[Any, dict[str, Any]]:
+        """A built-in dataset for the model (``convscope.data.named_dataset``): (dataset, what it brings: labels,
+        masks); made once per model and name (tools never modify their inputs)."""
+        model = self.model(key)
+        return self.datasets.fetch((key, name), lambda: named_dataset(name, model))
 
     def layer(self, key: str, name: str) -> cs.LayerRef:
         try:
@@ -545,7 +504,7 @@ def _weights(app: App, key: str, layer: str) -> tuple[torch.Tensor, bool]:
         raise HTTPError(400, f"layer {layer!r} ({type(ref.module).__name__}) has no convolution filters; pick a Conv2d layer")
     from convscope.features import filters
 
-    result = filters(app.model(key), ref.name)
+    result = filters(app.model(key), layer=ref.name)
     return result.data.detach().float().cpu(), bool(result.meta.get("colour"))
 
 
@@ -610,160 +569,363 @@ def filters_png(app: App, req: Request) -> Response:
     return Response.png(_png(_tile_grid(tiles, min(16, len(tiles)), scale)), filename=f"{layer}_filters_{q['page']}.png")
 
 
-# == methods and jobs =====================================================================================
-def _method_json(info: registry.MethodInfo) -> dict[str, Any]:
-    specs = info.option_specs()
-    return {"name": info.name, "family": info.group or info.family, "output": info.output, "uses_layer": info.uses_layer, "needs_layer": False,
-            "uses_target": True,
-            "summary": info.summary, "paper": info.paper, "long": any(s.name == "progress" for s in specs),
-            "options": [s.as_json() for s in specs if s.name not in SKIP_OPTIONS]}
+# == tools and jobs =======================================================================================
+# Everything below is generated from the registry: a tool registered anywhere (even after the server
+# started) is listed, documented, validated, cost-checked and run with no edit here.
+PICTURE_TAKES = ("images", "image", "models")  # tools whose job body names a picture
+EXPLANATION_KINDS = ("map", "pixels")  # results whose colour map alone is offered too (map.png)
+TEXT_LIMIT = 20_000  # characters of a result's text kept in the job's facts
+PATH_FORMATS = ("path", "file-path", "directory-path")  # pydantic's Path types: files of the server, never from the web
+_TOOL_JSON: weakref.WeakKeyDictionary[registry.Tool, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-@route("GET", "/api/methods", "Every method the page can run, with its options (name, default, kind, choices, help)")
-def list_methods(app: App, req: Request) -> dict[str, Any]:
-    methods = [_method_json(info) for info in cs.methods()]
-    methods += [tool.as_json() for tool in app.tools.values()]
-    return {"methods": methods}
+def _tool(name: str) -> registry.Tool:
+    try:
+        return registry.get(name)
+    except ConvscopeError as exc:
+        raise HTTPError(404, str(exc)) from None
 
 
-def _option_values(name: str, specs: list[option_types.OptionSpec], given: Any) -> dict[str, Any]:
-    """JSON option values checked against the method's option specs (name, kind, choices) -> keyword options."""
-    if given is None:
-        return {}
-    if not isinstance(given, dict):
-        raise HTTPError(400, "options must be a JSON object of option name -> value")
-    known = {s.name: s for s in specs if s.name not in SKIP_OPTIONS}
-    out: dict[str, Any] = {}
-    for key, value in given.items():
-        spec = known.get(key)
-        if spec is None:
-            raise HTTPError(400, f"{name} has no option {key!r}; options: {', '.join(known) or 'none'}")
-        if value is None or value == "":
-            if spec.default is None:
-                out[key] = None
-                continue
-            raise HTTPError(400, f"option {key} needs a value (default {spec.default!r})")
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
         try:
-            if spec.kind == "bool":
-                if not isinstance(value, bool):
-                    raise ValueError
-            elif spec.kind == "int":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                value = int(value)
-            elif spec.kind == "float":
-                if isinstance(value, bool):
-                    raise ValueError
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError
-            elif not isinstance(value, (str, int, float, bool)):
-                raise ValueError
+            json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
-            raise HTTPError(400, f"option {key}={str(value)[:40]!r} is not a valid {spec.kind}") from None
-        if spec.choices and value not in spec.choices:
-            raise HTTPError(400, f"option {key}={value!r}: choose one of {', '.join(map(str, spec.choices))}")
+            continue
         out[key] = value
     return out
 
 
-JOB_BODY = {"type": "object", "required": ["image", "method"], "properties": {
-    "model": {"type": "string", "description": "a model id (default: the first model)"},
-    "image": {"type": "string", "description": "an image id"},
-    "method": {"type": "string", "description": "a method name from /api/methods"},
-    "target": {"type": "integer", "nullable": True, "description": "class index to explain (default: the top-1 class)"},
-    "layer": {"type": "string", "nullable": True, "description": "a layer name (default: the method's choice)"},
-    "options": {"type": "object", "description": "option name -> value (see /api/methods)"}}}
+def _is_path(schema: dict[str, Any]) -> bool:
+    return any(member.get("format") in PATH_FORMATS for member in schema.get("anyOf") or [schema])
 
 
-def _overlay_output(result: Any) -> JobOutput:
-    target = None if result.target is None else int(result.target[0])
-    probs = result.meta.get("probabilities")
-    info = {"method": result.method, "target": target, "label": result.labels[0] if result.labels else None,
-            "probability": None if probs is None else _finite(float(probs[0])), "layer": result.layer,
-            "shape": list(result.data.shape)}
-    files = {"result.png": _png(result.overlay(0)), "map.png": _png(render.result_map(result, 0))}
-    return JobOutput(info, files)
+def offered(tool: registry.Tool) -> list[OptionSpec]:
+    """The options the web offers: the tool's front-end options (``tool.option_specs()``) except paths on the
+    server (typed ``Path``): the page never sends paths, datasets come by name."""
+    return [spec for spec in tool.option_specs() if not _is_path(spec.schema)]
 
 
-def _picture_output(result: Any) -> JobOutput:
-    """A job whose answer is pictures in [0, 1] (feature visualization): one PNG, a row of tiles for a batch."""
-    data = result.data.detach().float().cpu().clamp(0, 1)  # (B, C, H, W), display space
-    tiles = list(render.tensor_to_images(data, mean=(0.0,) * data.shape[1], std=(1.0,) * data.shape[1]))
-    picture = tiles[0] if len(tiles) == 1 else _tile_grid(tiles, min(4, len(tiles)), 1, gap=4)
-    probs = result.meta.get("probability")
-    info = {"method": result.method, "layer": result.layer, "target": None if result.target is None else int(result.target[0]),
-            "label": result.labels[0] if result.labels else None,
-            "probability": None if probs is None else _finite(float(probs[0])), "shape": list(data.shape)}
-    return JobOutput(info, {"result.png": _png(picture)})
+def options_schema(tool: registry.Tool) -> dict[str, Any]:
+    """``tool.options_schema()`` restricted to the options the web offers."""
+    schema = tool.options_schema()
+    names = {spec.name for spec in offered(tool)}
+    schema["properties"] = {k: v for k, v in schema.get("properties", {}).items() if k in names}
+    if "required" in schema:
+        schema["required"] = [k for k in schema["required"] if k in names]
+    return schema
 
 
-@route("POST", "/api/jobs", "Start a method on a picture (queued; one job per model at a time) -> job id",
-       body="json", status=202, errors=(404, 429), body_schema=JOB_BODY)
-def create_job(app: App, req: Request) -> Response:
-    body = req.json()
-    key = str(body.get("model") or next(iter(app.models)))
-    model = app.model(key)
-    image_id = body.get("image")
-    if not isinstance(image_id, str):
-        raise HTTPError(400, "'image' must be an image id (POST /api/images or GET /api/samples)")
-    picture = app.picture(image_id)
-    name = body.get("method")
-    if not isinstance(name, str):
-        raise HTTPError(400, "'method' must be a method name (GET /api/methods)")
-    tool = app.tools.get(name)
-    if tool is None:
-        try:
-            info = registry.get(name)
-        except ConvscopeError as exc:
-            raise HTTPError(404, str(exc)) from None
-        specs, uses_layer = info.option_specs(), info.uses_layer
+def body_fields(tool: registry.Tool) -> dict[str, dict[str, Any]]:
+    """The fields of a job's request body besides ``options``, by what ``tool`` takes and whether it uses a
+    target or a layer, each with its JSON schema. The page shows the same inputs."""
+    fields: dict[str, dict[str, Any]] = {}
+    if tool.takes == "models":
+        fields["models"] = {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True,
+                            "description": "model ids from /api/models (default: every model of this server)"}
     else:
-        specs, uses_layer = tool.option_specs(), tool.uses_layer
-    options = _option_values(name, specs, body.get("options"))
+        fields["model"] = {"type": "string", "description": "a model id from /api/models (default: the first)"}
+    if tool.takes in PICTURE_TAKES:
+        fields["image"] = {"type": "string", "description": "a picture id from POST /api/images or GET /api/samples"}
+    if tool.takes == "dataset":
+        fields["dataset"] = {"type": "string", "enum": list(DATASETS), "description": "a built-in dataset: " + "; ".join(
+            f"{d.name}: {d.description}" for d in DATASETS.values())}
+    if tool.uses_target:
+        fields["target"] = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}], "default": None,
+                            "description": "the class index to explain (default: the top-1 class)"}
+    if tool.uses_layer:
+        fields["layer"] = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                           "description": "a layer name from /api/models/{model}/layers (default: the tool's own choice)"}
+    return fields
+
+
+REQUIRED_FIELDS = ("image", "dataset")
+
+
+def _refs(value: Any, rename: Callable[[str], str]) -> Any:
+    if isinstance(value, dict):
+        return {k: rename(v) if k == "$ref" and isinstance(v, str) else _refs(v, rename) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_refs(v, rename) for v in value]
+    return value
+
+
+def job_body(tool: registry.Tool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON schema of ``POST /api/tools/<name>/jobs``'s body and the component schemas it refers to: the
+    tool's options schema (``tool.options_schema()``) as ``#/components/schemas/options.<name>``."""
+    options = options_schema(tool)
+    prefix = f"options.{tool.name}"
+    definitions = options.pop("$defs", {})
+
+    def rename(ref: str) -> str:
+        return f"#/components/schemas/{prefix}.{ref.rsplit('/', 1)[-1]}" if ref.startswith("#/$defs/") else ref
+
+    components = {prefix: _refs(options, rename), **{f"{prefix}.{k}": _refs(v, rename) for k, v in definitions.items()}}
+    fields = body_fields(tool)
+    required = [k for k in fields if k in REQUIRED_FIELDS] + (["options"] if options.get("required") else [])
+    schema = {"type": "object", "additionalProperties": False, "required": required,
+              "properties": {**fields, "options": {"$ref": f"#/components/schemas/{prefix}",
+                                                   "description": f"{tool.name}'s options (see /api/tools/{tool.name})"}}}
+    return schema, components
+
+
+def tool_json(tool: registry.Tool) -> dict[str, Any]:
+    """A tool as the page and API clients see it: what it is, what it takes, its options and its job URL."""
+    cached = _TOOL_JSON.get(tool)
+    if cached is None:
+        cached = _TOOL_JSON[tool] = {
+            "name": tool.name, "family": tool.family, "group": tool.group, "takes": tool.takes, "returns": tool.returns,
+            "summary": tool.summary, "paper": tool.paper, "uses_layer": tool.uses_layer, "uses_target": tool.uses_target,
+            "loops": tool.loops, "aliases": list(tool.aliases), "quick": _json_safe(tool.quick), "inputs": list(body_fields(tool)),
+            "options": [spec.as_json() for spec in offered(tool)], "options_schema": options_schema(tool),
+            "jobs": f"/api/tools/{tool.name}/jobs"}
+    return cached
+
+
+@route("GET", "/api/tools", "Every registered tool: family, what it takes and returns, its options (kind, default, range, "
+       "choices, help), plus the families and the built-in datasets")
+def list_tools(app: App, req: Request) -> dict[str, Any]:
+    return {"tools": [tool_json(t) for t in registry.tools()], "families": registry.FAMILIES, "groups": list(registry.GROUPS),
+            "takes": registry.TAKES, "datasets": [{"name": d.name, "description": d.description} for d in DATASETS.values()]}
+
+
+@route("GET", "/api/tools/{tool}", "One tool, as listed by /api/tools", errors=(404,), path_help={"tool": "a tool name from /api/tools"})
+def get_tool(app: App, req: Request) -> dict[str, Any]:
+    return tool_json(_tool(req.params["tool"]))
+
+
+def _invalid(field: str, message: str, given: Any = None, where: str = "body", **extra: Any) -> HTTPError:
+    """422 naming the refused field (``where``: "body" or "options") and what it allows."""
+    try:
+        json.dumps(given, allow_nan=False)
+    except (TypeError, ValueError):
+        given = str(given)[:80]
+    return HTTPError(422, message, details={"field": field, "in": where, "given": given, **extra})
+
+
+def _option_error(tool: registry.Tool, exc: OptionError, options: dict[str, Any]) -> HTTPError:
+    """The options model's one-line error as a 422 naming the option, its allowed range, choices and default."""
+    message = str(exc)
+    name = getattr(exc, "field", None) or _failing_option(tool, options, message)
+    spec = next((s for s in offered(tool) if s.name == name), None)
+    extra: dict[str, Any] = {"allowed": None, "minimum": None, "maximum": None, "choices": []}
+    if spec is not None:
+        described = spec.as_json()
+        extra = {"allowed": spec.range or None, "minimum": described["minimum"], "maximum": described["maximum"],
+                 "choices": described["choices"], "default": described["default"]}
+    return _invalid(name, message, options.get(name) if name else None, "options", **extra)
+
+
+def _failing_option(tool: registry.Tool, options: dict[str, Any], message: str) -> str | None:
+    """Which option the message is about (the options model's errors, matched against the message)."""
+    names: list[str] = []
+    try:
+        tool.options_model.model_validate(options)
+    except ValidationError as exc:
+        names = [str(e["loc"][0]) for e in exc.errors(include_url=False) if e.get("loc")]
+    for name in [*names, *options]:
+        if re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", message.removeprefix(f"{tool.name}:")):
+            return name
+    return names[0] if names else None
+
+
+def _limits(app: App) -> Any:
+    return engine.limits(max_forwards=app.max_forwards) if app.max_forwards is not None else contextlib.nullcontext()
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _plan(app: App, tool: registry.Tool, inputs: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> registry.Plan:
+    """``tool.plan(...)``: the options validated by the tool's model and the cost estimated against the limits,
+    before any work. An invalid option -> 422 naming it and its range; over the limits -> 422 with the estimate."""
+    try:
+        with _limits(app):
+            return tool.plan(*inputs, **kwargs)
+    except OptionError as exc:
+        raise _option_error(tool, exc, options) from None
+    except CostError as exc:
+        with _limits(app):
+            bound = engine.current_limits()
+        cost = getattr(exc, "cost", None) or _estimate(tool, inputs, kwargs)
+        estimate = None if cost is None else {"forwards": _finite_or_none(float(cost.forwards)), "memory": int(cost.memory),
+                                               "detail": cost.detail, "per_item": cost.per_item}
+        raise HTTPError(422, str(exc), details={"field": None, "estimate": estimate, "limit": {
+            "max_forwards": _finite_or_none(bound.max_forwards), "max_memory": bound.max_memory}}) from None
+    except ConvscopeError as exc:  # the inputs do not suit the tool (a layer, a picture size): refused before 202
+        raise HTTPError(422, str(exc), details={"field": None}) from None
+
+
+def _estimate(tool: registry.Tool, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> engine.Cost | None:
+    """The cost estimate of a refused call (planned again with the limits lifted; nothing runs)."""
+    try:
+        with engine.limits(max_forwards=math.inf, max_memory=2**62):
+            return tool.plan(*inputs, **kwargs).cost
+    except ConvscopeError:
+        return None
+
+
+@dataclass
+class Call:
+    """A job ready to queue: its lane (model key), what was asked (JSON) and the checked plan."""
+
+    tool: registry.Tool
+    lane: str
+    keys: list[str]  # the models it runs on
+    request: dict[str, Any]
+    plan: registry.Plan
+
+
+def plan_job(app: App, tool: registry.Tool, body: dict[str, Any]) -> Call:
+    """Check a job's request body (fields by ``tool.takes``, ids, target, layer, option names), build the tool's
+    inputs from this server's models, pictures and datasets, and plan the call (validation and cost)."""
+    fields = body_fields(tool)
+    for name in body:
+        if name not in fields and name != "options":
+            raise _invalid(name, f"{tool.name} takes no {name!r}; its request fields: {', '.join([*fields, 'options'])}",
+                           body[name])
+    if tool.takes == "models":
+        chosen = body.get("models")
+        chosen = list(app.models) if chosen is None else chosen
+        if not isinstance(chosen, list) or not chosen or not all(isinstance(k, str) for k in chosen):
+            raise _invalid("models", f"'models' must be a non-empty list of model ids ({', '.join(app.models)})", chosen)
+        keys = list(dict.fromkeys(chosen))
+        models = [app.model(k) for k in keys]
+    else:
+        key = body.get("model") or next(iter(app.models))
+        if not isinstance(key, str):
+            raise _invalid("model", f"'model' must be a model id ({', '.join(app.models)})", key)
+        keys, models = [key], [app.model(key)]
+    key, model = keys[0], models[0]
+    request: dict[str, Any] = {"models": keys} if tool.takes == "models" else {"model": key}
+    picture = None
+    if tool.takes in PICTURE_TAKES:
+        image_id = body.get("image")
+        if not isinstance(image_id, str):
+            raise _invalid("image", f"{tool.name} needs 'image': a picture id from POST /api/images or GET /api/samples", image_id)
+        picture = app.picture(image_id)
+        request["image"] = image_id
+    extra: dict[str, Any] = {}
+    if tool.takes == "dataset":
+        name = body.get("dataset")
+        if not isinstance(name, str) or name not in DATASETS:
+            raise _invalid("dataset", f"{tool.name} needs 'dataset': one of {', '.join(DATASETS)}", name, choices=list(DATASETS))
+        dataset, brought = app.dataset(key, name)
+        takes = inspect.signature(tool.impl).parameters
+        extra = {k: v for k, v in brought.items() if k in takes}  # labels, object masks: those the tool takes
+        request["dataset"] = name
     target = body.get("target")
     if target is not None:
-        total = app.num_classes(key)
-        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < total:
-            raise HTTPError(400, f"target must be a class index 0..{total - 1} or null (the top-1 class), got {target!r}")
+        total = None if tool.takes == "models" else app.num_classes(key)
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0 or (total is not None and target >= total):
+            span = f"0..{total - 1}" if total is not None else "≥ 0"
+            raise _invalid("target", f"target must be a class index {span} or null (the top-1 class), got {target!r}", target,
+                           minimum=0, maximum=None if total is None else total - 1)
+        request["target"] = target
     layer = body.get("layer") or None
     if layer is not None:
         if not isinstance(layer, str):
-            raise HTTPError(400, "'layer' must be a layer name")
-        try:
-            cs.resolve_layer(model, layer)
-        except LayerError as exc:
-            raise HTTPError(400, str(exc)) from None
-        if not uses_layer:
-            layer = None  # the method has no layer: ignore it rather than fail
-    if tool is not None and layer is None and tool.needs_layer:
-        raise HTTPError(400, f"{name} needs a layer: pick one in the layer tree")
-    x = app.x(key, image_id)
-    long_job = any(s.name == "progress" for s in specs)
+            raise _invalid("layer", "'layer' must be a layer name (see /api/models/{model}/layers)", layer)
+        for each in models:
+            try:
+                cs.resolve_layer(each, layer)
+            except LayerError as exc:
+                raise _invalid("layer", str(exc), layer) from None
+        request["layer"] = layer
+    options = body.get("options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise _invalid("options", "options must be a JSON object of option name -> value (see /api/tools)", options)
+    names = [spec.name for spec in offered(tool)]
+    for name in options:  # python-only options (tensors, callables) and server paths are not for the web
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise _invalid(name, f"{tool.name} has no option {name!r} in the web app{hint} (options: {', '.join(names) or 'none'})",
+                           options[name], "options", choices=names)
+    request["options"] = options
+    inputs: tuple[Any, ...] = {
+        "images": lambda: (model, app.x(key, request.get("image", ""))),
+        "image": lambda: (model, picture.image),
+        "model": lambda: (model,),
+        "models": lambda: (models, [picture.image]),
+        "dataset": lambda: (model, dataset),
+    }[tool.takes]()
+    kwargs = {**extra, **options, **({"target": target} if target is not None else {}), **({"layer": layer} if layer else {})}
+    return Call(tool, key, keys, request, _plan(app, tool, inputs, kwargs, options))
+
+
+def job_output(result: Any) -> JobOutput:
+    """What a finished job leaves, all drawn by ``convscope.render``: result.png (``render.to_png``), an
+    explanation's colour map alone (map.png), and the facts: kind, caption, text (+ a Result's provenance)."""
+    kind = getattr(result, "kind", None)
+    files = {"result.png": render.to_png(result)}
+    if kind in EXPLANATION_KINDS:
+        files["map.png"] = _png(render.result_map(result, 0))
+    info: dict[str, Any] = {"kind": kind, "caption": render.caption(result), "text": render.text(result)[:TEXT_LIMIT]}
+    if isinstance(result, cs.Result):
+        target = result.target
+        first = int(target.reshape(-1)[0]) if isinstance(target, torch.Tensor) and target.numel() else None
+        info.update(method=result.method, layer=result.layer, target=first, shape=list(result.data.shape),
+                    label=result.labels[0] if result.labels else None)
+    return JobOutput(info, files)
+
+
+def queue_job(app: App, call: Call) -> Response:
+    """Queue a planned call on its model's worker: 202 and the job. It runs on the worker's own copies of the
+    models; a tool that loops gets the job's progress callback (which raises ``Cancelled`` after a cancel)."""
+    tool, plan = call.tool, call.plan
+    first = tool.inputs[0] if tool.inputs else None
 
     def run(progress: Callable[[int, int, str], None]) -> JobOutput:
-        progress(0, 1, name)
-        job_model = app.job_model(key)
-        kwargs = dict(options)
-        if long_job:
-            kwargs["progress"] = progress
-        if tool is not None:
-            kwargs = {**{k: v for k, v in tool.defaults.items() if k not in kwargs}, **kwargs}
-            return _picture_output(tool.call(tool.fn, job_model, picture, x, layer, target, kwargs))
-        if target is not None:
-            kwargs["target"] = target
-        if layer is not None:
-            kwargs["layer"] = layer
-        output = _overlay_output(info.fn(job_model, x, **kwargs))
-        progress(1, 1, name)
+        if first is not None:
+            copies = [app.job_model(k) for k in call.keys]
+            plan_here = dataclasses.replace(plan, inputs={**plan.inputs, first: copies if tool.takes == "models" else copies[0]})
+        else:
+            plan_here = plan
+        if tool.loops:
+            return job_output(plan_here.run(progress=progress))
+        progress(0, 1, tool.name)
+        output = job_output(plan_here.run())
+        progress(1, 1, tool.name)
         return output
 
-    request = {"method": name, "image": image_id, "target": target, "layer": layer, "options": options}
     try:
-        job = app.jobs.submit(key, name, request, run)
+        job = app.jobs.submit(call.lane, tool.name, call.request, run)
     except QueueFull as exc:
         raise HTTPError(429, str(exc)) from None
     return Response.json(_job_json(job), 202)
+
+
+def _tool_handler(tool: registry.Tool) -> Callable[[App, Request], Response]:
+    def handler(app: App, req: Request) -> Response:
+        return queue_job(app, plan_job(app, tool, req.json()))
+
+    handler.__name__ = f"run_{tool.name}"
+    return handler
+
+
+def tool_routes() -> list[Route]:
+    """One route per registered tool, ``POST /api/tools/<name>/jobs``, its body schema carrying the tool's options
+    schema: what ``/api/openapi.json`` documents (and what a framework with one route per path would mount)."""
+    routes = []
+    for tool in registry.tools():
+        body, components = job_body(tool)
+        routes.append(Route("POST", f"/api/tools/{tool.name}/jobs", _tool_handler(tool),
+                            f"Run {tool.name} ({tool.family}): {tool.summary}", body="json", status=202,
+                            errors=(404, 422, 429), tag=tool.family, body_schema=body, operation_id=f"run_{tool.name}",
+                            components=components))
+    return routes
+
+
+@route("POST", "/api/tools/{tool}/jobs", "Run a tool: the request is validated and cost-checked, then queued (one job per model at "
+       "a time) -> 202 and the job", body="json", status=202, errors=(404, 422, 429), path_help={"tool": "a tool name from /api/tools"},
+       expand=lambda: tool_routes())
+def run_tool(app: App, req: Request) -> Response:
+    tool = _tool(req.params["tool"])
+    return queue_job(app, plan_job(app, tool, req.json()))
 
 
 def _job_json(job: Any) -> dict[str, Any]:
@@ -815,7 +977,7 @@ def _job_file(app: App, req: Request, name: str) -> Response:
         raise HTTPError(409 if not job.terminal else 404, f"job {job.id} is {job.status}; its result is not available")
     if job.output is None or name not in job.output.files:
         raise HTTPError(404, f"job {job.id} has no {name}")
-    return Response.png(job.output.files[name], cache=True, filename=f"{job.kind}_{job.id}.png")
+    return Response.png(job.output.files[name], cache=True, filename=f"{job.tool}_{job.id}.png")
 
 
 @route("GET", "/api/jobs/{job}/result.png", "The job's picture: the explanation over the input (or the dreamed picture)",

@@ -1,10 +1,11 @@
 """Jobs: compute in worker threads, one job per model at a time, queued; live progress and cancellation.
 
-A job is a callable ``run(progress) -> JobOutput``; ``progress(done, total, what)`` is the callback every
-long convscope function accepts (``convscope.progress``): it records the progress and raises
-``Cancelled`` once the job was cancelled, which stops the computation at its next unit of work (the
-model is restored as after any error). A job whose function reports no progress is cancelled when it
-returns (its result is dropped). ``events()`` turns a job's changes into Server-Sent Events.
+A job is a callable ``run(progress) -> JobOutput`` (the web app's: a planned tool call, ``plan.run``);
+``progress(done, total, what)`` is the callback every tool that loops accepts (``convscope.progress``):
+it records the progress and raises ``Cancelled`` once the job was cancelled, which stops the computation
+at its next unit of work (the model is restored as after any error). A job whose tool reports no
+progress is cancelled when it returns (its result is dropped). ``events()`` turns a job's changes into
+Server-Sent Events.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Job:
 
     id: str
     lane: str  # the model's key: one running job per lane
-    kind: str
+    tool: str  # the registered tool's name
     request: dict[str, Any]  # what was asked, JSON-safe
     run: Callable[[ProgressFn], JobOutput] | None = field(repr=False)  # dropped once finished (it holds the inputs)
     status: str = "queued"
@@ -69,7 +70,7 @@ class Job:
     def snapshot(self) -> dict[str, Any]:
         """The job as JSON: status, progress, timings, error, and the result's facts when done."""
         with self._changed:
-            out = {"id": self.id, "kind": self.kind, "model": self.lane, "status": self.status, **self.request,
+            out = {"id": self.id, "tool": self.tool, "model": self.lane, "status": self.status, **self.request,
                    "progress": {"done": self.done, "total": self.total, "what": self.what,
                                 "fraction": round(self.done / self.total, 4) if self.total else None},
                    "error": self.error, "cancel_requested": self._cancel.is_set(),
@@ -119,7 +120,7 @@ class JobManager:
         self.closed = threading.Event()
 
     # -- submitting and looking up --------------------------------------------------------------------
-    def submit(self, lane: str, kind: str, request: dict[str, Any], run: Callable[[ProgressFn], JobOutput]) -> Job:
+    def submit(self, lane: str, tool: str, request: dict[str, Any], run: Callable[[ProgressFn], JobOutput]) -> Job:
         """Queue ``run`` on ``lane``'s worker; raises ``QueueFull`` when ``max_queued`` jobs already wait."""
         if self.closed.is_set():
             raise ConvscopeError("the server is shutting down")
@@ -127,7 +128,7 @@ class JobManager:
             waiting = sum(1 for j in self._jobs.values() if j.lane == lane and j.status == "queued")
             if waiting >= self.max_queued:
                 raise QueueFull(f"{waiting} jobs are already waiting for model {lane!r}; wait or cancel some")
-            job = Job(secrets.token_hex(8), lane, kind, request, run)
+            job = Job(secrets.token_hex(8), lane, tool, request, run)
             self._jobs[job.id] = job
             self._evict()
             q = self._queues.get(lane)
@@ -183,8 +184,8 @@ class JobManager:
             job.update(status="cancelled", finished=time.time())
         except ConvscopeError as exc:
             job.update(status="error", error=str(exc), finished=time.time())
-        except Exception as exc:  # a bug in a method: report it on the job, keep the worker alive
-            log.error("job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc())
+        except Exception as exc:  # a bug in a tool: report it on the job, keep the worker alive
+            log.error("job %s (%s) failed:\n%s", job.id, job.tool, traceback.format_exc())
             job.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}"[:500], finished=time.time())
         else:
             if job._cancel.is_set():

@@ -3,7 +3,10 @@
 Standard library only (``http.server.ThreadingHTTPServer``): nothing to install, and importing it is cheap.
 The route table (``ROUTES``, filled by ``@route`` in ``api.py``) is the single source of truth: the
 dispatcher matches requests against it, coerces and validates query parameters from it, and
-``openapi()`` generates the OpenAPI 3 schema from it — no hand-kept duplicate.
+``openapi()`` generates the OpenAPI 3.1 schema from it — no hand-kept duplicate. A route whose path has a
+registry-generated part (``POST /api/tools/{tool}/jobs``) carries an ``expand`` callable that gives one
+concrete route per registered tool, with that tool's options schema as its request body; the schema is
+built on request, so a tool registered after the server started is documented too.
 
 Safety, all on by default: binds 127.0.0.1 (other interfaces only with ``allow_remote=True``); rejects a
 ``Host`` header that is not localhost / 127.0.0.1 / [::1] (DNS rebinding) with 421; rejects cross-site
@@ -30,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from convscope.errors import ConvscopeError
 
-__all__ = ["ROUTES", "HTTPError", "Param", "Request", "Response", "Route", "Server", "make_app", "openapi", "route", "serve"]
+__all__ = ["ROUTES", "HTTPError", "Param", "Request", "Response", "Route", "Server", "documented", "make_app", "openapi", "route",
+           "serve"]
 
 log = logging.getLogger("convscope.web")
 
@@ -53,11 +57,14 @@ SECURITY_HEADERS = {
 
 # -- the route table ---------------------------------------------------------------------------------
 class HTTPError(Exception):
-    """An answer other than 2xx: ``raise HTTPError(404, "unknown job 'x'")`` -> JSON ``{"error": ...}``."""
+    """An answer other than 2xx: ``raise HTTPError(404, "unknown job 'x'")`` -> JSON ``{"error": ...}``;
+    ``details`` adds fields to that object (``{"error": ..., "field": "steps", "minimum": 1, ...}``)."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = int(status), " ".join(str(message).split()), headers or {}
+        self.details = {k: v for k, v in (details or {}).items() if k != "error"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ class Route:
     tag: str = "api"
     body_schema: dict[str, Any] | None = None
     path_help: dict[str, str] = field(default_factory=dict)
+    operation_id: str | None = None  # default: the handler's name
+    components: dict[str, Any] = field(default_factory=dict)  # schemas the body schema refers to (#/components/schemas/...)
+    expand: Callable[[], Sequence[Route]] | None = None  # the concrete routes the schema documents instead of this one
 
     @property
     def path_params(self) -> list[str]:
@@ -207,15 +217,39 @@ def match(method: str, path: str, routes: Sequence[Route] = ROUTES) -> tuple[Rou
 
 
 # -- the OpenAPI schema, generated from ROUTES ---------------------------------------------------------
-def openapi(routes: Sequence[Route] = ROUTES, *, version: str = "") -> dict[str, Any]:
-    """An OpenAPI 3.0 document describing every route in ``routes``."""
-    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    reasons = {400: "bad request", 404: "unknown model, layer, image, job or method", 409: "not ready",
-               413: "body too large", 415: "not an image", 422: "invalid picture"}
-    paths: dict[str, dict[str, Any]] = {}
+def documented(routes: Sequence[Route] = ROUTES) -> list[Route]:
+    """The routes the schema lists: each API route, a registry-generated one as its concrete routes."""
+    out: list[Route] = []
     for r in routes:
-        if not r.path.startswith("/api/"):
-            continue
+        if r.path.startswith("/api/"):
+            out += list(r.expand()) if r.expand is not None else [r]
+    return out
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string", "description": "one line: what was wrong and what to do"},
+    "field": {"type": ["string", "null"], "description": "the request field or option that was refused"},
+    "in": {"enum": ["body", "options"], "description": "where that field is: the request body or its options"},
+    "given": {"description": "the value given for that field"},
+    "allowed": {"type": ["string", "null"], "description": "its allowed range in words ('1 to 4,096')"},
+    "minimum": {"type": ["number", "null"]}, "maximum": {"type": ["number", "null"]},
+    "choices": {"type": "array", "description": "its allowed values, when it has a list of them"},
+    "default": {"description": "the option's default"},
+    "estimate": {"type": "object", "description": "a refused call's cost estimate (forwards, memory in bytes, detail)"},
+    "limit": {"type": "object", "description": "the limits it is over (max_forwards, max_memory in bytes)"},
+}}
+
+
+def openapi(routes: Sequence[Route] = ROUTES, *, version: str = "") -> dict[str, Any]:
+    """An OpenAPI 3.1 document describing every API route in ``routes`` (registry-generated ones expanded)."""
+    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    reasons = {400: "bad request", 404: "unknown model, layer, image, job or tool", 409: "not ready",
+               413: "body too large", 415: "not an image", 429: "too many jobs waiting",
+               422: "an invalid field or option (named in 'field', with its allowed range), or a call over the cost limit "
+                    "(with its 'estimate')"}
+    paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {"Error": ERROR_SCHEMA}
+    for r in documented(routes):
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
                    "description": r.path_help.get(p, "")} for p in r.path_params]
         params += [{"name": q.name, "in": "query", "required": q.required, "schema": q.schema(), "description": q.help}
@@ -223,7 +257,7 @@ def openapi(routes: Sequence[Route] = ROUTES, *, version: str = "") -> dict[str,
         content_schema = {"type": "string", "format": "binary"} if r.produces.startswith("image/") else (
             {"type": "string"} if r.produces != "application/json" else {"type": "object"})
         op: dict[str, Any] = {
-            "summary": r.summary, "operationId": r.handler.__name__, "tags": [r.tag], "parameters": params,
+            "summary": r.summary, "operationId": r.operation_id or r.handler.__name__, "tags": [r.tag], "parameters": params,
             "responses": {str(r.status): {"description": "success", "content": {r.produces: {"schema": content_schema}}},
                           **{str(code): {**error, "description": reasons.get(code, "error")} for code in (*r.errors, 400)}},
         }
@@ -235,13 +269,14 @@ def openapi(routes: Sequence[Route] = ROUTES, *, version: str = "") -> dict[str,
                 "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
             }}
         paths.setdefault(r.path, {})[r.method.lower()] = op
+        components.update(r.components)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "convscope web API", "version": version or "0",
-                 "description": "Browse a CNN layer by layer and explain images (the API behind `convscope serve`)."},
+                 "description": "Browse a CNN layer by layer and run every convscope tool on pictures, models and "
+                                "datasets (the API behind `convscope serve`)."},
         "paths": paths,
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error"],
-                                             "properties": {"error": {"type": "string"}}}}},
+        "components": {"schemas": components},
     }
 
 
@@ -306,8 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
             if close:
                 close()
 
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        response = Response.json({"error": message}, status)
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None,
+               details: dict[str, Any] | None = None) -> None:
+        response = Response.json({"error": message, **(details or {})}, status)
         response.headers.update(headers or {})
         self._send(response)
 
@@ -371,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(response)
         except HTTPError as exc:
             self.close_connection = self.close_connection or unread  # an unread body would garble the next request
-            self._error(exc.status, exc.message, exc.headers)
+            self._error(exc.status, exc.message, exc.headers, exc.details)
         except ConvscopeError as exc:  # the library's one-line, actionable errors: the request was wrong
             self._error(400, str(exc))
         except (BrokenPipeError, ConnectionResetError):
@@ -483,13 +519,16 @@ def static_file(name: str) -> tuple[bytes, str]:
 
 def make_app(models: Sequence[Any] | Any = None, *, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
              allowed_hosts: Sequence[str] | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-             max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = 64, max_jobs: int = 100) -> Server:
+             max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = 64, max_jobs: int = 100,
+             max_forwards: float | None = None) -> Server:
     """A bound, not yet serving :class:`Server` for ``models`` (names, files or ``cs.Model`` objects;
-    default EfficientNet-Lite0). Call ``.start()`` (background thread) or ``.serve_forever()``."""
+    default EfficientNet-Lite0). Call ``.start()`` (background thread) or ``.serve_forever()``.
+    ``max_forwards``: the cost limit of one job in forward passes (None: convscope's limit, ``cs.limits``)."""
     from .api import App
 
     check_bind(host, allow_remote)  # before loading any model
-    app = App(models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_images=max_images, max_jobs=max_jobs)
+    app = App(models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_images=max_images, max_jobs=max_jobs,
+              max_forwards=max_forwards)
     try:
         return Server(app, host=host, port=port, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
     except BaseException:
@@ -499,14 +538,15 @@ def make_app(models: Sequence[Any] | Any = None, *, host: str = "127.0.0.1", por
 
 def serve(model_names_or_paths: Sequence[Any] | Any = None, host: str = "127.0.0.1", port: int = 8000,
           allow_remote: bool = False, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
-          *, open_browser: bool = False, allowed_hosts: Sequence[str] | None = None) -> None:
+          *, open_browser: bool = False, allowed_hosts: Sequence[str] | None = None, max_forwards: float | None = None) -> None:
     """Run the web app until Ctrl+C: prints the URL (http://127.0.0.1:8000/ by default).
 
     ``allow_remote=True`` lets ``host`` be another interface (``0.0.0.0``) and accepts any ``Host`` header
     unless ``allowed_hosts`` lists the names clients use — anyone who can reach the port can use the app.
+    ``max_forwards``: the largest job in forward passes (None: convscope's limit); bigger ones are refused (422).
     """
     server = make_app(model_names_or_paths, host=host, port=port, allow_remote=allow_remote, allowed_hosts=allowed_hosts,
-                      max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+                      max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_forwards=max_forwards)
     names = ", ".join(server.app.models)
     print(f"convscope: serving {names} at {server.url}  (Ctrl+C to stop)", flush=True)
     if allow_remote and host not in ("127.0.0.1", "localhost", "::1"):

@@ -52,13 +52,8 @@ class ShapesData:
         return ShapesData(self.images[index], self.labels[index], self.backgrounds[index], self.masks[index])
 
     def inputs(self, model: Model) -> torch.Tensor:
-        """The pictures normalized for ``model`` (its mean and std), (N, 3, 64, 64) on its device."""
-        x = self.images
-        if model.mean is not None:
-            x = x - torch.tensor(model.mean).view(1, -1, 1, 1)
-        if model.std is not None:
-            x = x / torch.tensor(model.std).view(1, -1, 1, 1)
-        return x.to(model.device)
+        """The pictures normalized for ``model`` (its mean and std: ``model.normalize``), (N, 3, 64, 64) on its device."""
+        return model.normalize(self.images).to(model.device)
 
 
 def snow(rng: np.random.Generator, count: int, size: int = SIZE) -> np.ndarray:

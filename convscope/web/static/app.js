@@ -22,21 +22,30 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// The JSON answer; an error carries the server's JSON body (a 422 names the refused field and its range).
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   const type = response.headers.get("Content-Type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
-  if (!response.ok) throw new Error(body && body.error ? body.error : `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const error = new Error(body && body.error ? body.error : `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    error.body = typeof body === "object" ? body : {};
+    throw error;
+  }
   return body;
 }
 
 const enc = encodeURIComponent;
-const FAMILIES = { cam: "Class activation maps", gradient: "Gradients (pixel attribution)", perturbation: "Perturbation (slow, with progress)",
-  feature: "Feature visualization (slow, with progress)" };
+const GROUP_TITLES = { cam: "class activation maps", gradient: "gradients", perturbation: "perturbation" };
+const TAKES = { images: "the picture", image: "the picture", model: "the model only", models: "several models and the picture",
+  dataset: "a dataset" };
+const RETURNS = { map: "a map over the picture", pixels: "a value per pixel", picture: "a picture", feature_maps: "feature maps",
+  filters: "filters", table: "a table" };
 const MAX_STREAMS = 3; // open event streams at once (browsers allow 6 connections per host)
 
 const state = {
-  models: [], model: null, image: null, imageName: "", methods: [], method: null,
+  models: [], model: null, image: null, imageName: "", tools: [], tool: null, families: {}, datasets: [], useLayer: false,
   target: null, targetLabel: null, top: [], layers: [], layer: null, view: "maps",
   page: 0, perPage: 16, order: "top", collapsed: new Set(), waiting: [], streams: 0, layerToken: 0,
 };
@@ -70,11 +79,12 @@ async function selectModel(id) {
     + (m.classes ? ` · ${m.classes} classes` : "");
   state.layer = null;
   $("layer-view").hidden = true;
+  if ($("dataset-select")) $("dataset-select").value = suitedDataset();
   $("class-search").value = "";
   $("class-results").replaceChildren();
   setTarget(null, null);
   await loadLayers();
-  updateLayerChoice();
+  renderInputs();
   if (state.image) await loadPredictions();
 }
 
@@ -95,6 +105,7 @@ async function selectImage(id, name) {
   $("picture-name").textContent = name;
   for (const b of $("samples").children) b.classList.toggle("current", b.dataset.id === id);
   setTarget(null, null);
+  renderInputs();
   await loadPredictions();
   if (state.layer) loadLayerView();
 }
@@ -130,6 +141,7 @@ function setTarget(index, label) {
   $("target-name").textContent = index === null ? "the top-1 class" : `${label} (class ${index})`;
   $("target-reset").hidden = index === null;
   if (state.top.length) renderPredictions();
+  renderInputs();
 }
 
 let searchTimer = null;
@@ -212,7 +224,7 @@ function selectLayer(row) {
   state.page = 0;
   state.view = row.maps ? "maps" : row.filters ? "filters" : "none";
   renderTree();
-  updateLayerChoice();
+  renderInputs();
   $("layer-view").hidden = false;
   loadLayerView();
   $("layer-view").scrollIntoView({ behavior: "smooth", block: "nearest" });
@@ -281,121 +293,254 @@ function showTab(view) {
   loadLayerView();
 }
 
-// -- the method form --------------------------------------------------------------------------------
-async function loadMethods() {
-  const { methods } = await api("/api/methods");
-  state.methods = methods;
-  const select = $("method-select");
-  const groups = [...new Set(methods.map((m) => m.family))];
-  select.replaceChildren(...groups.map((family) => el("optgroup", { label: FAMILIES[family] || family },
-    methods.filter((m) => m.family === family).map((m) => el("option", { value: m.name, text: m.name })))));
-  select.value = methods.some((m) => m.name === "gradcam") ? "gradcam" : methods[0].name;
-  selectMethod(select.value);
+// -- tools: the list, the inputs and the options form, all generated from /api/tools ----------------
+async function loadTools() {
+  const data = await api("/api/tools");
+  state.tools = data.tools;
+  state.families = data.families;
+  state.datasets = data.datasets;
+  const sections = [];
+  for (const family of Object.keys(data.families)) {
+    const members = data.tools.filter((t) => t.family === family);
+    const groups = [...new Set(members.map((t) => t.group))];
+    for (const group of groups) {
+      const label = group ? `${familyTitle(family)} · ${GROUP_TITLES[group] || group}` : familyTitle(family);
+      sections.push(el("optgroup", { label, "data-family": family },
+        members.filter((t) => t.group === group).map((t) => el("option", { value: t.name, text: t.name }))));
+    }
+  }
+  $("tool-select").replaceChildren(...sections);
+  $("families").replaceChildren(...Object.keys(data.families).filter((f) => data.tools.some((t) => t.family === f)).map((family) =>
+    el("button", { type: "button", class: "family-chip", "data-family": family, title: data.families[family],
+      onclick: () => selectTool(data.tools.find((t) => t.family === family).name) },
+    familyTitle(family), el("span", { class: "count", text: String(data.tools.filter((t) => t.family === family).length) }))));
+  selectTool(data.tools.some((t) => t.name === "gradcam") ? "gradcam" : data.tools[0].name);
 }
 
-function selectMethod(name) {
-  const m = state.methods.find((x) => x.name === name);
-  state.method = m;
-  $("method-summary").textContent = m.summary;
-  $("method-paper").textContent = m.paper ? `Paper: ${m.paper}` : "";
-  $("options").replaceChildren(...m.options.map(optionField));
-  if (!m.options.length) $("options").append(el("p", { class: "muted small", text: "This method has no options." }));
-  updateLayerChoice();
+const familyTitle = (family) => family.charAt(0).toUpperCase() + family.slice(1);
+
+function selectTool(name) {
+  const t = state.tools.find((x) => x.name === name);
+  state.tool = t;
+  $("tool-select").value = t.name;
+  for (const chip of $("families").children) chip.classList.toggle("current", chip.dataset.family === t.family);
+  $("tool-family").textContent = `${familyTitle(t.family)}${t.group ? ` · ${GROUP_TITLES[t.group] || t.group}` : ""}: ${state.families[t.family]}`;
+  $("tool-summary").textContent = t.summary;
+  $("tool-paper").textContent = t.paper ? `Paper: ${t.paper}` : "";
+  $("tool-returns").textContent = `Takes ${TAKES[t.takes] || t.takes}; gives ${RETURNS[t.returns] || t.returns}.${t.loops ? " Shows its progress and can be cancelled." : ""}`;
+  $("quick").hidden = !Object.keys(t.quick).length;
+  renderOptions();
+  renderInputs();
+}
+
+function renderOptions() {
+  const t = state.tool;
+  clearErrors();
+  $("options").replaceChildren(...t.options.map(optionField));
+  if (!t.options.length) $("options").append(el("p", { class: "muted small", text: "This tool has no options." }));
+}
+
+// A value as the form shows it: null -> "" (automatic), [32, 16] -> "32, 16".
+function shownValue(value) {
+  if (value === null || value === undefined) return "";
+  if (Array.isArray(value)) return value.map(shownValue).join(", ");
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
 }
 
 function optionField(o) {
   const id = `opt-${o.name}`;
+  const kinds = o.kind.split("|");
   let input;
   if (o.kind === "bool") {
     input = el("input", { type: "checkbox", id, checked: Boolean(o.default) });
-  } else if (o.choices.length) {
-    input = el("select", { id }, o.choices.map((c, i) => el("option", { value: String(i), text: String(c), selected: c === o.default })));
+  } else if (o.kind === "choice") {
+    const choices = o.choices.map((c, i) => el("option", { value: String(i), text: String(c), selected: c === o.default }));
+    if (o.nullable) choices.unshift(el("option", { value: "", text: "automatic", selected: o.default === null }));
+    input = el("select", { id }, choices);
   } else if (o.kind === "int" || o.kind === "float") {
-    input = el("input", { type: "number", id, step: o.kind === "int" ? "1" : "any", value: o.default === null ? "" : String(o.default),
-      placeholder: o.default === null ? "automatic" : "" });
+    input = el("input", { type: "number", id, step: o.kind === "int" ? "1" : "any", value: shownValue(o.default),
+      min: o.minimum ?? undefined, max: o.maximum ?? undefined, placeholder: o.default === null ? "automatic" : "" });
   } else {
-    input = el("input", { type: "text", id, value: o.default === null ? "" : String(o.default), placeholder: o.default === null ? "automatic" : "" });
+    const hint = kinds.includes("pair") ? "one number or two: 32, 16" : kinds.includes("list") ? "values separated by commas" : "";
+    input = el("input", { type: "text", id, value: shownValue(o.default), placeholder: o.default === null ? `automatic${hint ? `, or ${hint}` : ""}` : hint });
   }
-  return el("div", { class: "option" }, el("label", { for: id, text: o.name }), input, el("div", { class: "help", text: o.help || "" }));
+  const facts = [];
+  if (o.range) facts.push(el("span", { class: "range", text: o.range }));
+  if (o.choices.length && o.kind !== "choice") facts.push(el("span", { text: `or ${o.choices.join(", ")}` }));
+  facts.push(el("span", { class: "muted", text: o.required ? "required" : `default ${o.default === null ? "automatic" : shownValue(o.default)}` }));
+  return el("div", { class: "option", "data-option": o.name },
+    el("label", { for: id, text: o.name }), input,
+    el("div", { class: "facts small" }, facts),
+    el("div", { class: "help", text: o.help || "" }),
+    el("div", { class: "field-error", role: "alert" }));
 }
 
-// Only options the user changed are sent: the method's own defaults apply to the rest.
+// A text field's value as JSON: numbers, "a, b" pairs and lists, true/false; anything else as text (the server checks it).
+function parseValue(text, o) {
+  const kinds = o.kind.split("|");
+  const number = /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i;
+  const one = (part) => (number.test(part) ? Number(part) : part);
+  if (text === "") return null;
+  if ((kinds.includes("pair") || kinds.includes("list")) && (text.includes(",") || !(kinds.includes("int") || kinds.includes("float")))) {
+    return text.replace(/^[[(]|[\])]$/g, "").split(",").map((p) => p.trim()).filter((p) => p !== "").map(one);
+  }
+  if (kinds.includes("bool") && /^(true|false)$/i.test(text)) return text.toLowerCase() === "true";
+  if ((kinds.includes("int") || kinds.includes("float")) && number.test(text)) return Number(text);
+  return text;
+}
+
+// Only options the user changed are sent: the tool's own defaults apply to the rest.
 function collectOptions() {
   const options = {};
-  for (const o of state.method.options) {
+  for (const o of state.tool.options) {
     const input = $(`opt-${o.name}`);
     let value;
     if (o.kind === "bool") {
       value = input.checked;
       if (value === Boolean(o.default)) continue;
-    } else if (o.choices.length) {
-      value = o.choices[Number(input.value)];
+    } else if (o.kind === "choice") {
+      value = input.value === "" ? null : o.choices[Number(input.value)];
       if (value === o.default) continue;
     } else {
       const text = input.value.trim();
-      if (text === (o.default === null ? "" : String(o.default))) continue;
-      if (text === "") value = null;
-      else if (o.kind === "int" || o.kind === "float" || (typeof o.default === "number" && Number.isFinite(Number(text)))) {
-        value = Number(text);
-        if (!Number.isFinite(value) || (o.kind === "int" && !Number.isInteger(value))) {
-          throw new Error(`option ${o.name}: ${text} is not a${o.kind === "int" ? "n integer" : " number"}`);
-        }
-      } else value = text;
+      if (text === shownValue(o.default) || (text === "" && o.required)) continue;
+      value = parseValue(text, o);
     }
     options[o.name] = value;
   }
   return options;
 }
 
-function updateLayerChoice() {
-  const box = $("layer-choice");
-  const m = state.method;
-  if (!m) return;
-  const usable = Boolean(state.layer && state.layer.maps);
-  const name = usable ? state.layer.name : "(none selected)";
-  if (!m.uses_layer) {
-    box.replaceChildren(el("span", { class: "muted", text: "This method needs no layer." }));
-  } else if (m.needs_layer) {
-    box.replaceChildren(usable ? el("span", {}, "Layer: ", el("code", { text: name }))
-      : el("span", { class: "muted", text: "Pick a layer in the layer tree (e.g. a block): this method needs one." }));
-  } else {
-    const model = currentModel();
-    const fallback = m.family === "cam" && model && model.default_cam_layer ? `the last feature map, ${model.default_cam_layer}` : "its own choice";
-    const check = el("input", { type: "checkbox", id: "use-layer", disabled: !usable, checked: usable && state.useLayer,
-      onchange: (event) => { state.useLayer = event.target.checked; } });
-    box.replaceChildren(el("label", {}, check, " use the selected layer ", el("code", { text: name })),
-      el("div", { class: "muted", text: `otherwise the method's default layer: ${fallback}` }));
+function fillQuick() {
+  renderOptions();
+  for (const [name, value] of Object.entries(state.tool.quick)) {
+    const o = state.tool.options.find((x) => x.name === name);
+    const input = $(`opt-${name}`);
+    if (!o || !input) continue;
+    if (o.kind === "bool") input.checked = Boolean(value);
+    else if (o.kind === "choice") input.value = value === null ? "" : String(o.choices.indexOf(value));
+    else input.value = shownValue(value);
   }
 }
 
+function clearErrors() {
+  $("notice").hidden = true;
+  for (const node of document.querySelectorAll(".option.invalid")) {
+    node.classList.remove("invalid");
+    node.querySelector(".field-error").textContent = "";
+  }
+}
+
+// A refused request (422): the message under the option it names, else as a notice.
+function showRefusal(error) {
+  const body = error.body || {};
+  const box = body.in === "options" && body.field ? document.querySelector(`.option[data-option="${CSS.escape(body.field)}"]`) : null;
+  if (box) {
+    box.classList.add("invalid");
+    box.querySelector(".field-error").textContent = error.message;
+    box.querySelector("input, select").focus();
+  }
+  notice(body.estimate ? `${error.message}` : error.message);
+}
+
+// What the tool takes, from this page's choices: the picture, the model(s), a dataset, the class, the layer.
+function renderInputs() {
+  const t = state.tool;
+  if (!t) return;
+  const rows = [];
+  const model = currentModel();
+  if (t.inputs.includes("models")) {
+    rows.push(el("div", { class: "input-row" }, el("span", { class: "input-name", text: "Models" }),
+      el("span", { id: "models-pick" }, state.models.map((m) => el("label", { class: "pick" },
+        el("input", { type: "checkbox", name: "models", value: m.id, checked: true }), ` ${m.name}`)))));
+  } else if (model) {
+    rows.push(el("div", { class: "input-row" }, el("span", { class: "input-name", text: "Model" }), el("code", { text: model.name })));
+  }
+  if (t.inputs.includes("image")) {
+    rows.push(el("div", { class: "input-row" }, el("span", { class: "input-name", text: "Picture" }),
+      state.image ? el("img", { class: "input-thumb", src: `/api/images/${enc(state.image)}.png?size=160`, alt: state.imageName }) : "",
+      el("span", { text: state.image ? state.imageName : "pick one on the left" })));
+  }
+  if (t.inputs.includes("dataset")) {
+    const previous = $("dataset-select") ? $("dataset-select").value : suitedDataset();
+    const select = el("select", { id: "dataset-select", onchange: () => { $("dataset-help").textContent = datasetHelp(select.value); } },
+      state.datasets.map((d) => el("option", { value: d.name, text: d.name, selected: d.name === previous })));
+    rows.push(el("div", { class: "input-row" }, el("label", { class: "input-name", for: "dataset-select", text: "Dataset" }), select,
+      el("span", { id: "dataset-help", class: "muted small", text: datasetHelp(select.value) })));
+  }
+  if (t.inputs.includes("target")) {
+    rows.push(el("div", { class: "input-row" }, el("span", { class: "input-name", text: "Class" }),
+      el("span", { text: state.target === null ? "the top-1 class" : `${state.targetLabel} (class ${state.target})` }),
+      el("span", { class: "muted small", text: "(pick another on the left)" })));
+  }
+  if (t.inputs.includes("layer")) {
+    const usable = usableLayer();
+    const name = usable ? state.layer.name : "(none selected)";
+    const fallback = t.group === "cam" && model && model.default_cam_layer ? `the last feature map, ${model.default_cam_layer}` : "the tool's own choice";
+    const check = el("input", { type: "checkbox", id: "use-layer", disabled: !usable, checked: usable && state.useLayer,
+      onchange: (event) => { state.useLayer = event.target.checked; } });
+    rows.push(el("div", { class: "input-row" }, el("span", { class: "input-name", text: "Layer" }),
+      el("label", {}, check, " the selected layer ", el("code", { text: name })),
+      el("span", { class: "muted small", text: `otherwise ${fallback}` })));
+  }
+  $("tool-inputs").replaceChildren(...rows);
+}
+
+// The dataset made for the current model (its description names it), else the first.
+function suitedDataset() {
+  const model = currentModel();
+  const found = model && state.datasets.find((d) => d.description.includes(model.name));
+  return found ? found.name : (state.datasets[0] || {}).name;
+}
+
+function datasetHelp(name) {
+  const found = state.datasets.find((d) => d.name === name);
+  return found ? found.description : "";
+}
+
+const usableLayer = () => Boolean(state.layer && (state.layer.maps || state.layer.filters));
+
 function chosenLayer() {
-  const m = state.method;
-  if (!m.uses_layer || !state.layer || !state.layer.maps) return null;
-  return m.needs_layer || state.useLayer ? state.layer.name : null;
+  return state.tool.uses_layer && usableLayer() && state.useLayer ? state.layer.name : null;
+}
+
+function requestBody(t) {
+  const body = {};
+  if (t.inputs.includes("model")) body.model = state.model;
+  if (t.inputs.includes("models")) body.models = [...document.querySelectorAll("#models-pick input:checked")].map((i) => i.value);
+  if (t.inputs.includes("image")) body.image = state.image;
+  if (t.inputs.includes("dataset")) body.dataset = $("dataset-select").value;
+  if (t.inputs.includes("target") && state.target !== null) body.target = state.target;
+  // a tool without a picture (the class image) has no top-1 of its own: it draws the picture's top-1 class
+  else if (t.inputs.includes("target") && !t.inputs.includes("image") && state.top.length) body.target = state.top[0].index;
+  const layer = t.inputs.includes("layer") ? chosenLayer() : null;
+  if (layer) body.layer = layer;
+  body.options = collectOptions();
+  return body;
 }
 
 // -- jobs and result cards ---------------------------------------------------------------------------
-async function runMethod() {
-  const m = state.method;
-  if (!state.image) { notice("Pick a picture first."); return; }
-  let options;
-  try { options = collectOptions(); } catch (error) { report(error); return; }
-  const layer = chosenLayer();
-  if (m.needs_layer && !layer) { notice(`${m.name} needs a layer: pick one in the layer tree.`); return; }
-  const body = { model: state.model, image: state.image, method: m.name, target: m.uses_target ? state.target : null, layer, options };
-  const card = resultCard(m, body);
+async function runTool() {
+  const t = state.tool;
+  if (t.inputs.includes("image") && !state.image) { notice("Pick a picture first."); return; }
+  clearErrors();
+  const body = requestBody(t);
+  let job;
+  try {
+    job = await api(t.jobs, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  } catch (error) { showRefusal(error); return; }
+  const card = resultCard(t, body);
   $("results").prepend(card.node);
   $("results-empty").hidden = true;
-  try {
-    const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    card.update(job);
-    watch(job.id, card);
-  } catch (error) { card.fail(error.message); }
+  card.update(job);
+  watch(job.id, card);
 }
 
-function resultCard(method, request) {
-  const title = el("strong", { text: method.name });
-  const sub = el("span", { class: "muted small", text: state.imageName });
+function resultCard(tool, request) {
+  const title = el("strong", { text: tool.name });
+  const what = request.dataset ? `dataset ${request.dataset}` : request.image ? state.imageName : currentModel().name;
+  const sub = el("span", { class: "muted small", text: `${tool.family} · ${what}` });
   const frame = el("div", { class: "frame" });
   const facts = el("div", { class: "facts" });
   const actions = el("div", { class: "actions" });
@@ -404,7 +549,7 @@ function resultCard(method, request) {
   const cancel = el("button", { type: "button", text: "Cancel", onclick: () => card.cancel() });
   const progress = el("div", { class: "progress" }, el("div", { class: "progress-bar" }, bar), text, cancel);
   frame.append(progress);
-  const node = el("article", { class: "card" },
+  const node = el("article", { class: "card", "data-tool": tool.name },
     el("div", { class: "card-head" }, title, sub, el("button", { type: "button", class: "close", title: "remove", text: "×", onclick: () => { card.cancel(); node.remove(); } })),
     frame, facts, actions);
   const card = {
@@ -429,16 +574,17 @@ function resultCard(method, request) {
     },
     done(job) {
       const r = job.result;
-      const url = `/api/jobs/${enc(job.id)}/result.png`;
-      const img = el("img", { src: url, alt: `${method.name} result` });
+      const url = job.urls.result;
+      const img = el("img", { src: url, alt: r.caption || `${tool.name} result`,
+        onload: () => node.classList.toggle("wide", img.naturalWidth > 1.4 * img.naturalHeight) });
       frame.replaceChildren(img);
-      const what = r.label ? `${r.label}${r.probability === null ? "" : ` (${percent(r.probability)})`}` : "";
+      const options = Object.entries(request.options).map(([k, v]) => `${k}=${shownValue(v)}`).join(", ");
       facts.replaceChildren(
-        what ? el("div", {}, "class: ", el("strong", { text: what })) : "",
-        el("div", { class: "muted" }, r.layer ? `layer ${r.layer} · ` : "", `${job.seconds}s`,
-          Object.keys(request.options).length ? ` · ${Object.entries(request.options).map(([k, v]) => `${k}=${v}`).join(", ")}` : ""));
-      const file = `${method.name}-${state.imageName}${r.label ? `-${r.label}` : ""}.png`.replace(/[^\w.-]+/g, "_");
-      const links = [el("a", { href: url, download: file, text: "Download PNG" })];
+        el("div", { class: "caption", text: r.caption || r.kind }),
+        el("div", { class: "muted" }, `${r.kind} · ${job.seconds}s`, options ? ` · ${options}` : ""),
+        r.text && r.text.includes("\n") ? el("details", {}, el("summary", { text: "as text" }), el("pre", { text: r.text })) : "");
+      const file = `${tool.name}-${what}${r.label ? `-${r.label}` : ""}.png`.replace(/[^\w.-]+/g, "_");
+      const links = [el("a", { href: url, download: file, text: "Download PNG" }), el("a", { href: url, target: "_blank", rel: "noopener", text: "full size" })];
       if (job.urls.map) {
         let overlay = true;
         links.push(el("button", { type: "button", class: "link", text: "map only", onclick: (event) => {
@@ -508,8 +654,11 @@ function wire() {
   $("class-search").addEventListener("input", searchClasses);
   $("target-reset").addEventListener("click", () => setTarget(null, null));
   $("layer-filter").addEventListener("input", renderTree);
-  $("method-select").addEventListener("change", (event) => selectMethod(event.target.value));
-  $("run").addEventListener("click", runMethod);
+  $("tool-select").addEventListener("change", (event) => selectTool(event.target.value));
+  $("run").addEventListener("click", runTool);
+  $("quick").addEventListener("click", fillQuick);
+  $("defaults").addEventListener("click", renderOptions);
+  $("options").addEventListener("submit", (event) => { event.preventDefault(); runTool(); });
   $("tab-maps").addEventListener("click", () => showTab("maps"));
   $("tab-filters").addEventListener("click", () => showTab("filters"));
   $("page-prev").addEventListener("click", () => turnPage(-1));
@@ -523,7 +672,7 @@ async function init() {
   state.models = data.models;
   $("model-select").replaceChildren(...data.models.map((m) => el("option", { value: m.id, text: m.name })));
   $("model-select").value = data.default;
-  await Promise.all([loadSamples(), loadMethods()]);
+  await Promise.all([loadSamples(), loadTools()]);
   await selectModel(data.default);
   await selectImage("sample-cat", "cat");
   document.body.dataset.ready = "1";
