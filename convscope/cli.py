@@ -75,7 +75,7 @@ def _textual(kind: str | None) -> bool:
     from .render import dispatch
 
     try:
-        return bool(getattr(dispatch.drawer_of(kind or ""), "textual", False))
+        return dispatch.drawer_of(kind or "").textual
     except ConvscopeError:  # a kind render does not know (yet): save what it draws
         return False
 
@@ -559,7 +559,7 @@ def _check_suffix(args: argparse.Namespace) -> None:
 
     if args.out is None or args.out.endswith(("/", os.sep)) or Path(args.out).expanduser().is_dir():
         return
-    formats = [*dispatch.RASTER_FORMATS, *dispatch.VECTOR_FORMATS, *getattr(dispatch, "PAGE_FORMATS", (".html", ".htm"))]
+    formats = [*dispatch.RASTER_FORMATS, *dispatch.VECTOR_FORMATS, *dispatch.PAGE_FORMATS]
     if Path(args.out).suffix.lower() not in formats:
         known = " ".join(formats)
         raise ConvscopeError(f"--out {args.out}: cannot tell the format from the suffix; use one of {known}, or a folder")

@@ -110,13 +110,14 @@ def from_pictures(model: Model, items: Sequence[Any], labels: list[str | None], 
 
 
 def from_tensor(model: Model, x: torch.Tensor, labels: list[str | None]) -> Source:
-    """Batches of a preprocessed tensor; each batch's values are checked as it is read (no pass over all first)."""
-    model.check_input(x[:1] if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] else x)
+    """Batches of a preprocessed tensor; its type and shape checked now, its values (NaN) by whoever runs the
+    model on each batch (no pass over all of it first, and none twice)."""
+    model.check_input(x, values=False)
 
     def batches(batch_size: int) -> Iterator[Batch]:
         for start in range(0, x.shape[0], batch_size):
             part = labels[start:start + batch_size]
-            yield model.check_input(x[start:start + batch_size]), part, [None] * len(part)
+            yield x[start:start + batch_size], part, [None] * len(part)
 
     return Source(int(x.shape[0]), batches)
 

@@ -25,7 +25,7 @@ from .targets import Target, check_target
 
 __all__ = ["BF16_GRADIENTS", "DEFAULT_MAX_FORWARDS", "FP32_ONLY", "PRECISIONS", "Cost", "Limits", "backward_bytes", "bytes_per_row",
            "check_cost", "compute_precision", "current_limits", "default_rows", "gaussian_blur", "limits",
-           "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare"]
+           "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare", "stand_in"]
 
 # -- precision -------------------------------------------------------------------------------------------
 # Measured on EfficientNet-Lite0 (benchmarks/): bf16 pixel gradients correlate with fp32 at only 0.5-0.9.
@@ -163,6 +163,16 @@ def perturbation_rows(model: Any, x: torch.Tensor, batch_size: int | None = None
     if per_row is None:
         return fast
     return max(1, min(fast, memory_budget(device) // per_row))
+
+
+def stand_in(model: Model, pictures: Any = None) -> torch.Tensor | None:
+    """An empty (1, C, H, W) with the size a call will explain, for cost estimates (no data in it): that of a
+    batch ``pictures`` (B, C, H, W) when given, else the model's input size; None when neither is known."""
+    if isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
+        return torch.empty((1, *pictures.shape[1:]))
+    if model.input_size is None:
+        return None
+    return torch.empty((1, model.channels or 3, *model.input_size))
 
 
 # -- one blur --------------------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def _tool_section(ctx: ReportContext, tool: Tool) -> SectionView:
         raise
     view.seconds = _seconds(time.perf_counter() - start)
     try:
-        view.body = Markup(render.to_html(result, **(getattr(spec, "style", None) or {})))
+        view.body = Markup(render.to_html(result, **spec.style))
     except Exception as exc:
         exc.add_note(f"(while drawing the report's {tool.name!r} section)")
         raise
@@ -251,7 +251,7 @@ class _Planned:
 
 
 def _part_of(tool: Tool) -> str:
-    return getattr(tool.report, "part", None) or tool.family
+    return (tool.report.part if tool.report is not None else None) or tool.family
 
 
 def _parts(names: Sequence[str]) -> list[Part]:

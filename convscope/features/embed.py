@@ -325,6 +325,7 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
         head = _HeadInput(guard, module) if ref is None else None
         capture = guard.capture(ref, grad=False) if ref is not None else None
         for x, batch_labels, batch_paths in source.batches(rows):
+            wrapped.check_input(x)  # the values (NaN) of a tensor's batch: read once, here
             if capture is not None:
                 capture.calls, capture.value = 0, None
             output = module(wrapped.working_copy(x))

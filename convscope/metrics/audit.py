@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import data
-from ..engine import Cost, default_rows
+from ..engine import Cost, default_rows, stand_in
 from ..errors import InputError
 from ..images import to_uint8
 from ..models import Model, as_model
@@ -385,14 +385,8 @@ def _small(x: torch.Tensor, side: int = 96) -> tuple[int, int]:
 
 
 # -- the audit ---------------------------------------------------------------------------------------
-def _dataset_picture(model: Model, dataset: Any) -> torch.Tensor | None:
-    """A stand-in (1, C, H, W) of one of the dataset's pictures as the model sees it, for cost estimates."""
-    pictures = dataset[0] if data.is_pair(dataset) else dataset
-    if isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
-        return torch.empty((1, *pictures.shape[1:]))
-    if model.input_size is None:
-        return None
-    return torch.empty((1, model.channels or 3, *model.input_size))
+def _pictures_of(dataset: Any) -> Any:
+    return dataset[0] if data.is_pair(dataset) else dataset
 
 
 def _audit_cost(context: CostContext) -> Cost:
@@ -403,7 +397,7 @@ def _audit_cost(context: CostContext) -> Cost:
     own = context.tool.options_model.model_fields
     given = {k: v for k, v in context.options.items() if k not in own}
     chosen = checked_method(context.options["method"], {**given, "layer": context.special.get("layer")}, who="audit")
-    one = _dataset_picture(model, context.inputs.get("dataset"))
+    one = stand_in(model, _pictures_of(context.inputs.get("dataset")))
     if one is None:
         return Cost(0, per_item=True)
     explain = chosen.cost(model, one)
@@ -460,7 +454,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
     if regions is None:
         raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
     source = data.source(wrapped, dataset, labels)
-    pictures = dataset[0] if data.is_pair(dataset) else dataset
+    pictures = _pictures_of(dataset)
     if batch_size is None and isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
         batch_size = default_rows(*pictures.shape[-2:], device=wrapped.device)
     if batch_size is None:  # pictures: the model's input size decides

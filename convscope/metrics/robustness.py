@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..engine import Cost, default_rows, gaussian_blur
+from ..engine import Cost, default_rows, gaussian_blur, stand_in
 from ..errors import ConvscopeError, InputError
 from ..models import Model, as_model
 from ..options import BatchSize, PythonOnly, Seed
@@ -501,21 +501,12 @@ def _method_options(context: CostContext) -> dict[str, Any]:
     return {k: v for k, v in context.options.items() if k not in own}
 
 
-def _one_picture(model: Model, image: Any) -> torch.Tensor | None:
-    """A stand-in (1, C, H, W) of the picture the sweep will explain, for cost estimates (no data in it)."""
-    if isinstance(image, torch.Tensor) and image.dim() == 4:
-        return torch.empty((1, *image.shape[1:]))
-    if model.input_size is None:
-        return None
-    return torch.empty((1, model.channels or 3, *model.input_size))
-
-
 def _robustness_cost(context: CostContext) -> Cost:
     """The method on the original picture and on every perturbed one (perturbations × strengths pictures)."""
     model = context.model
     if model is None:
         return Cost(0)
-    one = _one_picture(model, context.inputs.get("image"))
+    one = stand_in(model, context.inputs.get("image"))
     if one is None:
         return Cost(0)
     chosen = checked_method(context.options["method"], {**_method_options(context), "layer": context.special.get("layer")},

@@ -707,7 +707,7 @@ def _invalid(field: str, message: str, given: Any = None, where: str = "body", *
 def _option_error(tool: registry.Tool, exc: OptionError, options: dict[str, Any]) -> HTTPError:
     """The options model's one-line error as a 422 naming the option, its allowed range, choices and default."""
     message = str(exc)
-    name = getattr(exc, "field", None) or _failing_option(tool, options, message)
+    name = exc.field or _failing_option(tool, options, message)
     spec = next((s for s in offered(tool) if s.name == name), None)
     extra: dict[str, Any] = {"allowed": None, "minimum": None, "maximum": None, "choices": []}
     if spec is not None:
@@ -747,24 +747,13 @@ def _plan(app: App, tool: registry.Tool, inputs: tuple[Any, ...], kwargs: dict[s
     except OptionError as exc:
         raise _option_error(tool, exc, options) from None
     except CostError as exc:
-        with _limits(app):
-            bound = engine.current_limits()
-        cost = getattr(exc, "cost", None) or _estimate(tool, inputs, kwargs)
+        cost, bound = exc.cost, exc.limits
         estimate = None if cost is None else {"forwards": _finite_or_none(float(cost.forwards)), "memory": int(cost.memory),
                                                "detail": cost.detail, "per_item": cost.per_item}
         raise HTTPError(422, str(exc), details={"field": None, "estimate": estimate, "limit": {
             "max_forwards": _finite_or_none(bound.max_forwards), "max_memory": bound.max_memory}}) from None
     except ConvscopeError as exc:  # the inputs do not suit the tool (a layer, a picture size): refused before 202
         raise HTTPError(422, str(exc), details={"field": None}) from None
-
-
-def _estimate(tool: registry.Tool, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> engine.Cost | None:
-    """The cost estimate of a refused call (planned again with the limits lifted; nothing runs)."""
-    try:
-        with engine.limits(max_forwards=math.inf, max_memory=2**62):
-            return tool.plan(*inputs, **kwargs).cost
-    except ConvscopeError:
-        return None
 
 
 @dataclass
