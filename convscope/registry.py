@@ -151,8 +151,14 @@ class Tool:
         return validate_options(self.name, self.options_model, options)
 
     def plan(self, *args: Any, **kwargs: Any) -> Plan:
-        """Bind a call, validate its options and estimate its cost — no work yet (``plan(...).run()`` does it).
-        The web app plans a job before it answers 202; the CLI before it loads pictures."""
+        """Bind a call, validate its options, estimate its cost and refuse it over the limits — no work yet
+        (``plan(...).run()`` does it). The web app plans a job before it answers 202; the CLI before it loads
+        pictures."""
+        plan = self._bind(*args, **kwargs)
+        plan.estimate(check=True)
+        return plan
+
+    def _bind(self, *args: Any, **kwargs: Any) -> Plan:
         signature: inspect.Signature = self._signature  # type: ignore[attr-defined]
         try:
             bound = signature.bind(*args, **kwargs)
@@ -167,9 +173,7 @@ class Tool:
             if param.kind is param.VAR_KEYWORD and name in arguments:
                 extra = arguments.pop(name)
         options = self.validate({**arguments, **extra})
-        plan = Plan(self, inputs, special, options)
-        plan.estimate()
-        return plan
+        return Plan(self, inputs, special, options)
 
     def _binding_error(self, message: str, kwargs: dict[str, Any]) -> tuple[str, str | None]:
         """(one line, the argument it is about) for a call that does not fit the signature."""
@@ -183,8 +187,9 @@ class Tool:
         return f"{self.name}: {message}", missing.group(1) if missing else None
 
     def cost_of(self, *args: Any, **kwargs: Any) -> Cost | None:
-        """The cost estimate of a call (forward passes, memory), without running it."""
-        return self.plan(*args, **kwargs).cost
+        """The cost estimate of a call (forward passes, memory) — over the limits or not — without running it
+        (None for a tool without a cost function)."""
+        return self._bind(*args, **kwargs).estimate(check=False)
 
 
 @dataclass
@@ -260,12 +265,13 @@ class Plan:
     options: dict[str, Any]
     cost: Cost | None = None
 
-    def estimate(self) -> Cost | None:
-        """Estimate the cost and refuse a call over the limits (skipped inside an approved call)."""
+    def estimate(self, *, check: bool = True) -> Cost | None:
+        """Estimate the cost and (``check``) refuse a call over the limits; a checked estimate is skipped inside
+        an approved call (nested tool calls)."""
         from .engine import _APPROVED
         from .models import Model, as_model
 
-        if self.tool.cost is None or _APPROVED.get():
+        if self.tool.cost is None or (check and _APPROVED.get()):
             return None
         first = self.inputs.get(self.tool.inputs[0]) if self.tool.inputs else None
         model = first if isinstance(first, Model) else None
@@ -277,7 +283,8 @@ class Plan:
         if self.tool.takes == "images" and model is not None:  # the shape the estimate reads (the tool checks the values)
             model.check_input(self.inputs.get(self.tool.inputs[1]), values=False)
         self.cost = self.tool.cost(CostContext(self.tool, model, self.inputs, self.special, self.options))
-        check_cost(self.tool.name, self.cost, getattr(model, "device", None))
+        if check:
+            check_cost(self.tool.name, self.cost, getattr(model, "device", None))
         return self.cost
 
     def run(self, **special: Any) -> Any:

@@ -129,6 +129,8 @@ def test_the_cost_limit_refuses_with_the_estimate_and_can_be_raised() -> None:
     model, x = _tiny(), torch.rand(2, 3, 16, 16)
     plan = registry.get("rise").plan(model, x, masks=500)
     assert isinstance(plan.cost, Cost) and plan.cost.forwards >= 1000
+    with cs.limits(max_forwards=100):
+        assert registry.get("rise").cost_of(model, x, masks=500).forwards == plan.cost.forwards  # estimated, not refused
     with cs.limits(max_forwards=100), pytest.raises(cs.CostError) as info:
         cs.rise(model, x, masks=500)
     assert "forward passes" in str(info.value) and info.value.cost.forwards >= 1000 and info.value.limits.max_forwards == 100
