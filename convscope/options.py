@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import re
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -60,9 +61,7 @@ def _members(annotation: Any) -> list[Any]:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _members(get_args(annotation)[0])
-    if origin is Union or (origin is not None and type(annotation).__name__ == "UnionType"):
-        return [m for arg in get_args(annotation) for m in _members(arg)]
-    if type(annotation).__name__ == "UnionType":
+    if origin is Union or origin is types.UnionType:
         return [m for arg in get_args(annotation) for m in _members(arg)]
     return [annotation]
 
@@ -193,7 +192,7 @@ def _bounds(annotation: Any, info: Any = None) -> dict[str, float]:
         if get_origin(current) is Annotated:
             collect(get_args(current)[1:])
             stack.append(get_args(current)[0])
-        elif get_origin(current) is Union or type(current).__name__ == "UnionType":
+        elif get_origin(current) in (Union, types.UnionType):
             stack.extend(get_args(current))
     return found
 
