@@ -25,7 +25,7 @@ from .targets import Target, check_target
 
 __all__ = ["BF16_GRADIENTS", "DEFAULT_MAX_FORWARDS", "FP32_ONLY", "PRECISIONS", "Cost", "Limits", "backward_bytes", "bytes_per_row",
            "check_cost", "compute_precision", "current_limits", "default_rows", "gaussian_blur", "limits",
-           "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare", "stand_in"]
+           "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare", "stand_in", "trace_memo"]
 
 # -- precision -------------------------------------------------------------------------------------------
 # Measured on EfficientNet-Lite0 (benchmarks/): bf16 pixel gradients correlate with fp32 at only 0.5-0.9.
@@ -112,16 +112,25 @@ def memory_budget(device: torch.device) -> int:
     return min(2 << 30, free // 4) if free else 1 << 30
 
 
+def trace_memo(model: Model, shape: tuple[int, ...]) -> tuple[list[Any], dict[Any, Any]] | None:
+    """The cached layer trace of ``model`` at ``shape`` (C, H, W) and its memo (where estimates keep what they
+    derive from it); None when the model cannot be traced (TorchScript, a model the trace cannot run)."""
+    from .layers import _trace_entry
+
+    try:
+        return _trace_entry(model.module, tuple(shape))
+    except (ConvscopeError, RuntimeError):
+        return None
+
+
 def bytes_per_row(model: Model, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int | None:
     """Memory one picture of ``shape`` (C, H, W) needs in an inference forward: about 4 x its largest
     activation (the layer's input, output and the workspace of the next), from the cached layer trace;
     None when unknown (TorchScript, or a model the trace cannot run)."""
-    from .layers import _trace_entry
-
-    try:
-        records, memo = _trace_entry(model.module, tuple(shape))
-    except (ConvscopeError, RuntimeError):
+    traced = trace_memo(model, shape)
+    if traced is None:
         return None
+    records, memo = traced
     key = ("bytes_per_row", dtype)
     if key not in memo:
         sizes = [math.prod(r.output_shape) for r in records if r.output_shape]
@@ -134,12 +143,10 @@ def backward_bytes(model: Model, shape: tuple[int, ...], dtype: torch.dtype = to
     """Memory one picture of ``shape`` (C, H, W) needs in a forward whose graph is kept for a backward to the
     input: autograd keeps every layer's output (their sum, from the cached layer trace) on top of the inference
     workspace (:func:`bytes_per_row`); None when unknown (TorchScript, a model the trace cannot run)."""
-    from .layers import _trace_entry
-
-    try:
-        records, memo = _trace_entry(model.module, tuple(shape))
-    except (ConvscopeError, RuntimeError):
+    traced = trace_memo(model, shape)
+    if traced is None:
         return None
+    records, memo = traced
     key = ("backward_bytes", dtype)
     if key not in memo:
         itemsize = torch.empty(0, dtype=dtype).element_size()

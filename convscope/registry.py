@@ -235,7 +235,8 @@ class CostContext:
         this call's picture size, from the cached layer trace; None when it cannot be known cheaply."""
         import torch
 
-        from .layers import _trace_entry, default_cam_layer, layers, resolve_layer
+        from .engine import trace_memo
+        from .layers import default_cam_layer, layers, resolve_layer
 
         x = self.x
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or self.model is None:
@@ -245,10 +246,10 @@ class CostContext:
             chosen = chosen[0] if chosen else None
         shape = tuple(x.shape[1:])
         ref = default_cam_layer(self.model, shape) if chosen is None else resolve_layer(self.model, chosen)
-        try:
-            _, memo = _trace_entry(self.model.module, shape)
-        except (ConvscopeError, RuntimeError):
+        traced = trace_memo(self.model, shape)
+        if traced is None:
             return None
+        _, memo = traced
         if "output_shapes" not in memo:
             memo["output_shapes"] = {info.name: tuple(info.output_shape) if info.output_shape else None
                                      for info in layers(self.model, input_size=shape)}
