@@ -11,17 +11,36 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "images"
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     model = cs.load_model("efficientnet_lite0")
+    attribution(model)
+    debugging(model)
+
+
+def attribution(model: cs.Model) -> None:
+    """The README's first picture: Grad-CAM (unsigned, sequential colours) and occlusion (signed: red where
+    covering the part lowers the class, blue where it raises it, white for no effect), each with its colour bar."""
+    from matplotlib.figure import Figure
+
+    from convscope.render.scale import colorbar, result_scale
+
     names = ["cat", "coffee", "rocket"]
     x = model.preprocess([cs.sample_image(n) for n in names])
-    cam, sal = cs.gradcam(model, x), cs.saliency(model, x)
-    panels, titles = [], []
-    for i in range(len(names)):
-        panels += [cam.images()[i], cam.overlay(i), sal.overlay(i)]
-        titles += [f"{names[i]}", f"Grad-CAM: {cam.labels[i]} ({float(cam.meta['probabilities'][i]):.0%})",
-                   f"saliency: {sal.labels[i]}"]
-    render.save_grid(panels, OUT / "readme_attribution.png", titles, ncols=3)
-    print("wrote", OUT / "readme_attribution.png")
-    debugging(model)
+    results = {"Grad-CAM": cs.gradcam(model, x), "occlusion": cs.occlusion(model, x, window=32, stride=16, progress=False)}
+    fig = Figure(figsize=(8.4, 2.5 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 1 + len(results), squeeze=False)
+    for i, name in enumerate(names):
+        first = results["Grad-CAM"]
+        axes[i, 0].imshow(first.images()[i])
+        axes[i, 0].set_title(f"{name}: {first.labels[i]} ({float(first.meta['probabilities'][i]):.0%})", fontsize=8)
+        for ax, (method, result) in zip(axes[i, 1:], results.items()):
+            scale = result_scale(result, i)
+            ax.imshow(result.overlay(i, scale=scale))
+            ax.set_title(method, fontsize=8)
+            colorbar(fig, ax, scale, fontsize=6)
+        for ax in axes[i]:
+            ax.set_axis_off()
+    path = OUT / "readme_attribution.png"
+    path.write_bytes(render.figure_png(fig))
+    print("wrote", path)
 
 
 def debugging(model: cs.Model) -> None:

@@ -238,7 +238,8 @@ def test_figure_and_table(audits, tmp_path) -> None:
     both = swap_figure({"biased": found, "balanced": audits["balanced"]}, k=4)  # the same composites, two models
     texts = [t.get_text() for ax in both.axes for t in ax.texts]
     assert len(both.axes) == 4 and "biased → square" in texts and "balanced → circle" in texts
-    assert len(worst_figure(found, k=3).axes) == 3 and len(share_figure(found).axes) == 1
+    worst = worst_figure(found, k=3).axes
+    assert len(worst) == 3 + 1 and worst[-1].get_label() == "<colorbar>" and len(share_figure(found).axes) == 1
     few, balanced = shapes_dataset(8, split="test"), cs.load_model("shapes_balanced")
     other = audit(balanced, few.inputs(balanced), regions=few.masks, swaps=2, progress=False)
     with pytest.raises(cs.InputError, match="other composites"):

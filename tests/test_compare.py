@@ -99,6 +99,12 @@ def test_rows_can_be_target_classes(lite0: cs.Model) -> None:
     assert [round(top3.cell(r, 0).probability, 3) for r in range(3)] == [round(p.probability, 3) for p in best]
     # class-discriminative: the three classes' maps are not the same map
     assert top3.agreement("gradcam")[0, 2] < 0.999
+    # one colour scale for the column: the same limits in every row, one colour bar
+    from convscope.render.compare import comparison_scales
+
+    scales = comparison_scales(top3, "cat")
+    assert len({(s.low, s.high) for s in scales.values()}) == 1 and "column" in next(iter(scales.values())).scope
+    assert sum(ax.get_label() == "<colorbar>" for ax in top3.figure().axes) == 1
     listed = cs.compare(lite0, "coffee", ["gradcam"], targets=[967, 504], progress=False)  # espresso, coffee mug
     assert listed.rows == ["efficientnet_lite0: espresso", "efficientnet_lite0: coffee mug"]
     as_text = cs.compare(lite0, "coffee", "gradcam", targets="967, 504", progress=False)  # what the command line passes
@@ -119,8 +125,10 @@ def test_figure_has_rows_times_picture_and_methods(three: cs.Comparison, tmp_pat
     assert three.kind == "comparison" and cs.render.text(three) == three.table()
     assert cs.render.caption(three) == "3 models × 2 methods (gradcam, saliency) on 2 picture(s)"
     fig = three.figure(image="cat")
-    assert len(fig.axes) == 3 * 3
-    titles = [ax.get_title() for ax in fig.axes]
+    pictures = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(pictures) == 3 * 3 and len(bars) == 3 * 2  # every map cell has its colour bar (scale="each")
+    titles = [ax.get_title() for ax in pictures]
     assert any("top-1 tiger cat" in t or "top-1 tabby" in t or "top-1 Egyptian cat" in t for t in titles)
     both = three.save(tmp_path / "all.png")
     width, height = Image.open(both).size

@@ -9,6 +9,7 @@ home folder and nothing is downloaded, so it runs the same offline and in a clea
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import sys
@@ -127,8 +128,15 @@ def test_show_draws_inline(executed: Executed) -> None:
     if "image/png" in data:
         check_png(base64.b64decode(data["image/png"]))
     else:  # a kind with its own HTML (an explanation: overlay and map per picture): its pictures inline
-        found = re.findall(r'src="data:image/png;base64,([^"]+)"', data["text/html"])
+        found = re.findall(r'src="data:image/(png|jpeg);base64,([^"]+)"', data["text/html"])
         assert found, data["text/html"][:200]
-        for png in found:
-            check_png(base64.b64decode(png))
+        for fmt, encoded in found:
+            if fmt == "png":
+                check_png(base64.b64decode(encoded))
+            else:  # photo-like panels (overlays) are JPEG
+                from PIL import Image
+
+                with Image.open(io.BytesIO(base64.b64decode(encoded))) as picture:
+                    picture.load()
+                    assert picture.format == "JPEG" and min(picture.size) >= 16
 

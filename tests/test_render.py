@@ -29,8 +29,12 @@ def test_result_pictures(tmp_path: Path) -> None:
     model = cs.load_model("efficientnet_lite0")
     x = model.preprocess([cs.sample_image("coffee"), cs.sample_image("cat")])
     result = cs.gradcam(model, x)
-    single = result.save(tmp_path / "one.png", index=0)
-    assert Image.open(single).size == (224, 224)
+    single = result.save(tmp_path / "one.png", index=0)  # the overlay and its colour bar on the right
+    width, height = Image.open(single).size
+    assert height == 224 and 224 + 60 < width < 224 + 120
+    assert np.array_equal(np.asarray(Image.open(single).convert("RGB"))[:, :224], result.overlay(0))
+    bare = result.save(tmp_path / "bare.png", index=0, colorbar=False)
+    assert Image.open(bare).size == (224, 224)
     grid = result.save(tmp_path / "grid.png")
     assert Image.open(grid).size[0] > 448
     over = result.overlay(0)
@@ -38,10 +42,10 @@ def test_result_pictures(tmp_path: Path) -> None:
     # a user-supplied picture of another size is resized to the map
     assert result.overlay(1, image=cs.sample_image("cat")).shape == (224, 224, 3)
     assert result._repr_png_().startswith(b"\x89PNG")
-    # the heat is red where the map peaks and blue where it is zero
-    heat = render.colorize(render.normalize(result.maps()[0], "minmax"))
+    # Grad-CAM is unsigned: the map alone is bright yellow where it peaks (inferno's top)
+    heat = render.result_map(result, 0)
     peak = np.unravel_index(int(result.maps()[0].argmax()), (224, 224))
-    assert heat[peak][0] > 100 and heat[peak][2] < 100
+    assert heat[peak][0] > 200 and heat[peak][1] > 200 and heat[peak][2] < 180
 
 
 # -- the entry point: formats, options, show ------------------------------------------------------------------
@@ -58,8 +62,8 @@ def test_save_writes_the_format_of_the_suffix(digits_result: cs.Result, tmp_path
               ".bmp": "BMP", ".gif": "GIF"}
     assert set(pillow) == set(render.dispatch.RASTER_FORMATS)
     for suffix, fmt in pillow.items():
-        for index in (None, 1):  # the batch's figure; one image's overlay, pixel for pixel
-            path = digits_result.save(tmp_path / f"{index}{suffix.upper()}", index=index)
+        for index in (None, 1):  # the batch's figure; one image's overlay, pixel for pixel, without its colour bar
+            path = digits_result.save(tmp_path / f"{index}{suffix.upper()}", index=index, colorbar=None if index is None else False)
             with Image.open(path) as image:
                 assert image.format == fmt, (suffix, image.format)
                 assert (image.size == (32, 32)) == (index is not None)
@@ -92,7 +96,7 @@ def test_an_unknown_suffix_is_one_line_listing_the_formats(digits_result: cs.Res
 
 def test_style_none_is_the_default_and_unknown_options_are_one_line(digits_result: cs.Result) -> None:
     assert render.to_png(digits_result, index=None, image=None, mode=None) == render.to_png(digits_result)
-    assert np.array_equal(render.picture(digits_result, index=0, cmap=None), digits_result.overlay(0))
+    assert np.array_equal(render.picture(digits_result, index=0, cmap=None, colorbar=False), digits_result.overlay(0))
     with pytest.raises(cs.ConvscopeError, match="no option colour"):
         render.to_png(digits_result, index=0, colour="red")
     with pytest.raises(cs.ConvscopeError, match="no option ncols"):
@@ -116,7 +120,7 @@ def test_show_without_a_window_writes_a_png_and_says_where(digits_result: cs.Res
     path = render.show(digits_result, index=0)
     err = capsys.readouterr().err
     assert path is not None and path.parent == tmp_path and f"the picture is in {path}" in err
-    assert np.array_equal(np.asarray(Image.open(path)), digits_result.overlay(0))
+    assert np.array_equal(np.asarray(Image.open(path)), render.picture(digits_result, index=0))  # with its colour bar
 
 
 def test_show_falls_back_to_a_file_when_the_window_fails(digits_result: cs.Result, monkeypatch: pytest.MonkeyPatch,
@@ -136,7 +140,7 @@ def test_show_falls_back_to_a_file_when_the_window_fails(digits_result: cs.Resul
     shown: list[tuple[tuple[int, ...], str]] = []
     monkeypatch.setattr(dispatch, "_window", lambda array, title: shown.append((array.shape, title)))
     assert render.show(digits_result, index=1) is None
-    assert shown == [((32, 32, 3), render.caption(digits_result))]
+    assert shown == [(render.picture(digits_result, index=1).shape, render.caption(digits_result))]
 
 
 def test_window_backends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,3 +178,88 @@ def test_a_table_is_text_html_and_a_picture(tmp_path: Path, capsys: pytest.Captu
     assert table._repr_png_() is None and table._repr_mimebundle_() == {"text/html": fragment}
     assert render.show(table) is None and capsys.readouterr().out == str(table) + "\n"  # printed, not drawn
     assert Image.open(table.save(tmp_path / "t.png")).size[0] > 50
+
+
+# -- colour by meaning: signed maps diverge around a neutral 0, unsigned maps are sequential, every heatmap has a bar --
+def test_a_signed_scale_is_symmetric_and_zero_is_the_neutral_white() -> None:
+    from convscope.render.scale import DIVERGING, SEQUENTIAL, scale_of
+
+    values = np.array([[-1.0, 0.0], [0.5, 3.0]], np.float32)
+    signed = scale_of(values)
+    assert signed.signed and signed.cmap == DIVERGING and (signed.low, signed.high) == (-3.0, 3.0)
+    white = signed.colours(np.zeros(1))[0]
+    assert white.min() > 235 and int(white.max()) - int(white.min()) < 12  # RdBu's centre: (near) white
+    assert np.array_equal(signed.neutral(), white)
+    red, blue = signed.colours(np.array([3.0]))[0], signed.colours(np.array([-3.0]))[0]
+    assert red[0] > red[2] + 60 and blue[2] > blue[0] + 60  # for the class: red; against: blue
+    assert signed.strength(np.array([0.0]))[0] == 0 and signed.strength(np.array([-3.0]))[0] == 1
+    unsigned = scale_of(np.array([0.2, 0.8], np.float32))
+    assert not unsigned.signed and unsigned.cmap == SEQUENTIAL and (unsigned.low, unsigned.high) == (0.0, pytest.approx(0.8))
+    assert unsigned.colours(np.zeros(1))[0].max() < 10  # inferno starts black: nothing
+    clipped = scale_of(np.r_[np.zeros(999), 100.0].astype(np.float32), signed=False, clip=99.5)
+    assert clipped.high == 0 and clipped.clipped
+    assert scale_of(np.zeros((3, 3))).position(np.zeros(2)).tolist() == [0.0, 0.0]  # a flat map is not stretched
+
+
+def test_an_overlay_leaves_the_picture_where_the_map_says_nothing() -> None:
+    from convscope.render.scale import blend, scale_of
+
+    picture = np.full((4, 4, 3), 90, np.uint8)
+    values = np.zeros((4, 4), np.float32)
+    values[0, 0], values[3, 3] = 2.0, -2.0
+    out = blend(picture, values, scale_of(values))
+    assert np.array_equal(out[1:3, 1:3], picture[1:3, 1:3])  # 0 = no effect: the photo untouched
+    assert int(out[0, 0, 0]) > int(out[0, 0, 2]) + 30 and int(out[3, 3, 2]) > int(out[3, 3, 0]) + 30  # red for, blue against
+
+
+@pytest.fixture(scope="module")
+def signed_and_unsigned() -> dict[str, cs.Result]:
+    model = cs.load_model("digits_cnn")
+    x = model.preprocess([cs.digits_dataset("test")[0][0]])
+    return {"occlusion": cs.occlusion(model, x, window=8, stride=4), "rise": cs.rise(model, x, masks=50, cells=4),
+            "superpixels": cs.superpixels(model, x, segments=8, samples=32),
+            "integrated_gradients": cs.integrated_gradients(model, x, steps=8), "input_x_gradient": cs.input_x_gradient(model, x),
+            "gradcam": cs.gradcam(model, x), "saliency": cs.saliency(model, x), "guided_backprop": cs.guided_backprop(model, x),
+            "signed_saliency": cs.saliency(model, x, abs=False)}
+
+
+def test_each_method_says_whether_its_values_are_signed(signed_and_unsigned: dict[str, cs.Result]) -> None:
+    from convscope.render.scale import display_values, is_signed, result_scale
+
+    signed = {"occlusion", "rise", "superpixels", "integrated_gradients", "input_x_gradient", "signed_saliency"}
+    for name, result in signed_and_unsigned.items():
+        assert is_signed(result) == (name in signed), name
+        scale = result_scale(result, 0)
+        assert scale.signed == (name in signed)
+        if scale.signed:
+            assert scale.low == -scale.high  # symmetric
+        assert result.meta["units"] and scale.units == result.meta["units"]
+    ig = signed_and_unsigned["integrated_gradients"]
+    # signed pixel attributions keep their sign: summed over colour channels, not |max|
+    assert np.allclose(display_values(ig)[0], ig.data[0].sum(0).numpy(), atol=1e-6)
+    rise = signed_and_unsigned["rise"]  # RISE is centred on its average masked score: "no effect" is 0
+    assert np.allclose(display_values(rise)[0], rise.data[0, 0].numpy() - float(rise.meta["neutral"][0]), atol=1e-6)
+    assert display_values(rise).min() < 0 < display_values(rise).max()
+
+
+def test_every_explanation_picture_figure_and_page_carries_its_colour_bar(signed_and_unsigned: dict[str, cs.Result]) -> None:
+    for name in ("occlusion", "gradcam", "integrated_gradients"):
+        result = signed_and_unsigned[name]
+        picture = render.picture(result)
+        bare = render.picture(result, colorbar=False)
+        assert picture.shape[0] >= 160 and picture.shape[1] > picture.shape[0]  # enlarged to be read, the bar on the right
+        strip = picture[:, -picture.shape[1] + picture.shape[0]:]
+        assert len(np.unique(strip.reshape(-1, 3), axis=0)) > 50, name  # a gradient of colours, not a blank margin
+        assert bare.shape[:2] == (32, 32)
+        fig = render.figure(result)
+        assert any(ax.get_label() == "<colorbar>" for ax in fig.axes), name
+        page = render.to_html(result)
+        assert "colours: " + result.meta["units"] in page
+    assert "0 = white" in render.to_html(signed_and_unsigned["occlusion"])
+
+
+def test_deconvnet_says_why_it_looks_like_a_checkerboard() -> None:
+    model = cs.load_model("digits_cnn")
+    result = cs.deconvnet(model, model.preprocess([cs.digits_dataset("test")[0][0]]))
+    assert "ignores the forward's" in result.meta["caveat"]
+    assert "ignores the forward" in render.text(result) and "ignores the forward" in render.to_html(result)

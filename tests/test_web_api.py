@@ -694,7 +694,10 @@ def test_a_gradcam_job_gives_the_librarys_picture(server: web.Server, lite0: cs.
     assert result["caption"] == render.caption(expected) and "tabby" in result["caption"] and result["text"] == render.text(expected)
     assert ok_json(server, "GET", f"/api/jobs/{job['id']}")["status"] == "done"
     assert np.array_equal(decode(call(server, "GET", final["urls"]["result"])[2]), decode(render.to_png(expected)))
-    assert np.array_equal(decode(call(server, "GET", final["urls"]["map"])[2]), render.result_map(expected, 0))
+    alone = decode(call(server, "GET", final["urls"]["map"])[2])  # the map alone and its colour bar
+    assert alone.shape[0] == 224 and alone.shape[1] > 224 + 60
+    assert np.array_equal(alone[:, :224], render.result_map(expected, 0))
+    assert result["scale"].startswith("activation x gradient: 0 to ")
     assert job["id"] in [j["id"] for j in ok_json(server, "GET", "/api/jobs")["jobs"]]
 
 

@@ -34,6 +34,12 @@ __all__ = ["ablationcam", "cam", "cam_engine", "eigencam", "gradcam", "gradcam_p
            "layercam", "scorecam", "xgradcam"]
 
 EPS = 1e-7
+CAM_UNITS = {  # what a CAM map's values are, for its colour bar (the maps themselves are relative evidence)
+    "gradcam": "activation x gradient", "gradcam_pp": "activation x gradient", "xgradcam": "activation x gradient",
+    "layercam": "activation x gradient", "hirescam": "activation x gradient", "cam": "activation x class weight",
+    "eigencam": "activation along its 1st principal component", "scorecam": "activation x score",
+    "ablationcam": "activation x score drop",
+}
 TopChannels = Annotated[int, Field(ge=1, le=100_000)] | None  # Score-CAM / Ablation-CAM: a forward per channel each
 
 
@@ -116,7 +122,8 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
         data = torch.stack([u / u.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(EPS) for u in ups]).mean(0)
     return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output, kind="map",
                    layer="+".join(ref.label for ref in refs), low_res=low_res,
-                   layer_shape=tuple(acts[0].shape[1:]))
+                   layer_shape=tuple(acts[0].shape[1:]),
+                   units=CAM_UNITS.get(method, f"{method} value") if len(maps) == 1 else "share of each layer's peak, averaged")
 
 
 def weighted_sum(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -452,5 +459,6 @@ def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer:
     guided = guided_backprop(model, x, target=fixed_target(target, coarse.target), precision=precision)
     data = guided.data * coarse.data.to(guided.data.device)
     meta = {k: v for k, v in guided.meta.items() if k != "scores"}
+    meta.update(signed=False, units="|guided backprop x Grad-CAM|")
     return package(as_model(model), x, data, method="guided_gradcam", classes=guided.target, kind="pixels",
                    scores=guided.meta["scores"], output=None, layer=coarse.layer, **meta)

@@ -99,7 +99,8 @@ def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None 
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, _ = gradient_pass(wrapped, x, target, precision=precision)
     data = grad.abs() if abs else grad
-    return package(wrapped, x, data, method="saliency", classes=classes, scores=scores, output=output, kind="pixels")
+    return package(wrapped, x, data, method="saliency", classes=classes, scores=scores, output=output, kind="pixels",
+                   signed=not abs, units="|d score / d pixel|" if abs else "d score / d pixel")
 
 
 @register("input_x_gradient", family="attribution", group="gradient", takes="images", returns="pixels",
@@ -116,7 +117,15 @@ def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, laye
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     grad, scores, classes, output, _ = gradient_pass(wrapped, x, target, precision=precision)
     data = x.detach().to(grad.device, torch.float32) * grad
-    return package(wrapped, x, data, method="input_x_gradient", classes=classes, scores=scores, output=output, kind="pixels")
+    return package(wrapped, x, data, method="input_x_gradient", classes=classes, scores=scores, output=output, kind="pixels",
+                   signed=True, units="pixel x gradient (score units)")
+
+
+CAVEATS = {
+    "deconvnet": {"caveat": "deconvnet passes gradients by their own sign and ignores the forward's, so its stripes and "
+                            "checkerboard come from the method (the strides of the network), not from the model's evidence "
+                            "(Zeiler & Fergus 2014 show it for one strong activation, not a class)"},
+}
 
 
 def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Target, layer: Any, precision: str) -> Result:
@@ -127,7 +136,7 @@ def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Targ
         warnings.warn(f"{method}: the model has no ReLU-like activation (ReLU, ReLU6, LeakyReLU, F.relu) on the "
                       f"gradient path; the result equals the plain gradient", stacklevel=3)
     return package(wrapped, x, grad, method=method, classes=classes, scores=scores, output=output, kind="pixels",
-                   rewritten=count)
+                   rewritten=count, signed=False, units=f"|{method.replace('_', ' ')} signal|", **CAVEATS.get(method, {}))
 
 
 @register("guided_backprop", family="attribution", group="gradient", takes="images", returns="pixels",
@@ -267,7 +276,8 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
     data = diff.float() * total
     delta = data.sum(dim=(1, 2, 3)) - (scores.float() - base_scores)
     return package(wrapped, x, data, method="integrated_gradients", classes=classes, scores=scores, output=ends[:batch],
-                   kind="pixels", delta=delta.detach(), baseline_scores=base_scores.detach(), steps=steps)
+                   kind="pixels", delta=delta.detach(), baseline_scores=base_scores.detach(), steps=steps, signed=True,
+                   units="contribution to the score")
 
 
 # -- SmoothGrad -------------------------------------------------------------------------------------
@@ -364,15 +374,17 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
             noise = torch.cat([_noise(seed, s, x.shape[1:]) for s in draws]).to(clean.device, clean.dtype)  # (k, C, H, W)
             noisy = (clean[None] + noise[:, None] * scale[None]).reshape(-1, *x.shape[1:])  # sample-major (k*B, C, H, W)
             chunk_target = fixed.repeat(len(draws)) if isinstance(fixed, torch.Tensor) else fixed
-            part = inner.fn(wrapped, noisy, target=chunk_target, precision=precision, **given).data
-            part = part.float().reshape(len(draws), batch, *part.shape[1:])
+            once = inner.fn(wrapped, noisy, target=chunk_target, precision=precision, **given)
+            inner_signed, inner_units = bool(once.meta.get("signed")), once.meta.get("units", f"{method} value")
+            part = once.data.float().reshape(len(draws), batch, *once.data.shape[1:])
             total = part.sum(0) if total is None else total + part.sum(0)
             sq_total = (part**2).sum(0) if sq_total is None else sq_total + (part**2).sum(0)
             bar.advance(len(draws) * batch)
     mean, mean_sq = total / samples, sq_total / samples
     data = {"mean": mean, "square": mean_sq, "var": (mean_sq - mean**2).clamp_min(0)}[variant]
     return package(wrapped, x, data, method="smoothgrad", classes=classes, scores=scores, output=output, kind="pixels",
-                   inner=method, variant=variant, samples=samples, sigma=sigma)
+                   inner=method, variant=variant, samples=samples, sigma=sigma,
+                   signed=variant == "mean" and inner_signed, units=f"{variant} of {inner_units} over noisy copies")
 
 
 def _noise(seed: int, sample: int, shape: torch.Size) -> torch.Tensor:

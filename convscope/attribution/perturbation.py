@@ -245,7 +245,7 @@ def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None
     data = (total / (cover_h.sum(0)[:, None] * cover_w.sum(0)[None, :]))[:, None]
     return package(wrapped, x, data, method="occlusion", classes=classes, scores=scores, output=output, kind="map",
                    grid=grid, base=base, score=score, window=(wh, ww), stride=(sh, sw), rows=tuple(tops),
-                   cols=tuple(lefts), windows=windows)
+                   cols=tuple(lefts), windows=windows, signed=True, units=f"drop in {score} when covered")
 
 
 def occlusion_mask(result: Result, threshold: float = 0.5) -> torch.Tensor:
@@ -345,6 +345,7 @@ def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = No
         fills = _fill_tensor(wrapped, pixels, fill).expand_as(pixels)
         output, scores, classes, fixed, base = _clean_forward(wrapped, pixels, target, score)
         total = torch.zeros(batch, 1, height, width, dtype=torch.float32, device=pixels.device)
+        score_sum = torch.zeros(batch, dtype=torch.float32, device=pixels.device)
         for start in range(0, batch * masks, rows):  # job j: mask j // batch on image j % batch (each mask made once)
             jobs = torch.arange(start, min(start + rows, batch * masks), device=pixels.device)
             images, which = jobs % batch, jobs // batch
@@ -353,10 +354,14 @@ def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = No
             chunk = torch.lerp(fills[images], pixels[images], mask).contiguous(memory_format=torch.channels_last)
             weight = row_scores(wrapped.module(chunk), fixed, images, score)
             total.index_add_(0, images, weight.view(-1, 1, 1, 1) * mask.float())
+            score_sum.index_add_(0, images, weight.float())
             bar.advance(len(jobs))
     data = total / (masks * float(p))
+    # "no effect": a pixel whose visibility does not matter gets the average masked score, E[score(x * M)]
+    neutral = score_sum / masks
     return package(wrapped, x, data, method="rise", classes=classes, scores=scores, output=output, kind="map", base=base,
-                   score=score, masks=masks, cells=cells, p=float(p), seed=seed)
+                   score=score, masks=masks, cells=cells, p=float(p), seed=seed, neutral=neutral, signed=True,
+                   units=f"{score} when visible, minus the average")
 
 
 # -- superpixels (LIME) ----------------------------------------------------------------------------------
@@ -469,4 +474,5 @@ def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: No
         data[b, 0] = coef.float().to(data.device)[seg[b]]
     return package(wrapped, x, data, method="superpixels", classes=classes, scores=scores, output=output, kind="map",
                    base=base, score=score, segments=torch.stack(seg), weights=coefficients,
-                   intercept=torch.tensor(intercepts), fit=torch.tensor(fits), samples=samples, seed=seed)
+                   intercept=torch.tensor(intercepts), fit=torch.tensor(fits), samples=samples, seed=seed, signed=True,
+                   units=f"{score} a segment adds (LIME weight)")

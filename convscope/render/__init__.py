@@ -1,16 +1,18 @@
 """Rendering: the only place that turns raw values into pictures.
 
 ``figure``, ``picture``, ``save``, ``show``, ``to_png``, ``to_html``, ``mimebundle``, ``caption`` and ``text``
-are the one entry point: they draw anything a tool returns by its ``kind`` (see ``dispatch``). Normalization for display (per-image min-max,
-percentile clipping, sign modes) happens here and nowhere else. Arrays are numpy uint8 RGB (H, W, 3);
+are the one entry point: they draw anything a tool returns by its ``kind`` (see ``dispatch``). How values become
+colours — sequential maps for unsigned values, diverging maps centred at 0 for signed ones, a colour bar with units
+on every heatmap — is decided in ``scale`` and nowhere else. Arrays are numpy uint8 RGB (H, W, 3);
 matplotlib is imported only when a figure is made.
 """
 
-from . import audit, compare, core, embedding, features, robustness, tables, trust
+# ruff: noqa: I001 — core is imported first: it registers the explanation drawers with dispatch, which imports it
+from . import core
+from . import audit, compare, embedding, features, robustness, scale, tables, trust
 from .core import (
     colorize,
     data_uri,
-    default_style,
     figure_png,
     grid_figure,
     normalize,
@@ -33,7 +35,6 @@ __all__ = [
     "compare",
     "core",
     "data_uri",
-    "default_style",
     "drawer",
     "embedding",
     "features",
@@ -53,6 +54,7 @@ __all__ = [
     "save",
     "save_grid",
     "save_result",
+    "scale",
     "show",
     "tables",
     "tensor_to_images",

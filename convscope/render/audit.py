@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from .core import normalize, overlay
+from .scale import blend, colorbar, relative, relative_scale
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,19 +45,24 @@ def _worst_kept(audit: Audit, k: int) -> list[int]:
 
 
 def draw_worst(fig: Any, cells: list[Any], audit: Audit) -> None:
-    """One image per cell (subplot specs), worst first: the map (scaled by its maximum: zero stays
-    transparent blue) over the picture, the object's outline in white, titled with the true and
+    """One image per cell (subplot specs), worst first: the map (scaled by its maximum, with one colour bar;
+    the opacity follows the value, so zero leaves the picture as it is) over the picture, the object's outline
+    in white, titled with the true and
     predicted class, the share of the map on the object and the share a uniform map would get."""
+    drawn = []
     for cell, i in zip(cells, _worst_kept(audit, len(cells))):
         ax = fig.add_subplot(cell)
+        drawn.append(ax)
         picture, heat_map, region = audit.examples[i]
-        heat = overlay(picture, normalize(heat_map, "max"), alpha=0.5)
+        heat = blend(picture, relative(heat_map, False), relative_scale(False))
         ax.imshow(region_outline(heat, region))
         truth = f"{audit._name(int(audit.label[i]))} → " if audit.label[i] >= 0 else ""
         flagged = bool(audit.is_flagged[i])
         ax.set_title(f"{truth}{audit._name(int(audit.predicted[i]))}\nshare {audit.share[i]:.0%} of area {audit.area[i]:.0%}"
                      f"{' FLAG' if flagged else ''}", fontsize=7, color=FLAG_COLOR if flagged else "black")
         ax.set_axis_off()
+    if drawn:
+        colorbar(fig, drawn, relative_scale(False), fontsize=6, fraction=0.02)
 
 
 def draw_shares(ax: Axes, audit: Audit) -> None:

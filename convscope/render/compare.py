@@ -3,24 +3,57 @@
 from __future__ import annotations
 
 import textwrap
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from .core import normalize, overlay, to_uint8_image
+from .core import to_uint8_image
+from .scale import MAX_OPACITY, PIXEL_CLIP, Scale, blend, colorbar, display_values, result_scale, scale_of, shared
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..compare import Cell, Comparison
 
-__all__ = ["comparison_figure", "comparison_panels"]
+__all__ = ["comparison_figure", "comparison_panels", "comparison_scales"]
 
 
-def _style(cell: Cell) -> dict[str, Any]:
-    from .core import default_style
+def _column_values(comparison: Comparison, method: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's displayed values of ``method`` on the common frame (the sign-aware values render colours:
+    see ``scale.display_values``) and where each row's model looked: (R, H, W) float (NaN: nothing), bool."""
+    from ..compare import place_in_frame
 
-    return default_style(cell.result) if cell.result is not None else {}
+    picture = comparison.pictures[name]
+    maps, seen = comparison.frame_maps(method, name, size=size)
+    height, width = maps.shape[1:]
+    for r, row in enumerate(comparison.rows):
+        cell = comparison.cells[(row, method, name)]
+        if cell.result is not None:
+            maps[r], seen[r] = place_in_frame(comparison.models[row], torch.from_numpy(display_values(cell.result)[0]),
+                                              picture.size, (height, width))
+    return maps, seen
+
+
+def comparison_scales(comparison: Comparison, image: str | int = 0, *, size: int = 224) -> dict[tuple[str, str], Scale]:
+    """The colour scale of every (row, method) cell of one picture: its own (``scale="each"``) or the whole
+    method column's (``scale="column"``), sign-aware (``render.scale``)."""
+    name = comparison.images[image] if isinstance(image, int) else image
+    scales: dict[tuple[str, str], Scale] = {}
+    for method in comparison.methods:
+        maps, seen = _column_values(comparison, method, name, size)
+        cells = [(row, comparison.cells[(row, method, name)]) for row in comparison.rows]
+        own = {row: result_scale(cell.result, 0) for row, cell in cells if cell.result is not None}
+        for r, (row, cell) in enumerate(cells):
+            if cell.result is None:
+                continue
+            values = maps[r][seen[r]]
+            scales[(row, method)] = scale_of(values, signed=own[row].signed, units=own[row].units, scope="per cell",
+                                             clip=PIXEL_CLIP if cell.result.data.shape[1] > 1 else None)
+        if comparison.scale == "column" and own:
+            column = shared([scales[(row, method)] for row in own], "one scale for the column")
+            scales.update({(row, method): column for row in own})
+    return scales
 
 
 def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int = 224,
@@ -28,12 +61,13 @@ def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int
     """Rows × (picture + methods) uint8 panels on the common frame (None: the method did not apply).
 
     The picture column outlines what the row's model saw; in method cells the part it never saw is
-    dimmed. Maps are scaled by the method's usual display mode, per cell (``scale="each"``) or over the
-    whole column (``scale="column"``)."""
+    dimmed. Maps are coloured by their meaning (``render.scale``), per cell (``scale="each"``) or with one
+    scale for the whole column (``scale="column"``): :func:`comparison_scales`."""
     from ..compare import crop_box
 
     name = comparison.images[image] if isinstance(image, int) else image
     picture = comparison.pictures[name]
+    scales = comparison_scales(comparison, name, size=size)
     rows: list[list[np.ndarray | None]] = [[] for _ in comparison.rows]
     for r, row in enumerate(comparison.rows):
         height, width = comparison.frame_maps(comparison.methods[0], name, size=size)[1].shape[1:]
@@ -45,32 +79,15 @@ def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int
         _outline(framed, box)
         rows[r].append(framed)
     for method in comparison.methods:
-        maps, seen = comparison.frame_maps(method, name, size=size)
-        cells = [comparison.cells[(row, method, name)] for row in comparison.rows]
-        style = next((_style(c) for c in cells if c.result is not None), {})
-        mode = style.get("mode", "minmax")
-        scaled = np.zeros_like(maps)
-        if comparison.scale == "column" and seen.any():
-            values = np.concatenate([maps[r][seen[r]] for r in range(len(cells)) if cells[r].result is not None] or [np.zeros(1)])
-            flat = normalize(values[None], mode)[0]
-            start = 0
-            for r, cell in enumerate(cells):
-                if cell.result is not None:
-                    count = int(seen[r].sum())
-                    scaled[r][seen[r]] = flat[start:start + count]
-                    start += count
-        else:
-            for r, cell in enumerate(cells):
-                if cell.result is not None:
-                    scaled[r][seen[r]] = normalize(maps[r][seen[r]][None], mode)[0]
-        for r, cell in enumerate(cells):
+        maps, seen = _column_values(comparison, method, name, size)
+        for r, row in enumerate(comparison.rows):
+            cell = comparison.cells[(row, method, name)]
             if cell.result is None:
                 rows[r].append(None)
                 continue
-            base = rows[r][0]
-            clean = to_uint8_image(picture, base.shape[:2])
-            blended = overlay(clean, scaled[r], alpha=style.get("alpha", 0.5) if alpha is None else alpha,
-                              cmap=style.get("cmap", "jet"), weighted=style.get("weighted", False))
+            clean = to_uint8_image(picture, rows[r][0].shape[:2])
+            blended = blend(clean, np.nan_to_num(maps[r]), scales[(row, method)],
+                            alpha=MAX_OPACITY if alpha is None else alpha)
             blended[~seen[r]] = (clean[~seen[r]] * 0.35 + 80).astype(np.uint8)  # the model never saw this part
             rows[r].append(blended)
     return rows
@@ -105,6 +122,7 @@ def comparison_figure(comparison: Comparison, image: str | int | None = None, *,
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for block, name in enumerate(names):
         panels = comparison_panels(comparison, name, size=size, alpha=alpha)
+        scales = comparison_scales(comparison, name, size=size)
         for r, row in enumerate(comparison.rows):
             line = axes[block * len(comparison.rows) + r]
             first = comparison.cells[(row, comparison.methods[0], name)]
@@ -125,6 +143,11 @@ def comparison_figure(comparison: Comparison, image: str | int | None = None, *,
                     continue
                 ax.imshow(panels[r][c])
                 ax.set_title(f"{method}\n{_cell_title(cell)}", fontsize=7)
+                if comparison.scale == "each":
+                    colorbar(fig, ax, scales[(row, method)], fontsize=6)
+                elif r == max(i for i, other in enumerate(comparison.rows) if (other, method) in scales):
+                    block_axes = axes[block * len(comparison.rows):(block + 1) * len(comparison.rows)]
+                    colorbar(fig, [line_axes[c] for line_axes in block_axes], scales[(row, method)], fontsize=6)
     what = "models" if comparison.rows_are == "models" else "target classes"
     scale = "maps scaled per cell" if comparison.scale == "each" else "one scale per method column"
     fig.suptitle(f"{len(comparison.rows)} {what} × {len(comparison.methods)} methods · {scale} · "

@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from .scale import MAX_OPACITY, Scale, blend, colorbar, display_values, result_scale, with_colorbar
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,29 +123,29 @@ def is_pixel_result(result: Result) -> bool:
     return result.data.dim() == 4 and result.data.shape[1] > 1
 
 
-def default_style(result: Result) -> dict[str, Any]:
-    """How a result is drawn unless told otherwise: coarse maps min-max in jet over the picture;
-    sparse pixel gradients percentile-clipped in inferno, opacity following the value."""
-    if is_pixel_result(result):
-        return {"mode": "percentile", "cmap": "inferno", "alpha": 0.9, "weighted": True}
-    return {"mode": "minmax", "cmap": "jet", "alpha": 0.5, "weighted": False}
+def _scale(result: Result, index: int | None, *, signed: bool | None = None, clip: float | None = None,
+           cmap: str | None = None, scale: Scale | None = None) -> Scale:
+    chosen = scale or result_scale(result, index, signed=signed, clip=clip)
+    return replace(chosen, cmap=cmap) if cmap else chosen
 
 
-def result_map(result: Result, index: int = 0, *, mode: str | None = None, cmap: str | None = None) -> np.ndarray:
-    """The colorized map of image ``index`` alone, uint8 (H, W, 3)."""
-    style = default_style(result)
-    return colorize(normalize(result.maps()[index], mode or style["mode"]), cmap or style["cmap"])
+def result_map(result: Result, index: int = 0, *, cmap: str | None = None, signed: bool | None = None,
+               clip: float | None = None, scale: Scale | None = None) -> np.ndarray:
+    """The colorized map of image ``index`` alone, uint8 (H, W, 3), on its sign-aware scale
+    (:func:`convscope.render.scale.result_scale`; ``scale`` to impose one, e.g. shared by a batch)."""
+    return _scale(result, index, signed=signed, clip=clip, cmap=cmap, scale=scale).colours(display_values(result)[index])
 
 
-def overlay_result(result: Result, index: int = 0, *, image: Any = None, mode: str | None = None,
-                   alpha: float | None = None, cmap: str | None = None) -> np.ndarray:
-    """The heatmap of image ``index`` over its picture (the explained input unless ``image`` given)."""
-    style = default_style(result)
-    maps = result.maps()[index]
-    height, width = maps.shape[-2:]
+def overlay_result(result: Result, index: int = 0, *, image: Any = None, alpha: float | None = None,
+                   cmap: str | None = None, signed: bool | None = None, clip: float | None = None,
+                   scale: Scale | None = None, uniform: bool = False) -> np.ndarray:
+    """The heatmap of image ``index`` over its picture (the explained input unless ``image`` given); the
+    opacity follows the value (``alpha`` at the strongest), so the photo shows where the map says nothing."""
+    values = display_values(result)[index]
+    chosen = _scale(result, index, signed=signed, clip=clip, cmap=cmap, scale=scale)
+    height, width = values.shape[-2:]
     picture = to_uint8_image(image, (height, width)) if image is not None else result.images()[index]
-    return overlay(picture, normalize(maps, mode or style["mode"]), alpha=style["alpha"] if alpha is None else alpha,
-                   cmap=cmap or style["cmap"], weighted=style["weighted"])
+    return blend(picture, values, chosen, alpha=MAX_OPACITY if alpha is None else alpha, uniform=uniform)
 
 
 def _title(result: Result, index: int) -> str:
@@ -176,18 +179,38 @@ def grid_figure(panels: Sequence[np.ndarray], titles: Sequence[str] | None = Non
     return fig
 
 
-def result_figure(result: Result, *, mode: str | None = None, alpha: float | None = None, cmap: str | None = None,
-                  image: Any = None) -> Figure:
-    """Each image of the batch next to its overlay, titled with method, label and probability."""
-    panels, titles = [], []
+def result_figure(result: Result, *, alpha: float | None = None, cmap: str | None = None, image: Any = None,
+                  signed: bool | None = None, clip: float | None = None, shared: bool = False) -> Figure:
+    """One row per image: the picture, the map over it, and the map alone with its colour bar (units and
+    scale). ``shared``: one colour scale for the whole batch (to compare pictures) instead of one per picture."""
+    from matplotlib.figure import Figure
+
+    count = len(result)
+    common = _scale(result, None, signed=signed, clip=clip, cmap=cmap) if shared else None
     pictures = result.images() if image is None and result.inputs is not None else None
-    for i in range(len(result)):
-        over = overlay_result(result, i, image=image, mode=mode, alpha=alpha, cmap=cmap)
+    fig = Figure(figsize=(7.4, 2.45 * count + 0.5), layout="constrained")
+    axes = fig.subplots(count, 3, squeeze=False)
+    for i in range(count):
+        chosen = common or _scale(result, i, signed=signed, clip=clip, cmap=cmap)
+        over = overlay_result(result, i, image=image, alpha=alpha, scale=chosen)
         base = pictures[i] if pictures is not None else to_uint8_image(image, over.shape[:2])
-        panels += [base, over]
-        titles += ["input", _title(result, i)]
+        panels = (base, over, result_map(result, i, scale=chosen))
+        for ax, panel, title in zip(axes[i], panels, ("input", _title(result, i), "the map alone")):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+        if common is None or i == count - 1:
+            colorbar(fig, list(axes[i]) if common is None else list(axes[:, 2]), chosen, fontsize=7)
     layer = f" — layer {result.layer}" if result.layer else ""
-    return grid_figure(panels, titles, ncols=2 if len(result) == 1 else 4, suptitle=f"{result.method}{layer}")
+    caveat = result.meta.get("caveat")
+    fig.suptitle(f"{result.method}{layer}" + (f"\n{_fill(caveat, 110)}" if caveat else ""), fontsize=9)
+    return fig
+
+
+def _fill(text: str, width: int) -> str:
+    import textwrap
+
+    return textwrap.fill(str(text), width)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -209,6 +232,16 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, **FIGURE_SAVE)
     return buffer.getvalue()
+
+
+def figure_array(fig: Figure, dpi: int = 110) -> np.ndarray:
+    """A matplotlib figure as uint8 RGB (H, W, 3), its exact size at ``dpi`` (not cropped)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def data_uri(png: bytes) -> str:
@@ -236,11 +269,18 @@ def _explanation_figure(result: Result, *, index: int | None = None, image: Any 
     return result_figure(result if index is None else result[index], image=image, **style)
 
 
-def _explanation_picture(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> np.ndarray | None:
-    """One image's overlay (``index``, or the only image of the batch); None for a batch (a figure)."""
+def _explanation_picture(result: Result, *, index: int | None = None, image: Any = None, colorbar: bool = True,
+                         **style: Any) -> np.ndarray | None:
+    """One image's overlay (``index``, or the only image of the batch) with its colour bar on the right
+    (``colorbar=False``: the overlay alone, pixel for pixel the picture's size); None for a batch (a figure)."""
     if index is None and len(result) != 1:
         return None
-    return overlay_result(result, index or 0, image=image, **style)
+    index = index or 0
+    style.pop("shared", None)
+    chosen = _scale(result, index, signed=style.pop("signed", None), clip=style.pop("clip", None),
+                    cmap=style.pop("cmap", None), scale=style.pop("scale", None))
+    over = overlay_result(result, index, image=image, scale=chosen, **style)
+    return with_colorbar(over, chosen) if colorbar else over
 
 
 def explanation_caption(result: Result) -> str:
@@ -258,7 +298,8 @@ def _explanation_text(result: Result) -> str:
     for i in range(len(result)):
         label = result.labels[i] if result.labels else "custom target"
         lines.append(f"{result.method} for '{label}'" + (f" at layer {result.layer}" if result.layer else ""))
-    return "\n".join(dict.fromkeys(lines))
+    caveat = result.meta.get("caveat")
+    return "\n".join([*dict.fromkeys(lines), *([f"note: {caveat}"] if caveat else [])])
 
 
 def _image_caption(result: Result, index: int) -> str:
@@ -267,11 +308,24 @@ def _image_caption(result: Result, index: int) -> str:
     return f"picture {index + 1}: explaining '{label}'" + (f" (p = {float(probs[index]):.1%})" if probs is not None else "")
 
 
+PHOTO_QUALITY = 85  # JPEG quality of photo-like panels in HTML (overlays): a tenth of the PNG, no visible loss
+
+
+def photo_uri(image: np.ndarray) -> str:
+    """A photo-like uint8 picture as an inline JPEG ``data:`` URI (lossless PNG adds nothing to an overlay)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=PHOTO_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def explanation_html(result: Result, *, mask: float | None = None, width: int = 224, index: int | None = None,
-                     image: Any = None, **style: Any) -> str:
-    """Per picture, its overlay and the map alone, captioned with the class explained — and with ``mask`` (a share
-    of the picture's largest value, 0..1) the mask where the map reaches it and the picture seen through it
-    (seed 000's occlusion triple: heatmap, mask, what the model needs)."""
+                     image: Any = None, signed: bool | None = None, clip: float | None = None, cmap: str | None = None,
+                     alpha: float | None = None, shared: bool = False) -> str:
+    """Per picture, its overlay and the map alone with its colour bar, captioned with the class explained and
+    the colour scale — and with ``mask`` (a share of the map's largest value, 0..1) the mask where the map
+    reaches it and the picture seen through it (the occlusion triple: heatmap, mask, what the model needs)."""
     import html
 
     if mask is not None and not 0 <= mask <= 1:
@@ -280,24 +334,30 @@ def explanation_html(result: Result, *, mask: float | None = None, width: int = 
         result = result[index]
     pictures = (result.images() if image is None else to_uint8_image(image, tuple(result.data.shape[-2:]))[None]
                 .repeat(len(result), axis=0)) if result.inputs is not None or image is not None else None
+    common = _scale(result, None, signed=signed, clip=clip, cmap=cmap) if shared else None
+    values = display_values(result)
     cells = []
     for i in range(len(result)):
+        chosen = common or _scale(result, i, signed=signed, clip=clip, cmap=cmap)
         caption = _image_caption(result, i)
-        panels = [(overlay_result(result, i, image=image, **style), caption),
-                  (result_map(result, i, mode=style.get("mode"), cmap=style.get("cmap")), caption + " map")]
+        over = overlay_result(result, i, image=image, alpha=alpha, scale=chosen)
+        alone = with_colorbar(chosen.colours(values[i]), chosen)
+        panels = [(photo_uri(over), caption, width),
+                  (photo_uri(alone), caption + " map and colour bar", round(width * alone.shape[1] / alone.shape[0]))]
         if mask is not None and pictures is not None:
-            values = result.maps()[i].detach().float().cpu().numpy()
-            peak = float(values.max())
-            keep = (values >= mask * peak) & (peak > 0)
-            panels += [((keep[..., None].repeat(3, axis=2) * 255).astype(np.uint8), caption + " mask"),
-                       (pictures[i] * keep[..., None].astype(np.uint8), caption + " through the mask")]
-        images = "".join(f'<img src="{data_uri(png_bytes(panel))}" alt="{html.escape(alt)}" width="{width}">'
-                         for panel, alt in panels)
+            peak = float(values[i].max())
+            keep = (values[i] >= mask * peak) & (peak > 0)
+            panels += [(data_uri(png_bytes((keep * 255).astype(np.uint8))), caption + " mask", width),
+                       (photo_uri(pictures[i] * keep[..., None].astype(np.uint8)), caption + " through the mask", width)]
+        images = "".join(f'<img src="{uri}" alt="{html.escape(alt)}" width="{w}" style="max-width:100%">'
+                         for uri, alt, w in panels)
         note = f" · mask: {mask:.0%} of the largest value" if mask is not None else ""
         cells.append(f'<figure class="convscope {result.kind}">{images}<figcaption>{html.escape(caption + note)}'
-                     f"</figcaption></figure>")
+                     f'<br><small>colours: {html.escape(chosen.describe())}</small></figcaption></figure>')
+    caveat = result.meta.get("caveat")
     layer = f" · layer {result.layer}" if result.layer else ""
-    return f'<div class="convscope cards" title="{html.escape(result.method + layer)}">{"".join(cells)}</div>'
+    note = f'<p class="caveat">{html.escape(str(caveat))}</p>' if caveat else ""
+    return f'<div class="convscope cards" title="{html.escape(result.method + layer)}">{"".join(cells)}{note}</div>'
 
 
 def _register() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .core import normalize, overlay
+from .scale import Scale, blend, colorbar, relative, relative_scale, scale_of
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,12 +23,19 @@ SCALES = ("each", "original")
 VIEWS = ("grid", "curves")
 
 
-def _scaled(values: np.ndarray, scale: str, reference_max: float) -> np.ndarray:
-    """A raw (H, W) map in [0, 1] for display: min-max per cell, or divided by the original map's maximum
-    (so weaker evidence looks weaker)."""
+def _scale(sweep: Robustness, scale: str) -> tuple[Scale, bool]:
+    """The grid's one colour scale and whether the maps are signed: "each" divides every map by its own largest
+    |value| (a relative scale); "original" keeps raw values on the original map's scale (so weaker evidence
+    looks weaker)."""
+    original = np.nan_to_num(sweep.original.map)
+    signed = bool(original.size and original.min() < 0)
     if scale == "each":
-        return normalize(values, "minmax")
-    return np.clip(np.nan_to_num(values) / reference_max, 0, 1) if reference_max > 0 else np.zeros_like(values)
+        return relative_scale(signed), signed
+    return scale_of(original, signed=signed, units=f"{sweep.method} value", scope="the original map's scale"), signed
+
+
+def _shown(values: np.ndarray, scale: str, signed: bool) -> np.ndarray:
+    return relative(values, signed) if scale == "each" else np.nan_to_num(values)
 
 
 def _frame(ax: Axes, color: str, width: float) -> None:
@@ -61,9 +68,8 @@ def robustness_figure(sweep: Robustness, *, alpha: float = 0.65, scale: str = "e
     nrows = max(1, len(groups))
     fig = Figure(figsize=(panel_size * ncols, (panel_size + 0.42) * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    reference_max = float(np.nanmax(sweep.original.map)) if sweep.original.map.size else 0.0
-    original = overlay(sweep.original.picture, _scaled(sweep.original.map, scale, reference_max), alpha=alpha,
-                       weighted=True)
+    colours, signed = _scale(sweep, scale)
+    original = blend(sweep.original.picture, _shown(sweep.original.map, scale, signed), colours, alpha=alpha)
     for r, (name, rows) in enumerate(groups.items()):
         ax = axes[r, 0]
         ax.imshow(original)
@@ -78,8 +84,7 @@ def robustness_figure(sweep: Robustness, *, alpha: float = 0.65, scale: str = "e
             i = index[id(row)]
             ax = axes[r, c]
             ax.set_axis_on()
-            ax.imshow(overlay(sweep.pictures[i], _scaled(sweep.maps[i], scale, reference_max), alpha=alpha,
-                              weighted=True))
+            ax.imshow(blend(sweep.pictures[i], _shown(sweep.maps[i], scale, signed), colours, alpha=alpha))
             if peaks and row.peak is not None:
                 ax.plot(row.peak[1], row.peak[0], "+", color="white", ms=7, mew=1.5)
             color = FLIP_COLOR if row.flipped else "black"
@@ -87,6 +92,7 @@ def robustness_figure(sweep: Robustness, *, alpha: float = 0.65, scale: str = "e
             ax.set_title(f"{row.strength:g}: {row.label[:16]}\np(orig) {row.original_probability:.0%} · ρ {rho}",
                          fontsize=7, color=color)
             _frame(ax, color, 2.5 if row.flipped else 0.5)
+    colorbar(fig, list(axes.flat), colours, fontsize=7, fraction=0.02, shrink=0.6)
     how = "each map scaled on its own" if scale == "each" else "maps on the original map's scale"
     fig.suptitle(f"robustness of '{sweep.original.label}': {sweep.method} for the original class ({how}; "
                  f"red: the top-1 changed; +: the map's peak)", fontsize=9)

@@ -9,7 +9,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .core import colorize, data_uri, figure_png, normalize
+from .core import data_uri, figure_png
+from .scale import colorbar, relative, relative_scale
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,10 +78,13 @@ def sanity_figure(report: SanityReport, index: int = 0, *, columns: int = 8) -> 
     fig = Figure(figsize=(1.7 * len(picks), 1.9 + 2.8), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.9, 2.8])
     axes = top.subplots(1, len(picks), squeeze=False)[0]
+    signed = bool((report.maps[0, index] < 0).any())
+    colours = relative_scale(signed)
     for ax, k in zip(axes, picks):
-        ax.imshow(colorize(normalize(report.maps[k, index], "minmax")))
+        ax.imshow(colours.colours(relative(report.maps[k, index], signed)))
         ax.set_axis_off()
         ax.set_title("original" if k == 0 else f"+ {_short(report.layers[k - 1])}", fontsize=7)
+    colorbar(top, list(axes), colours, fontsize=6, fraction=0.03)
     ax = bottom.subplots()
     steps = range(1, len(report.layers) + 1)
     ax.plot(steps, report.rank_correlation[:, index].numpy(), "o-", label="rank correlation |map|")

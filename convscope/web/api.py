@@ -851,9 +851,11 @@ def job_output(result: Any) -> JobOutput:
     explanation's colour map alone (map.png), and the facts: kind, caption, text (+ a Result's provenance)."""
     kind = getattr(result, "kind", None)
     files = {"result.png": render.to_png(result)}
-    if kind in EXPLANATION_KINDS:
-        files["map.png"] = _png(render.result_map(result, 0))
     info: dict[str, Any] = {"kind": kind, "caption": render.caption(result), "text": render.text(result)[:TEXT_LIMIT]}
+    if kind in EXPLANATION_KINDS:  # the map alone, with the same colour bar as the overlay
+        scale = render.scale.result_scale(result, 0)
+        files["map.png"] = _png(render.scale.with_colorbar(render.result_map(result, 0, scale=scale), scale))
+        info["scale"] = scale.describe()
     if isinstance(result, cs.Result):
         target = result.target
         first = int(target.reshape(-1)[0]) if isinstance(target, torch.Tensor) and target.numel() else None

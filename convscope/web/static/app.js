@@ -576,11 +576,12 @@ function resultCard(tool, request) {
       const r = job.result;
       const url = job.urls.result;
       const img = el("img", { src: url, alt: r.caption || `${tool.name} result`,
-        onload: () => node.classList.toggle("wide", img.naturalWidth > 1.4 * img.naturalHeight) });
+        onload: () => node.classList.toggle("wide", img.naturalWidth > 1.6 * img.naturalHeight) });
       frame.replaceChildren(img);
       const options = Object.entries(request.options).map(([k, v]) => `${k}=${shownValue(v)}`).join(", ");
       facts.replaceChildren(
         el("div", { class: "caption", text: r.caption || r.kind }),
+        r.scale ? el("div", { class: "muted scale", text: `colours: ${r.scale}` }) : "",
         el("div", { class: "muted" }, `${r.kind} · ${job.seconds}s`, options ? ` · ${options}` : ""),
         r.text && r.text.includes("\n") ? el("details", {}, el("summary", { text: "as text" }), el("pre", { text: r.text })) : "");
       const file = `${tool.name}-${what}${r.label ? `-${r.label}` : ""}.png`.replace(/[^\w.-]+/g, "_");
