@@ -10,6 +10,11 @@ A new tool appears here with no edit to this file.
 A few commands stay hand-written and thin: ``explain METHOD IMAGE`` (any attribution method by name, options
 as ``--set k=v``), ``tools [NAME]`` (alias ``methods``), ``report`` and ``serve``.
 
+Every command's ``--help`` ends with examples that run offline (the sample pictures cat, coffee, astronaut,
+rocket; the built-in datasets digits and shapes), generated from the tool (``examples``). Progress goes to
+stderr: stage lines (``convscope.progress.stage``) for loading the model and running the tool, bars for loops;
+every file written is printed as ``wrote /absolute/path``.
+
 Every ``ConvscopeError`` is one line on stderr and exit status 2; Ctrl-C is exit status 130.
 """
 
@@ -30,20 +35,21 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConvscopeError, OptionError
+from .errors import ConvscopeError, ModelError, OptionError
 from .options import OptionSpec, parse_text
+from .progress import stage, stage_lines
 from .registry import FAMILIES, TAKES, Tool, get, tools
 
 DEFAULT_MODEL = "efficientnet_lite0"
 HAND_WRITTEN = {  # command -> (arguments, one line for the listing)
     "explain": ("METHOD IMAGE", "run any attribution method by name; its options as --set key=value"),
-    "tools": ("[NAME]", "every tool by family, or one tool in full: options, ranges, an example (alias: methods)"),
+    "tools": ("[NAME]", "every tool by family, or one in full: options, ranges, examples (alias: methods)"),
     "report": ("", "one HTML report: predictions, every explanation, trust, features"),
     "serve": ("", "the local web app: explain pictures and browse a model's layers in a browser"),
 }
 OPTION_PREFIX = "option."  # argparse dests of tool options (never clash with the common flags)
-COMMON_FLAGS = {"-h", "--help", "--target", "--layer", "--set", "--model", "--models", "--weights", "--arch", "--device",
-                "--out", "--json", "--max-forwards"}  # and the exports' flags (below): a tool option never takes these
+COMMON_FLAGS = {"-h", "--help", "--target", "--layer", "--set", "--model", "--models", "--weights", "--download", "--arch",
+                "--device", "--out", "--json", "--max-forwards"}  # and the exports' flags (below): a tool option never takes these
 
 
 # -- output beyond render.save, chosen by the result's kind ------------------------------------------------------
@@ -94,6 +100,25 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")  # argparse %-formats argument help
 
 
+SHAPE = re.compile(r",\s*\(B, [\w, ]*\)")  # ", (B, 1, H, W)": the Python reader's shape note
+
+
+def _plain(text: str) -> str:
+    """A docstring sentence for the command line: no tensor shapes, no sentences about ``meta[...]``."""
+    sentences = re.split(r"(?<=\.)\s+", SHAPE.sub("", text))
+    return " ".join(sentence for sentence in sentences if "meta[" not in sentence)
+
+
+def _cli_words(text: str, flag: str | None = None) -> str:
+    """Python's words as the command line spells them: None -> none; True / False -> the flag and its --no- form
+    (``flag``), or true / false."""
+    if flag is not None:
+        text = re.sub(r"\bTrue\b", flag, text)
+        text = re.sub(r"\bFalse\b", "--no-" + flag[2:], text)
+    text = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", text))
+    return re.sub(r"\bNone\b", "none", text)
+
+
 def command_name(tool: Tool) -> str:
     """The subcommand of ``tool``: its name with hyphens (``class_image`` -> ``class-image``)."""
     return tool.name.replace("_", "-")
@@ -142,9 +167,10 @@ def _facts(spec: OptionSpec, choices: bool = True) -> list[str]:
     return facts
 
 
-def _option_help(spec: OptionSpec) -> str:
+def _option_help(spec: OptionSpec, flag: str | None = None) -> str:
     shown_in_metavar = spec.kind == "choice" and not spec.required
-    return _escape(f"{spec.help or spec.name} ({'; '.join(_facts(spec, choices=not shown_in_metavar))})")
+    words = _cli_words(spec.help or spec.name.replace("_", " "), flag if _is_flag_bool(spec) else None)
+    return _escape(f"{words} ({'; '.join(_facts(spec, choices=not shown_in_metavar))})")
 
 
 def _is_flag_bool(spec: OptionSpec) -> bool:
@@ -177,11 +203,25 @@ def _input_help(takes: str) -> str:
     return INPUTS[takes][2].format(samples=", ".join(SAMPLE_IMAGES), datasets=", ".join(DATASETS))
 
 
-def example(tool: Tool) -> str:
-    """A command line that runs ``tool`` on offline inputs, with its quick options."""
+SAMPLE_CLASS = ("281", "tabby")  # the sample cat photo's ImageNet class, for examples
+PRETRAINED_EXAMPLE = ("resnet50", "ResNet-50")  # a torchvision classifier for the --download examples
+OUT_FOLDER = "results/"
+
+
+def _example_target(tool: Tool) -> bool:
+    """Whether an example can add ``--target 281``: the tool has the flag and runs on an ImageNet model."""
+    return tool.uses_target and not _special_required(tool, "target") and tool.takes in ("images", "image", "model")
+
+
+def example(tool: Tool, *, pictures: Sequence[str] = ("cat",), target: bool = False, models: str | None = None,
+            extra: Sequence[str] = ()) -> str:
+    """A command line that runs ``tool`` on offline inputs, with its quick options (``target``: add ``--target 281``
+    where it fits; ``extra``: more words at the end)."""
     words = ["convscope", command_name(tool)]
-    if tool.takes in ("images", "image", "models"):
-        words.append("cat")
+    if tool.takes in ("images", "models"):
+        words += pictures
+    elif tool.takes == "image":
+        words.append(pictures[0])
     elif tool.takes == "dataset":
         words += ["shapes", "--model", "shapes_biased"]
     specs = {spec.name: spec for spec in tool.option_specs()}
@@ -190,9 +230,11 @@ def example(tool: Tool) -> str:
             examples = [tool.quick[spec.name]] if spec.name in tool.quick else spec.schema.get("examples") or []
             words.append(_shown(examples[0]) if examples else spec.name.upper())
     if tool.uses_target and _special_required(tool, "target"):
-        words.append("281")
+        words.append(SAMPLE_CLASS[0])
+    elif target and _example_target(tool):
+        words += ["--target", SAMPLE_CLASS[0]]
     if tool.takes == "models":
-        words += ["--models", f"{DEFAULT_MODEL},digits_cnn"]
+        words += ["--models", models or f"{DEFAULT_MODEL},digits_cnn"]
     for name, value in tool.quick.items():
         spec = specs.get(name)
         if spec is None or spec.required:
@@ -201,7 +243,58 @@ def example(tool: Tool) -> str:
             words.append(_flag(name) if value else f"--no-{name.replace('_', '-')}")
         else:
             words += [_flag(name), _shown(value)]
-    return " ".join(words)
+    return " ".join([*words, *extra])
+
+
+WHERE = {  # takes -> what the examples run on, in words
+    "images": "the sample cat photo",
+    "image": "the sample cat photo",
+    "model": f"the bundled {DEFAULT_MODEL}",
+    "models": f"the sample cat photo with {DEFAULT_MODEL} and the digits CNN side by side",
+    "dataset": "the built-in shapes dataset with the model that learned its backgrounds",
+}
+
+
+def examples(tool: Tool) -> list[tuple[str, str]]:
+    """(what it does, command line) for the --help epilog, generated from the tool: the quick one on offline inputs,
+    another output (a folder, or JSON for a table), and for tools on pictures or a model one with torchvision's
+    pretrained weights (``--download`` fetches them once)."""
+    targeted = _example_target(tool)
+    textual = _textual(tool.returns)
+    pictured = tool.takes in ("images", "image", "models")
+    default_out = f"{'cat_' if pictured else ''}{tool.name}.png"
+    words = f"{tool.name} on {WHERE[tool.takes]}"
+    if targeted or (tool.uses_target and _special_required(tool, "target")):
+        words += f" for class {SAMPLE_CLASS[0]} ({SAMPLE_CLASS[1]})"
+    if tool.quick:
+        words += ", quick settings"
+    found = [(f"{words}; {'prints the table' if textual else 'writes ' + default_out}", example(tool, target=targeted))]
+    if textual:
+        found.append(("the same as JSON, for scripts", example(tool, target=targeted, extra=["--json"])))
+    else:
+        pictures = ("cat", "coffee") if tool.takes in ("images", "models") else ("cat",)
+        two = "cat and coffee in one figure, " if len(pictures) == 2 else ""
+        found.append((f"{two}into the folder {OUT_FOLDER} (--out NAME.pdf, .svg or .html: another format)",
+                      example(tool, pictures=pictures, extra=["--out", OUT_FOLDER])))
+    name, title = PRETRAINED_EXAMPLE
+    fetched = "--download fetches its weights once into the torch cache"
+    if tool.takes == "models":
+        found.append((f"{DEFAULT_MODEL} next to torchvision's pretrained {title} ({fetched})",
+                      example(tool, models=f"{DEFAULT_MODEL},{name}", extra=["--weights", "DEFAULT", "--download"])))
+    elif pictured or tool.takes == "model":
+        layer = tool.group == "cam" and _offers_layer(tool) and not _special_required(tool, "layer")
+        found.append((f"torchvision's pretrained {title}" + (" at its last block, layer4" if layer else "") + f" ({fetched})",
+                      example(tool, target=targeted, extra=["--model", name, "--weights", "DEFAULT", "--download",
+                                                            *(["--layer", "layer4"] if layer else [])])))
+    return found
+
+
+def _examples_text(found: Sequence[tuple[str, str]]) -> str:
+    """The ``examples:`` block of an epilog: each command line after its comment (both can be pasted into a shell)."""
+    lines = ["examples:"]
+    for words, command in found:
+        lines += [_wrap(words, "  # "), f"  {command}"]
+    return "\n".join(lines)
 
 
 def _takes_words(tool: Tool) -> str:
@@ -217,33 +310,49 @@ def _returns_words(tool: Tool) -> str:
     from .result import RESULT_KINDS
 
     meaning = RESULT_KINDS.get(tool.returns)
-    return f"{tool.returns}: {meaning}" if meaning else tool.returns
+    if meaning:
+        return f"{tool.returns} — {re.sub(r'^[(][^)]*[)] ', '', meaning)}"
+    return f"{tool.returns} — " + ("printed as a table (--out writes it as a picture too)" if _textual(tool.returns)
+                                   else "its summary printed, its figure written (--out)")
 
 
 def describe(tool: Tool) -> str:
-    """A tool's --help description: summary, paper, what it takes and returns, an example."""
+    """A tool's --help description: its summary in plain words, paper, what it takes and returns (the examples are
+    the epilog)."""
     return "\n".join([
-        _wrap(tool.summary), "",
+        _wrap(_plain(tool.summary)), "",
         _wrap(tool.paper, " " * 9, "paper:   "),
         _wrap(_takes_words(tool), " " * 9, "takes:   "),
         _wrap(_returns_words(tool), " " * 9, "returns: "),
-        "example: " + example(tool),
     ])
+
+
+MODEL_NAMES = f"{DEFAULT_MODEL} (bundled), digits_cnn, shapes_biased, shapes_balanced, or a torchvision classifier such as resnet50"
+WEIGHTS_HELP = ("which weights: default (pretrained: bundled, or torchvision's from the torch cache; add --download to fetch "
+                "them once), none (random, reproducible), a torchvision weights name (IMAGENET1K_V2) or a weights file "
+                "(default: default)")
+DOWNLOAD_HELP = ("let torchvision download pretrained weights that are not in the torch cache yet (~/.cache/torch); "
+                 "without it nothing is downloaded")
+
+
+def _add_weight_args(group: Any, file_words: str = "a state-dict / safetensors model file") -> None:
+    group.add_argument("--weights", default="default", metavar="WEIGHTS", help=WEIGHTS_HELP)
+    group.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
+    group.add_argument("--arch", metavar="NAME", help=f"the architecture (a model name) to load {file_words} into")
+    group.add_argument("--device", help="where to run: cpu, cuda, cuda:1, mps ... (default: cpu)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
     group = parser.add_argument_group("model")
     if several:
         group.add_argument("--models", metavar="A,B",
-                           help=f"comma-separated model names or files (default: {DEFAULT_MODEL})")
+                           help=f"the models to compare, comma-separated names or model files: {MODEL_NAMES}; "
+                                f"--weights, --download, --arch and --device apply to each (default: {DEFAULT_MODEL})")
     else:
-        group.add_argument("--model", default=DEFAULT_MODEL,
-                           help=f"a model name (efficientnet_lite0, resnet50, vgg16, digits_cnn, ...) or a model file "
-                                f"(default: {DEFAULT_MODEL})")
-    group.add_argument("--weights", default="default",
-                       help="'default' (pretrained, from the local cache), 'none' (random), a weights name or a file")
-    group.add_argument("--arch", help="architecture name for a state-dict / safetensors model file")
-    group.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+        group.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_FILE",
+                           help=f"the model: {MODEL_NAMES}; or a model file (TorchScript, .pt2, or a state dict with "
+                                f"--arch) (default: {DEFAULT_MODEL})")
+    _add_weight_args(group)
 
 
 def _positive_int(text: str) -> int:
@@ -288,6 +397,7 @@ def _add_tool(sub: Any, tool: Tool, taken: set[str]) -> None:
             raise ValueError(f"the command line already has a command {word!r}; rename tool {tool.name!r} or its alias")
         taken.add(word)
     parser = sub.add_parser(name, aliases=aliases, prog=f"convscope {name}", description=describe(tool), allow_abbrev=False,
+                            epilog=_examples_text(examples(tool)),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     if tool.takes != "model":
         metavar, nargs, _ = INPUTS[tool.takes]
@@ -310,7 +420,7 @@ def _add_tool(sub: Any, tool: Tool, taken: set[str]) -> None:
                 flag = f"--option-{spec.name.replace('_', '-')}"
             if _is_flag_bool(spec):
                 group.add_argument(flag, dest=OPTION_PREFIX + spec.name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=_option_help(spec))
+                                   default=argparse.SUPPRESS, help=_option_help(spec, flag))
             else:
                 group.add_argument(flag, dest=OPTION_PREFIX + spec.name, metavar=_metavar(spec), default=argparse.SUPPRESS,
                                    help=_option_help(spec))
@@ -342,13 +452,48 @@ def _listing() -> str:
         for tool in members:
             aliases = [a for a in tool.aliases if a.replace("_", "-") != command_name(tool)]
             head = command_name(tool) + (f" ({', '.join(aliases)})" if aliases else "")
-            lines.append(_line(head, tool.summary, width))
+            lines.append(_line(head, _plain(tool.summary), width))
         lines.append("")
     lines.append("other commands:")
     for name, (arguments, words) in HAND_WRITTEN.items():
         lines.append(_line(f"{name} {arguments}".strip(), words, width))
-    lines += ["", "`convscope COMMAND --help` describes a command; `convscope tools NAME` a tool's options in full."]
+    lines += ["", _examples_text(MAIN_EXAMPLES), "",
+              "`convscope COMMAND --help` describes a command and ends with examples; `convscope tools NAME` a tool's "
+              "options in full."]
     return "\n".join(lines)
+
+
+MAIN_EXAMPLES = [
+    (f"Grad-CAM: where the model sees class {SAMPLE_CLASS[0]} ({SAMPLE_CLASS[1]}) in the sample cat photo; writes "
+     "cat_gradcam.png", f"convscope gradcam cat --target {SAMPLE_CLASS[0]}"),
+    ("the top-5 classes of your photos (paths) or of the samples cat, coffee, astronaut, rocket", "convscope predict cat coffee"),
+    ("one HTML report with every tool, quick settings: convscope-report/index.html", "convscope report --quick"),
+]
+HAND_WRITTEN_EXAMPLES = {
+    "explain": [
+        (f"integrated gradients for class {SAMPLE_CLASS[0]} ({SAMPLE_CLASS[1]}) with 16 steps; writes cat_integrated_gradients.png",
+         f"convscope explain integrated_gradients cat --target {SAMPLE_CLASS[0]} --set steps=16"),
+        (f"occlusion with a window of a quarter of the picture, into the folder {OUT_FOLDER}",
+         f"convscope explain occlusion coffee --set window=0.25 --out {OUT_FOLDER}"),
+    ],
+    "tools": [
+        ("every tool by family, one line each", "convscope tools"),
+        ("one tool in full: paper, inputs, result, every option with its default and range, examples",
+         "convscope tools integrated_gradients"),
+    ],
+    "report": [
+        ("every section with quick settings, on the sample cat photo: convscope-report/index.html", "convscope report --quick"),
+        ("your pictures (paths or sample names), the attribution part only, into the folder my-report",
+         "convscope report --image coffee --image astronaut --sections attribution --out my-report"),
+        (f"torchvision's pretrained {PRETRAINED_EXAMPLE[1]} (--download fetches its weights once into the torch cache)",
+         f"convscope report --quick --model {PRETRAINED_EXAMPLE[0]} --weights DEFAULT --download"),
+    ],
+    "serve": [
+        (f"the app on http://127.0.0.1:8000/ with {DEFAULT_MODEL}", "convscope serve"),
+        ("two models to choose from, on any free port, and open the browser",
+         f"convscope serve --model {DEFAULT_MODEL} --model digits_cnn --port 0 --open"),
+    ],
+}
 
 
 def _line(head: str, text: str, width: int) -> str:
@@ -361,17 +506,24 @@ def _line(head: str, text: str, width: int) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one subcommand per registered tool, and the hand-written ones."""
-    parser = argparse.ArgumentParser(prog="convscope", usage="convscope [-h] [--version] COMMAND ...",
-                                     description="See inside convolutional neural networks.",
-                                     epilog=_listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"convscope {__version__}")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="convscope", usage="convscope [-h] [--version] COMMAND ...", formatter_class=raw, epilog=_listing(),
+        description=_wrap("See inside convolutional neural networks: which pixels drove a decision, which explanation to "
+                          "believe, what the layers learned, and how a model fails. Every tool is a command; pictures are "
+                          "your files or the samples cat, coffee, astronaut, rocket."))
+    parser.add_argument("--version", action="version", version=f"convscope {__version__}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)  # listed in the epilog
     taken = set(HAND_WRITTEN) | {"methods"}
 
-    p = sub.add_parser("explain", prog="convscope explain", allow_abbrev=False,
-                       description="Run any attribution method by name on pictures and save the map over them. Its options: "
-                                   "--set key=value (see `convscope tools METHOD`).")
-    p.add_argument("method", help="an attribution method, e.g. gradcam or saliency (see `convscope tools`)")
+    def hand_written(name: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, prog=f"convscope {name}", allow_abbrev=False, formatter_class=raw,
+                              description=_wrap(description), epilog=_examples_text(HAND_WRITTEN_EXAMPLES[name]), **kwargs)
+
+    p = hand_written("explain", "Run any attribution method by name on pictures and write its map over them (the same as "
+                                "`convscope METHOD`, with the method's options as --set key=value; `convscope tools METHOD` "
+                                "lists them).")
+    p.add_argument("method", help="an attribution method, e.g. gradcam or saliency (`convscope tools` lists them)")
     p.add_argument("inputs", metavar="IMAGE", nargs="+", help=_escape(_input_help("images")))
     _add_target_layer(p, None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -380,42 +532,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p, "<first image>_<method>.png", None)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("tools", aliases=["methods"], prog="convscope tools",
-                       description="Every tool by family with its summary, or one tool in full: paper, inputs, result, every "
-                                   "option (default, range, choices, help) and an example.")
-    p.add_argument("name", nargs="?", help="a tool to describe in full")
+    p = hand_written("tools", "Every tool by family with its summary, or one tool in full: paper, inputs, result, every "
+                              "option (default, range, choices, help) and examples.", aliases=["methods"])
+    p.add_argument("name", nargs="?", help="a tool to describe in full, e.g. gradcam (default: list every tool)")
     p.set_defaults(func=cmd_tools)
 
-    p = sub.add_parser("report", prog="convscope report",
-                       description="Write one HTML report: predictions, every explanation, trust ranking, filters, feature "
-                                   "maps, feature visualization.")
+    p = hand_written("report", "Write one self-contained HTML page for a model and pictures: the model card and predictions, "
+                               "every explanation method, which to trust, robustness, filters, feature maps and feature "
+                               "visualization — one section per tool; progress goes to stderr as it runs.")
     _add_model_args(p)
-    p.add_argument("--image", action="append", help="a picture or a sample name (cat, coffee, astronaut, rocket); repeatable")
-    p.add_argument("--out", default="convscope-report", help="output folder (default: convscope-report)")
-    p.add_argument("--methods", help="comma-separated method names (default: every attribution method)")
-    p.add_argument("--sections", help="comma-separated tools (gradcam, robustness) or parts (attribution, features) "
-                                      "to include (default: every tool with a report section)")
-    p.add_argument("--quick", action="store_true", help="coarse, fast settings (few steps, samples, channels): a preview in seconds")
-    p.add_argument("--folder", help="a folder of images (sub-folders = labels) to map in the model's feature space (t-SNE)")
+    group = p.add_argument_group("report")
+    group.add_argument("--image", action="append", metavar="IMAGE",
+                       help="a picture: a path or a sample name (cat, coffee, astronaut, rocket); repeatable (default: cat)")
+    group.add_argument("--out", default="convscope-report", metavar="FOLDER",
+                       help="the folder to write index.html into, made if missing (default: convscope-report)")
+    group.add_argument("--methods", metavar="A,B",
+                       help="the attribution methods to include, comma-separated (default: every attribution method)")
+    group.add_argument("--sections", metavar="A,B", help="only these, comma-separated: tools (gradcam, robustness) or parts "
+                                                         "(attribution, features) (default: every tool with a report section)")
+    group.add_argument("--quick", action="store_true",
+                       help="coarse, fast settings (few steps, samples, channels): a preview in seconds")
+    group.add_argument("--folder", metavar="FOLDER",
+                       help="a folder of images (sub-folders = labels) to map in the model's feature space (t-SNE) "
+                            "(default: none: that section is left out)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("serve", prog="convscope serve", description="The local web app: browse a model's layers and feature maps, explain "
-                                            "pictures in a browser.")
-    p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
-                   help=f"a model name or file; repeat for several (default: {DEFAULT_MODEL})")
-    p.add_argument("--weights", default="default",
-                   help="'default' (pretrained, from the local cache), 'none' (random), a weights name or a file")
-    p.add_argument("--arch", help="architecture name for a state-dict / safetensors --model file")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; any other needs --allow-remote)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow another --host (e.g. 0.0.0.0) and any Host header: anyone who can reach the port can use the app")
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest uploaded picture in MiB (default: 20)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded picture in pixels (default: 40,000,000)")
-    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
-    p.add_argument("--max-forwards", type=float, metavar="N",
-                   help="refuse a job that needs more than N forward passes (default: CONVSCOPE_MAX_FORWARDS or 20,000)")
+    p = hand_written("serve", "The local web app: pick or upload a picture, browse a model's layers, feature maps and "
+                              "filters, and run any tool in the browser. It listens on 127.0.0.1 only unless told otherwise.")
+    group = p.add_argument_group("model")
+    group.add_argument("--model", action="append", metavar="NAME_OR_FILE",
+                       help=f"a model: a name ({MODEL_NAMES}) or a model file; repeat for several (default: {DEFAULT_MODEL})")
+    _add_weight_args(group, "a state-dict / safetensors --model file")
+    group = p.add_argument_group("server")
+    group.add_argument("--port", type=int, default=8000, help="the port to listen on (default: 8000; 0: any free port)")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="the interface to bind (default: 127.0.0.1; any other needs --allow-remote)")
+    group.add_argument("--allow-remote", action="store_true",
+                       help="allow another --host (e.g. 0.0.0.0) and any Host header: anyone who can reach the port can use the app")
+    group.add_argument("--max-upload-mb", type=float, default=20, metavar="MB",
+                       help="the largest uploaded picture in MiB (default: 20)")
+    group.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
+                       help="the largest uploaded picture in pixels (default: 40,000,000)")
+    group.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    group.add_argument("--max-forwards", type=float, metavar="N",
+                       help="refuse a job that needs more than N forward passes (default: CONVSCOPE_MAX_FORWARDS or 20,000)")
     p.set_defaults(func=cmd_serve)
 
     for tool in tools():
@@ -502,9 +662,19 @@ def _layer(text: str | None) -> Any:
 
 
 def _load(args: argparse.Namespace, name: str | None = None) -> Any:
-    from .models import load_model
+    """The model, loaded under a stage line (``loading resnet50…``); weights missing from the torch cache are one line
+    that says to add --download."""
+    from .models import MissingWeightsError, load_model
 
-    return load_model(name or args.model, weights=args.weights, arch=args.arch, device=args.device)
+    name = name or args.model
+    try:
+        with stage(f"loading {name}"):
+            return load_model(name, weights=args.weights, arch=args.arch, device=args.device, download=args.download)
+    except MissingWeightsError as exc:
+        size = f" ({exc.size_mb:,.0f} MB)" if exc.size_mb else ""
+        raise ModelError(f"the pretrained {exc.model} weights ({exc.weights}) are not in the torch cache ({exc.checkpoint}); "
+                         f"add --download to let torchvision fetch them{size} once, or --weights none for random "
+                         f"weights") from None
 
 
 def _pictures(names: Sequence[str]) -> list[tuple[str, Any]]:
@@ -585,14 +755,15 @@ def _execute(args: argparse.Namespace, tool: Tool, options: dict[str, Any]) -> i
     if getattr(args, "layer", None) is not None:
         special["layer"] = _layer(args.layer)
     inputs, extra, stem = _inputs(args, tool)
-    with _limits(args):
+    with _limits(args), stage(tool.name):
         result = tool.fn(*inputs, **special, **{**extra, **options})  # flags win over what a dataset brings
     _show(args, tool, result, stem)
     return 0
 
 
 def _show(args: argparse.Namespace, tool: Tool, result: Any, stem: str | None) -> None:
-    """Write the result (render.save), print its words (or JSON), then ``-> path`` for every file written."""
+    """Write the result (render.save), print its words (or JSON), then ``wrote /absolute/path`` for every file
+    written (on stderr with --json, so stdout stays JSON)."""
     from . import render
 
     written = []
@@ -607,7 +778,7 @@ def _show(args: argparse.Namespace, tool: Tool, result: Any, stem: str | None) -
     else:
         print(render.text(result))
     for path in written:
-        print(f"-> {Path(path).resolve()}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {Path(path).resolve()}", file=sys.stderr if args.json else sys.stdout)
 
 
 def json_summary(tool: Tool, result: Any) -> Any:
@@ -658,7 +829,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
             continue
         print(f"{family} — {words}")
         for tool in members:
-            print(_line(tool.name, tool.summary, width))
+            print(_line(tool.name, _plain(tool.summary), width))
         print()
     print("`convscope tools NAME` describes a tool's options; `convscope NAME --help` its command line.")
     return 0
@@ -690,7 +861,7 @@ def describe_tool(tool: Tool) -> str:
     python_only = [name for name in tool.options_model.model_fields if name not in {s.name for s in specs}]
     if python_only:
         lines.append(f"Python only: {', '.join(python_only)}")
-    lines += ["example:", "  " + example(tool)]
+    lines += ["", _examples_text(examples(tool))]
     return "\n".join(lines)
 
 
@@ -700,17 +871,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     model = _load(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
-    path = build_report(model, args.image or ["cat"], args.out, methods=methods, sections=sections, folder=args.folder,
-                        quick=args.quick)
-    print(f"wrote {path}")
+    with stage("report"):
+        path = build_report(model, args.image or ["cat"], args.out, methods=methods, sections=sections, folder=args.folder,
+                            quick=args.quick)
+    print(f"wrote {Path(path).resolve()}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .models import load_model
     from .web import serve
 
-    models = [load_model(name, weights=args.weights, arch=args.arch, device=args.device) for name in args.model or [DEFAULT_MODEL]]
+    models = [_load(args, name) for name in args.model or [DEFAULT_MODEL]]
     serve(models, host=args.host, port=args.port, allow_remote=args.allow_remote,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, open_browser=args.open,
           max_forwards=args.max_forwards)
@@ -736,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 2 for errors, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        with _quiet_broken_pipe():
+        with _quiet_broken_pipe(), stage_lines():  # progress: a status line on a terminal, a line per stage off one
             parser = build_parser()
             if not argv:
                 parser.print_help()

@@ -118,7 +118,8 @@ class Comparison(Displayable):
         """A text table: per row and picture, the top-1 and, per method, the explained class's probability
         and the mean agreement with the other rows."""
         width = max(3, *(len(row) for row in self.rows))  # whole row names: "efficientnet_lite0 · class #2"
-        lines = [f"{'row':<{width}} {'image':<12} {'top-1':<26} {'explains':<26} " + " ".join(f"{m:>14}" for m in self.methods)]
+        names = max(5, *(len(image) for image in self.images))  # whole picture names: "circle on sand"
+        lines = [f"{'row':<{width}} {'image':<{names}} {'top-1':<26} {'explains':<26} " + " ".join(f"{m:>14}" for m in self.methods)]
         agreements = {(m, i): self.agreement(m, i) for m in self.methods for i in self.images} if len(self.rows) > 1 else {}
         for r, row in enumerate(self.rows):
             for image in self.images:
@@ -135,7 +136,7 @@ class Comparison(Displayable):
                     agree = agreements.get((method, image))
                     others = [] if agree is None else [v for c, v in enumerate(agree[r]) if c != r and not np.isnan(v)]
                     cols.append(f"{('ρ=' + format(float(np.mean(others)), '.2f')) if others else '':>14}")
-                lines.append(f"{row:<{width}} {image[:12]:<12} {top:<26} {explains:<26} " + " ".join(cols))
+                lines.append(f"{row:<{width}} {image:<{names}} {top:<26} {explains:<26} " + " ".join(cols))
         if agreements:
             lines.append("ρ: mean Spearman rank correlation of the row's map with the other rows' maps (same picture, same method)")
         return "\n".join(lines)

@@ -42,6 +42,16 @@ DIGITS_NAME = "digits_cnn"
 SHAPES_NAMES = ("shapes_biased", "shapes_balanced")  # convscope's snow/sand shortcut demonstration (zoo/shapes.py)
 
 
+class MissingWeightsError(ModelError):
+    """Pretrained torchvision weights are not in the torch cache and no download was asked for. ``model``,
+    ``weights`` (the enum member's name), ``checkpoint`` (where they would be) and ``size_mb`` let a front
+    end say its own way to fetch them (the command line: ``--download``)."""
+
+    def __init__(self, message: str, *, model: str, weights: str, checkpoint: Path, size_mb: float | None) -> None:
+        super().__init__(message)
+        self.model, self.weights, self.checkpoint, self.size_mb = model, weights, checkpoint, size_mb
+
+
 class Prediction(NamedTuple):
     """One of a model's top-k answers for one image."""
 
@@ -297,12 +307,13 @@ def _torchvision(name: str, weights: Any, download: bool) -> Model:
         if checkpoint.exists():
             state = _read_state_dict(checkpoint)
         elif download:
-            state = chosen.get_state_dict(progress=True)
+            state = _download(chosen, checkpoint)
         else:
-            raise ModelError(
+            size = chosen.meta.get("_file_size")
+            raise MissingWeightsError(
                 f"pretrained weights for {name} are not in the torch cache ({checkpoint}) and convscope never downloads "
-                f"by itself; pass weights=None for random weights, weights='file.pth', or download=True"
-            )
+                f"by itself; pass download=True to fetch them{_megabytes(size)} once, weights=None for random weights, "
+                f"or weights='file.pth'", model=name, weights=chosen.name, checkpoint=checkpoint, size_mb=size)
         _load_state_dict_into(module, state, checkpoint.name)
     elif weights is not None:
         _load_state_dict_into(module, _read_state_dict(Path(weights)), Path(weights).name)
@@ -315,6 +326,26 @@ def _torchvision(name: str, weights: Any, download: bool) -> Model:
         kwargs = {"input_size": (crop, crop), "resize_size": resize, "mean": tuple(tf.mean), "std": tuple(tf.std)}
         labels = described.meta.get("categories", labels)
     return Model(module, labels=labels, name=name, **kwargs)
+
+
+def _megabytes(size: float | None) -> str:
+    return f" ({size:,.0f} MB)" if size else ""
+
+
+def _download(chosen: Any, checkpoint: Path) -> dict[str, torch.Tensor]:
+    """torchvision fetches the weights into the torch cache (``checkpoint``), checking the file's hash; a
+    failure is one line. A bar on a terminal; a stage line when the command line asks for them."""
+    import sys
+
+    from .progress import _is_terminal, stage
+
+    try:
+        with stage(f"downloading {chosen.name} weights{_megabytes(chosen.meta.get('_file_size'))}"):
+            return chosen.get_state_dict(progress=_is_terminal(sys.stderr), check_hash=True)
+    except (OSError, RuntimeError) as exc:  # no connection (URLError), a full disk, a damaged file (hash)
+        reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:160]
+        raise ModelError(f"could not download {chosen.url} ({reason}); check the connection, or put the file in "
+                         f"{checkpoint.parent}") from None
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -15,24 +15,33 @@ the outer one (the outer bar shows the inner job as its postfix) and, at each of
 tracker's callback is called again with the outer count — so a cancel raised there stops the inner loop
 within one of its steps. Only the outermost tracker of a call draws, whatever the inner ``progress`` says.
 The active tracker lives in a context variable: each thread (each web job) has its own.
+
+Stages name the steps between the loops (loading a model, one report section): ``with stage("loading
+resnet50"):``. Inside a drawn bar a stage is the bar's postfix. The library prints nothing else by itself; the
+command line turns on stage lines (``with stage_lines():``): on a terminal a status line (``loading
+resnet50…``) for as long as the stage runs, and off a terminal (piped, CI) one line per finished stage —
+``convscope: gradcam — done in 1.2 s`` — and per finished outermost tracker that runs outside any stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any
 
 from .errors import ConvscopeError
 
-__all__ = ["Cancelled", "ProgressArg", "Tracker", "active", "tracker"]
+__all__ = ["Cancelled", "ProgressArg", "Tracker", "active", "stage", "stage_lines", "tracker"]
 
 ProgressArg = bool | Callable[[int, int, str], Any] | None
 Callback = Callable[[int, int, str], Any]
 
 _ACTIVE: ContextVar[Tracker | None] = ContextVar("convscope_active_tracker", default=None)
+_LINES: ContextVar[bool] = ContextVar("convscope_stage_lines", default=False)  # on while the command line runs
+_STAGES: ContextVar[tuple[str, ...]] = ContextVar("convscope_open_stages", default=())  # the open stages, outermost first
 POSTFIX_INTERVAL = 0.2  # seconds between two redraws of an outer bar for its inner job
 
 
@@ -54,9 +63,12 @@ class Tracker:
         self._bar: Any = None
         self._token: Token[Tracker | None] | None = None
         self._last_postfix = 0.0
+        self._start = time.perf_counter()
+        self._stage = ""  # the stage running inside this bar (shown before the inner job)
         if draw and parent is None:
             from tqdm import tqdm  # the text bar: in a notebook too (no widget dependency)
 
+            _clear_status()  # the bar takes the status line's place
             self._bar = tqdm(total=self.total or None, desc=what, file=sys.stderr, leave=True, dynamic_ncols=True,
                              mininterval=0.2, miniters=1, smoothing=0.1)
 
@@ -84,26 +96,47 @@ class Tracker:
             now = time.monotonic()
             if now - self._last_postfix >= POSTFIX_INTERVAL:
                 self._last_postfix = now
-                self._bar.set_postfix_str(f"{child.what} {child.done}/{child.total}" if child.total else child.what)
+                inner = f"{child.what} {child.done}/{child.total}" if child.total else child.what
+                self._bar.set_postfix_str(" · ".join(filter(None, (self._stage, inner))))
         self.advance(0)
 
     def _inner_closed(self) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str("", refresh=False)
+            self._bar.set_postfix_str(self._stage, refresh=False)
 
-    def close(self) -> None:
-        """Close the bar (idempotent); the parent's bar forgets this tracker."""
+    def _root(self) -> Tracker:
+        root = self
+        while root._parent is not None:
+            root = root._parent
+        return root
+
+    def _show_stage(self, what: str) -> bool:
+        """Show a stage on this job's bar; False when no bar is drawn."""
+        root = self._root()
+        if root._bar is None:
+            return False
+        root._stage, root._last_postfix = what, 0.0  # the new stage's first inner step shows at once
+        root._bar.set_postfix_str(what)
+        return True
+
+    def close(self, failed: bool = False) -> None:
+        """Close the bar (idempotent); the parent's bar forgets this tracker. With stage lines on and no bar,
+        an outermost tracker outside any stage says it is done, in one line."""
+        drawn = self._bar is not None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            _show_status()  # a stage still running gets its status line back
         if self._parent is not None:
             self._parent._inner_closed()
+        elif not drawn and not failed and _LINES.get() and not _STAGES.get():
+            _done_line(self.what, time.perf_counter() - self._start)
 
     def __enter__(self) -> Tracker:
         self._token = _ACTIVE.set(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         try:
             if self._token is not None:
                 try:
@@ -112,7 +145,7 @@ class Tracker:
                     _ACTIVE.set(self._parent)
                 self._token = None
         finally:
-            self.close()
+            self.close(failed=kind is not None)
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -140,3 +173,84 @@ def tracker(progress: ProgressArg, total: int, what: str) -> Tracker:
     else:
         raise ConvscopeError(f"progress must be None, True, False or a callable, not {type(progress).__name__}")
     return Tracker(total, what, callback, draw=draw, parent=_ACTIVE.get())
+
+
+# -- stages: the steps between the loops, and the command line's lines ----------------------------------------------
+_status_shown = False  # whether stderr (a terminal) ends in a status line
+
+
+def _elapsed(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _done_line(what: str, seconds: float) -> None:
+    print(f"convscope: {what} — done in {_elapsed(seconds)}", file=sys.stderr, flush=True)
+
+
+def _clear_status() -> None:
+    global _status_shown
+    if _status_shown:
+        _status_shown = False
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _show_status() -> None:
+    """On a terminal, with stage lines on: the innermost open stage as the status line (or none)."""
+    global _status_shown
+    stages = _STAGES.get()
+    if not (_LINES.get() and _is_terminal(sys.stderr)):
+        return
+    _clear_status()
+    if stages:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(": ".join(stages) + "…")
+            sys.stderr.flush()
+            _status_shown = True
+
+
+@contextlib.contextmanager
+def stage_lines(enabled: bool = True) -> Iterator[None]:
+    """Print the stages while the block runs (the command line's switch; the library is quiet without it): on a
+    terminal a status line for the running stage, off one a line per finished stage."""
+    token = _LINES.set(enabled)
+    try:
+        yield
+    finally:
+        _clear_status()
+        _LINES.reset(token)
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """A named step of a longer job: ``with stage("loading resnet50"): ...``.
+
+    Inside a drawn bar (a report's) it is the bar's postfix. With stage lines on (``stage_lines``, the command
+    line): on a terminal ``loading resnet50…`` shows until the step ends; off a terminal one line when it ends,
+    ``convscope: loading resnet50 — done in 1.2 s`` (a stage inside another is named after it: ``report:
+    gradcam``). Otherwise it prints nothing. A step that fails prints no line.
+    """
+    outer = _STAGES.get()
+    token = _STAGES.set((*outer, what))
+    job = _ACTIVE.get()
+    before = job._root()._stage if job is not None else ""
+    on_bar = job is not None and job._show_stage(what)
+    if not on_bar:
+        _show_status()
+    start = time.perf_counter()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        try:
+            _STAGES.reset(token)
+        except ValueError:  # left in another context (a generator resumed elsewhere)
+            _STAGES.set(outer)
+        if on_bar and job is not None:
+            job._show_stage(before)
+        elif _LINES.get() and _is_terminal(sys.stderr):
+            _show_status()
+        elif _LINES.get() and not failed:
+            _done_line(": ".join((*outer, what)), time.perf_counter() - start)

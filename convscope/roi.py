@@ -25,9 +25,12 @@ __all__ = ["RegionOfInterest", "Regions", "class_regions", "roi"]
 
 
 @dataclass(frozen=True)
-class RegionOfInterest:
+class RegionOfInterest(Displayable):
     """mask (H, W) bool; box (left, top, right, bottom), right/bottom exclusive; masked (H, W, 3) uint8
-    (the picture, black outside the mask); crop (h, w, 3) uint8 (the picture inside the box)."""
+    (the picture, black outside the mask); crop (h, w, 3) uint8 (the picture inside the box).
+    Kind "region": it draws as the masked picture with its box, and the crop."""
+
+    kind = "region"
 
     mask: np.ndarray
     box: tuple[int, int, int, int]

@@ -48,10 +48,13 @@ def debugging(model: cs.Model) -> None:
     from convscope.render.robustness import robustness_curves
     from convscope.zoo.shapes import shapes_dataset
 
-    models = {"efficientnet_lite0 (trained)": model,
-              "efficientnet_lite0 (random weights)": cs.load_model("efficientnet_lite0", weights=None),
-              "digits_cnn (1x32x32)": cs.load_model("digits_cnn")}
-    written = [cs.compare(models, ["cat"], ["gradcam", "guided_gradcam", "saliency"], progress=False).save(OUT / "compare.png")]
+    from convscope.images import to_uint8
+
+    swapped = shapes_dataset(2, split="test", swap=True)  # a circle on sand, a square on snow: the shortcut broken
+    circle, square = to_uint8(swapped.images)
+    comparison = cs.compare(["shapes_biased", "shapes_balanced"], {"circle, sand": circle, "square, snow": square},
+                            methods=["gradcam", "guided_gradcam"], progress=False)
+    written = [comparison.save(OUT / "compare.png")]
     sweep = cs.robustness(model, cs.sample_image("cat"), progress=False)
     written.append(OUT / "robustness_cat.png")
     written[-1].write_bytes(render.figure_png(sweep.figure()))

@@ -130,3 +130,44 @@ def digit_folder(root: Path, count: int = 40) -> Path:
         (root / str(label)).mkdir(parents=True, exist_ok=True)
         picture.save(root / str(label) / f"{i}.png")
     return root
+
+
+# -- the README's placeholder files (tests/test_readme.py) ---------------------------------------------------------
+README_PICTURES = 12  # pictures per class in my_dataset/: enough for a t-SNE map, few enough to stay fast
+
+
+def readme_files(root: Path) -> Path:
+    """Every file the README's examples name, made offline under ``root``: photos from scikit-image
+    (``cat.jpg``, ``my_photo.jpg``), a folder of snow/sand shapes with their object masks laid out alike
+    (``my_dataset/``, ``my_masks/``), and a torchvision ResNet-18 with random weights saved as a state dict
+    (``resnet18.pth``), as safetensors (``my_model.safetensors``) and as a torch.export archive (``my_model.pt2``)."""
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from convscope.images import to_uint8
+    from convscope.zoo.shapes import SHAPES_LABELS, shapes_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    cs.sample_image("cat").save(root / "cat.jpg", quality=90)
+    cs.sample_image("astronaut").save(root / "my_photo.jpg", quality=90)
+    shapes = shapes_dataset(2 * README_PICTURES, biased=False, split="test")
+    pictures = to_uint8(shapes.images)  # (N, 64, 64, 3)
+    for i, (picture, label, mask) in enumerate(zip(pictures, shapes.labels.tolist(), shapes.masks.numpy())):
+        for folder, image in (("my_dataset", Image.fromarray(picture)), ("my_masks", Image.fromarray(mask.astype("uint8") * 255))):
+            (root / folder / SHAPES_LABELS[label]).mkdir(parents=True, exist_ok=True)
+            image.save(root / folder / SHAPES_LABELS[label] / f"{i:03d}.png")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(weights=None).eval()
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    torch.save(state, root / "resnet18.pth")
+    save_file(state, str(root / "my_model.safetensors"))
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 224, 224),)), str(root / "my_model.pt2"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def readme_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder holding every placeholder file the README's examples use (see :func:`readme_files`)."""
+    return readme_files(tmp_path_factory.mktemp("readme"))

@@ -59,6 +59,7 @@ SNIPPETS = {
     "sanity": "cs.metrics.sanity(digits, seven, 'gradcam', progress=False)",
     "feature_walk": "cs.feature_maps(digits, seven, layers=['block1.2', 'block2.2', 'block3.2'])",
     "regions": "cs.class_regions(digits, seven, [7, 1])",
+    "region": "cs.roi(cs.gradcam(digits, seven))",
 }
 
 # kind -> what has to land before it is displayable (remove a kind once its snippet gives that kind)

@@ -4,6 +4,7 @@ cancel raised by the outer job's callback stops an inner loop."""
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.progress import Cancelled, active, tracker
+from convscope.progress import Cancelled, active, stage, stage_lines, tracker
 
 
 class Terminal(io.StringIO):
@@ -136,3 +137,81 @@ def test_an_error_inside_leaves_no_active_tracker() -> None:
 def test_a_bad_progress_value_is_one_line() -> None:
     with pytest.raises(cs.ConvscopeError, match="progress must be None, True, False or a callable"):
         tracker("yes", 3, "x")  # type: ignore[arg-type]
+
+
+# -- stages: what the command line shows between and around the loops ------------------------------------------------
+DONE = re.compile(r" — done in \d+(\.\d)? m?s$")
+
+
+@pytest.mark.parametrize("stream", [io.StringIO(), Terminal()])
+def test_the_library_prints_no_stages_by_itself(monkeypatch: pytest.MonkeyPatch, stream: io.StringIO) -> None:
+    monkeypatch.setattr("sys.stderr", stream)
+    with stage("loading tiny"), tracker(False, 2, "masks") as bar, stage("inner"):
+        bar.advance(2)
+    cs.occlusion(tiny(), torch.rand(1, 3, 16, 16), window=8, stride=8, progress=False)
+    assert stream.getvalue() == ""
+
+
+def test_off_a_terminal_each_finished_stage_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `convscope report` prints in a CI log: the model, each section (named inside the report), the report."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    with stage_lines():
+        with stage("loading tiny"):
+            pass
+        with stage("report"), tracker(None, 2, "report") as report:  # a tracker inside a stage: no line of its own
+            for section in ("gradcam", "occlusion"):
+                with stage(section), tracker(None, 3, f"{section} masks") as inner:
+                    inner.advance(3)
+                report.advance()
+        with tracker(None, 2, "masks") as alone:  # an outermost tracker outside any stage says it is done
+            alone.advance(2)
+        with pytest.raises(RuntimeError), stage("broken"):  # a failed stage: no line (the error says it)
+            raise RuntimeError("boom")
+    with stage("after"):  # the command line has finished: quiet again
+        pass
+    lines = stream.getvalue().splitlines()
+    assert all(DONE.search(line) for line in lines), lines
+    assert [DONE.sub("", line) for line in lines] == ["convscope: loading tiny", "convscope: report: gradcam",
+                                                      "convscope: report: occlusion", "convscope: report", "convscope: masks"]
+
+
+def test_on_a_terminal_a_status_line_shows_while_a_stage_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = Terminal()
+    monkeypatch.setattr("sys.stderr", stream)
+    with stage_lines():
+        with stage("loading efficientnet_lite0"):
+            assert stream.getvalue() == "loading efficientnet_lite0…"  # from the first moment
+            with stage("downloading weights"):
+                assert stream.getvalue().endswith("\r\x1b[Kloading efficientnet_lite0: downloading weights…")
+            assert stream.getvalue().endswith("\r\x1b[Kloading efficientnet_lite0…")  # back to the outer stage
+        assert stream.getvalue().endswith("\r\x1b[K")  # gone when it ends
+        with stage("report"), tracker(None, 2, "report") as report:  # the bar takes the status line's place
+            bar = report._bar
+            assert bar is not None
+            for section in ("gradcam", "occlusion"):
+                with stage(section):
+                    assert bar.postfix == section  # the bar says which section runs
+                    with tracker(None, 3, "masks") as inner:
+                        inner.advance()
+                        assert bar.postfix.startswith(f"{section} · masks 1/3")
+                assert bar.postfix == ""
+                report.advance()
+    text = stream.getvalue()
+    assert "done in" not in text and text.endswith("\r\x1b[K") and "report: 100%" in text and "2/2" in text
+
+
+def test_a_thread_of_its_own_prints_no_stage_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web job runs in its own thread: the command line's switch (`convscope serve`) does not reach it."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+
+    def job() -> None:
+        with stage("job"), tracker(None, 1, "job") as bar:
+            bar.advance()
+
+    with stage_lines():
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join()
+    assert stream.getvalue() == ""

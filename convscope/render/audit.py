@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..metrics.audit import Audit
-    from ..roi import Regions
+    from ..roi import RegionOfInterest, Regions
 
-__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_outline", "regions_figure", "share_figure",
+__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_figure", "region_outline", "regions_figure", "share_figure",
            "swap_figure", "worst_figure"]
 
 FLAG_COLOR = "#b00020"
@@ -228,6 +228,26 @@ def regions_figure(regions: Regions, *, panel_size: float = 2.2) -> Figure:
     return fig
 
 
+def region_figure(region: RegionOfInterest, *, panel_size: float = 2.6) -> Figure:
+    """One region of interest: the picture seen through the mask with its box outlined, and the crop."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2 * panel_size, panel_size + 0.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.imshow(_box_outline(region.masked, region.box))
+    left.set_title(_region_words(region), fontsize=7)
+    right.imshow(region.crop)
+    right.set_title(f"crop {region.box[2] - region.box[0]}×{region.box[3] - region.box[1]}", fontsize=7)
+    left.set_axis_off()
+    right.set_axis_off()
+    return fig
+
+
+def _region_words(region: RegionOfInterest) -> str:
+    label = f"'{region.label}' " if region.label else ""
+    return f"{label}region: {region.coverage:.0%} of the picture, box {region.box}"
+
+
 def _regions_caption(regions: Regions) -> str:
     found = sum(region is not None for region in regions)
     return (f"regions where the {regions.method} map reaches {regions.threshold:.0%} of its range: {found} of "
@@ -257,6 +277,8 @@ def _regions_html(regions: Regions) -> str:
 def _register() -> None:
     from .dispatch import drawer
 
+    drawer("region", figure=region_figure, picture=lambda region: _box_outline(region.masked, region.box),
+           caption=_region_words, text=_region_words)
     drawer("regions", figure=regions_figure, caption=_regions_caption, text=lambda regions: regions.table(),
            html=_regions_html)
     drawer("audit", figure=_audit_figure, caption=lambda audit: f"verdict: {audit.verdict}", text=lambda audit: audit.table(),

@@ -118,7 +118,8 @@ def comparison_figure(comparison: Comparison, image: str | int | None = None, *,
     nrows = len(comparison.rows) * len(names)
     width, height = comparison.pictures[names[0]].size
     panel_height = panel_size * min(1.5, height / width)
-    fig = Figure(figsize=(panel_size * ncols, (panel_height + 0.45) * nrows + 0.4), layout="constrained")
+    bars = 0.75 * len(comparison.methods)  # each method column carries a colour bar
+    fig = Figure(figsize=(panel_size * ncols + bars, (panel_height + 0.45) * nrows + 0.4), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for block, name in enumerate(names):
         panels = comparison_panels(comparison, name, size=size, alpha=alpha)
