@@ -45,10 +45,9 @@ def attribution(model: cs.Model) -> None:
 
 def debugging(model: cs.Model) -> None:
     """The model-debugging pictures: compare, robustness, and the snow/sand shortcut audit."""
+    from convscope.images import to_uint8
     from convscope.render.robustness import robustness_curves
     from convscope.zoo.shapes import shapes_dataset
-
-    from convscope.images import to_uint8
 
     swapped = shapes_dataset(2, split="test", swap=True)  # a circle on sand, a square on snow: the shortcut broken
     circle, square = to_uint8(swapped.images)
