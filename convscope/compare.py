@@ -299,9 +299,9 @@ MethodNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]]
           quick={"methods": ["gradcam"]},
           report=ReportSpec(title="The top classes side by side", options={"targets": "top3", "scale": "column",
                                                                                 "methods": ["gradcam", "guided_gradcam"]},
-                            note="Each row explains one of the model's best classes with the same methods, one colour "
-                                 "scale per column: class-discriminative maps move with the class, and a weaker class "
-                                 "shows weaker evidence."))
+                            note="Each row explains one of the model's three best classes with the same methods, on one "
+                                 "colour scale per column: a map that really explains the class moves when the class "
+                                 "changes, and a weaker class shows weaker evidence."))
 def compare(models: Any, images: Any = None, methods: MethodNames = ("gradcam", "saliency"), *,
             targets: Targets = None, options: dict[str, dict[str, Any]] | None = None,
             scale: Literal["each", "column"] = "each", progress: ProgressArg = None) -> Comparison:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import functools
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,27 +34,38 @@ from .images import named_images as resolve_images
 from .models import Model
 from .progress import Cancelled, ProgressArg, tracker
 from .registry import ReportSpec, Tool
+from .render.encode import image_uri
 
 __all__ = ["PARTS", "Part", "ReportContext", "build_report", "default_methods"]
 
 
 @dataclass(frozen=True)
 class Part:
-    """A part of the report: the sections of the tools of one family (or of a ``ReportSpec.part``)."""
+    """A part of the report: the sections of the tools of one family (or of a ``ReportSpec.part``), under a
+    title and a line that says what the part is for."""
 
     name: str
     title: str
+    intro: str = ""
 
 
 PARTS: tuple[Part, ...] = (  # the reading order; a family not listed gets a part before "layers"
-    Part("model", "The model and its predictions"),
-    Part("attribution", "Which pixels drove the decision"),
-    Part("workflow", "Debugging the model: classes side by side, robustness"),
-    Part("trust", "Which explanation to trust"),
-    Part("features", "What the network has learned"),
-    Part("embedding", "The dataset in feature space"),
-    Part("layers", "The layers"),
+    Part("model", "The model and its predictions", "What the model is, what it sees and what it answers."),
+    Part("attribution", "Which pixels drove the decision",
+         "Each method colours the picture by how much each part drove the top class. Methods often disagree: the part "
+         "\"Which explanation to trust\" below measures which of them to believe on this picture."),
+    Part("workflow", "Debugging the model: classes side by side, robustness",
+         "Does the explanation hold up? The next-best classes explained side by side, and the picture changed in ways "
+         "that should not change the answer."),
+    Part("trust", "Which explanation to trust",
+         "Checks of the explanations themselves: does a map find the pixels the prediction needs better than a random "
+         "map, and does it depend on what the model learned?"),
+    Part("features", "What the network has learned",
+         "Not one decision but the network itself: what its layers respond to, from the first filters to whole objects."),
+    Part("embedding", "The dataset in feature space", "Every picture of the dataset placed by the model's features."),
+    Part("layers", "The layers", "Every layer in the order it runs, with its output size and parameters."),
 )
+AGREE = 0.9  # variants of one family whose maps agree this well (Spearman ρ, every pair) are shown once, as a group
 
 
 def default_methods() -> list[str]:
@@ -97,7 +109,7 @@ class ReportContext:
 
 @dataclass
 class SectionView:
-    """What the section template shows."""
+    """What the section template shows (``result`` and ``group``: for grouping agreeing variants, not shown)."""
 
     id: str
     title: str
@@ -108,6 +120,9 @@ class SectionView:
     paper: str = ""
     body: Markup = field(default_factory=Markup)
     skipped: str = ""  # one line instead of the body: why the tool did not run
+    members: list[SectionView] = field(default_factory=list)  # a group: the variants it stands for, first shown
+    result: Any = field(default=None, repr=False)
+    group: str | None = None
 
 
 # -- what is not a tool --------------------------------------------------------------------------------------
@@ -120,6 +135,7 @@ class Block:
     part: str
     template: str
     variables: Callable[[ReportContext], dict[str, Any]]
+    note: str = ""
 
 
 def _model_card(ctx: ReportContext) -> dict[str, Any]:
@@ -139,12 +155,16 @@ def _model_card(ctx: ReportContext) -> dict[str, Any]:
                               f"center crop {m.input_size}"),
             ("outputs", f"{len(m.labels)} classes" if m.labels else "unlabelled"),
             ("default CAM layer", cam_layer), ("device", str(m.device))]
-    pictures = [{"name": name, "uri": render.data_uri(render.png_bytes(array)), "height": array.shape[0], "width": array.shape[1]}
+    pictures = [{"name": name, "uri": image_uri(array, photo=True), "height": array.shape[0], "width": array.shape[1]}
                 for (name, _), array in zip(ctx.images, to_uint8(m.denormalize(ctx.x)))]
     return {"rows": rows, "pictures": pictures}
 
 
-BLOCKS: tuple[Block, ...] = (Block("model-card", "The model and the pictures", "model", "model_card.html.j2", _model_card),)
+BLOCKS: tuple[Block, ...] = (
+    Block("model-card", "The model and the pictures", "model", "model_card.html.j2", _model_card,
+          note="The model's facts, and each picture as the model sees it (resized and cropped to its input): everything "
+               "below explains these pictures."),
+)
 
 
 # -- the tools -----------------------------------------------------------------------------------------------
@@ -205,9 +225,18 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _plain(summary: str) -> str:
+    """A tool's one-line summary as a note for a reader when its spec has none: shapes like ``(B, 1, H, W)`` and
+    ``meta[...]`` remarks are for programmers and are left out."""
+    text = re.sub(r",?\s*\((?:\w{1,3}, ){2,}\w{1,3}\)", "", summary)  # (B, C, H, W), (out, in, kh, kw)
+    text = re.sub(r"\s*`*meta\[[^\]]*\]`*[^.]*\.", "", text)
+    return re.sub(r"\s+([,.;])", r"\1", text).strip()
+
+
 def _tool_section(ctx: ReportContext, tool: Tool) -> SectionView:
     spec = tool.report or ReportSpec()
-    view = SectionView(tool.name, spec.title or tool.name, note=spec.note or tool.summary, paper=tool.paper)
+    view = SectionView(tool.name, spec.title or tool.name, note=spec.note or _plain(tool.summary), paper=tool.paper,
+                       group=tool.group)
     inputs = _inputs(ctx, tool)
     assert inputs is not None  # dataset tools without a folder are left out before
     options = _options(tool, ctx)
@@ -234,6 +263,7 @@ def _tool_section(ctx: ReportContext, tool: Tool) -> SectionView:
         exc.add_note(f"(while making the report's {tool.name!r} section)")
         raise
     view.seconds = _seconds(time.perf_counter() - start)
+    view.result = result
     try:
         view.body = Markup(render.to_html(result, **spec.style))
     except Exception as exc:
@@ -307,7 +337,64 @@ def _templates() -> jinja2.Environment:
 
 def _block_section(ctx: ReportContext, block: Block) -> SectionView:
     body = _templates().get_template(block.template).render(**block.variables(ctx))
-    return SectionView(block.id, block.title, kind="card", body=Markup(body))
+    return SectionView(block.id, block.title, kind="card", note=block.note, body=Markup(body))
+
+
+# -- variants that draw the same map, shown once ------------------------------------------------------------
+def _agreement(a: Any, b: Any) -> float | None:
+    """The mean Spearman rank correlation of two results' maps over the pictures (None: not two maps of one size)."""
+    from .metrics.sanity import rank_correlation
+    from .result import Result
+
+    if not (isinstance(a, Result) and isinstance(b, Result) and a.kind == b.kind == "map"):
+        return None
+    first, second = a.maps(), b.maps()
+    if first.shape != second.shape:
+        return None
+    return float(rank_correlation(first, second).mean())
+
+
+def _group(views: list[SectionView]) -> list[SectionView]:
+    """Variants of one family (tools of the same ``group`` whose results are maps of one size) whose maps agree —
+    ρ ≥ ``AGREE`` for every pair — become one section where the first one's body stands for all: the agreement
+    between them as a table, and every member listed with its own note, time and paper. Variants that disagree
+    keep their own sections."""
+    grouped: list[SectionView] = []
+    taken: set[int] = set()
+    rho: dict[tuple[int, int], float | None] = {}
+
+    def agree(i: int, j: int) -> bool:
+        if (i, j) not in rho:
+            rho[(i, j)] = rho[(j, i)] = _agreement(views[i].result, views[j].result)
+        value = rho[(i, j)]
+        return value is not None and value >= AGREE
+
+    for i, view in enumerate(views):
+        if i in taken:
+            continue
+        members = [i]
+        if view.group is not None and view.result is not None:
+            for j in range(i + 1, len(views)):
+                if j not in taken and views[j].group == view.group and all(agree(m, j) for m in members):
+                    members.append(j)
+        if len(members) < 2:
+            grouped.append(view)
+            continue
+        taken.update(members)
+        chosen = [views[m] for m in members]
+        matrix = [[1.0 if a == b else rho[(a, b)] for b in members] for a in members]
+        table = _templates().get_template("agreement.html.j2").render(names=[v.title for v in chosen], matrix=matrix,
+                                                                       threshold=AGREE, shown=view.title)
+        title = (f"{view.title} and {chosen[1].title} draw the same map" if len(chosen) == 2 else
+                 f"{view.title} and {len(chosen) - 1} variants draw the same map")
+        grouped.append(SectionView(
+            view.id, title, kind="tool group",
+            note=(f"These {len(chosen)} methods compute the map in slightly different ways (each one's idea is listed "
+                  f"below), but on these pictures their maps agree: rank correlation ρ ≥ {AGREE:g} between every pair "
+                  f"(table). So {view.title}'s map is shown once for all of them; variants that disagree get their own "
+                  f"section."),
+            options=view.options, paper=view.paper, body=Markup(view.body + Markup(table)), members=chosen))
+    return grouped
 
 
 def _method_name(name: str) -> str:
@@ -344,7 +431,7 @@ def build_report(model: Model, images: Sequence[Any] | None = None, out: str | P
             bar.advance()
     from . import __version__
 
-    parts = [{"name": p.name, "title": p.title, "sections": views[p.name]}
+    parts = [{"name": p.name, "title": p.title, "intro": p.intro, "sections": _group(views[p.name])}
              for p in _parts(list(views)) if views.get(p.name)]
     page = _templates().get_template("page.html.j2").render(
         model_name=model.name, images=[name for name, _ in ctx.images], stamp=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

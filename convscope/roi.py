@@ -173,8 +173,9 @@ def _class_regions_cost(context: CostContext) -> Cost:
 @register("class_regions", family="workflow", takes="images", returns="regions", cost=_class_regions_cost,
           paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization (boxes from a thresholded map)",
           report=ReportSpec(title="Region of interest", options={"threshold": 0.4},
-                            note="Where the map reaches a share of its range (the largest connected region): the "
-                                 "picture seen through that mask, and the box cut out of it."))
+                            note="The part of the picture the map for the top class points at (where it reaches 40% of its "
+                                 "range; the largest connected region), seen through that mask, and the box around it cut "
+                                 "out: what the model looked at."))
 def class_regions(model: Any, x: torch.Tensor,
                   classes: Annotated[list[Annotated[int, Field(ge=0, le=1_000_000)]], Field(min_length=1, max_length=64)]
                   | None = None, *, target: Target = None, layer: Any = None,

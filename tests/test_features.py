@@ -172,10 +172,13 @@ def test_top_channels_and_the_grid(lite0, cat_x):
 
 def test_saturated_maps_are_drawn_bright_not_blank():
     maps = torch.stack([torch.full((2, 2), 6.0), torch.tensor([[-1.0, 1.0], [0.0, 3.0]]), torch.tensor([[0.0, 2.0], [1.0, 4.0]])])
-    scaled = render_features.scale_maps(maps)
+    scaled = render_features.scale_maps(maps)  # a layer with negative values: each map by its largest |value|
     assert np.allclose(scaled[0], 1)  # ReLU6 at 6 everywhere: maximal, not "nothing"
-    assert np.allclose(scaled[1], [[0, 0.5], [0.25, 1]])  # signed: min-max
-    assert np.allclose(scaled[2], [[0, 0.5], [0.25, 1]])  # non-negative: divided by the maximum, 0 stays 0
+    assert np.allclose(scaled[1], [[-1 / 3, 1 / 3], [0, 1]])  # signed: 0 stays 0 (the diverging map's white)
+    assert np.allclose(scaled[2], [[0, 0.5], [0.25, 1]])
+    assert render_features.maps_scale(maps).signed and render_features.maps_scale(maps).cmap == "RdBu_r"
+    unsigned = render_features.scale_maps(maps[[0, 2]])  # no negative values: in [0, 1], 0 stays dark
+    assert np.allclose(unsigned[1], [[0, 0.5], [0.25, 1]]) and not render_features.maps_scale(maps[[0, 2]]).signed
 
 
 # -- activation as a mask --------------------------------------------------------------------------
@@ -233,7 +236,9 @@ def test_every_tool_here_is_described_bounded_and_drawable():
             assert spec.help and len(spec.help) > 15, f"{tool.name}.{spec.name}"
             if spec.kind in ("int", "float", "int|pair", "pair", "int|list") and spec.name not in ("seed",):
                 assert spec.maximum is not None, f"{tool.name}.{spec.name} has no upper bound"
-        for options in (tool.quick, tool.report.options, tool.report.quick or {}):  # valid where given
+        given = tool.report.options  # a dict, or a function of the model
+        given = given(cs.load_model("efficientnet_lite0")) if callable(given) else given
+        for options in (tool.quick, given, tool.report.quick or {}):  # valid where given
             try:
                 tool.options_model.model_validate(options)
             except ValidationError as error:

@@ -199,12 +199,53 @@ def test_rank_rows_table_and_dict(model_factory, batch_factory):
     assert ranking.row("random").deletion_per_image == pytest.approx(torch.stack(draws).mean(0).tolist(), abs=1e-6)
     table = ranking.table()
     assert table.splitlines()[0].split()[0] == "method" and "random (baseline)" in table
-    assert len(table.splitlines()) == 2 + 3 + 1
+    assert len(table.splitlines()) == 2 + 3 + 2 and table.splitlines()[-1] == f"verdict: {ranking.verdict}"
     data = json.loads(json.dumps(ranking.as_dict()))
     assert [r["method"] for r in data["rows"]] == [r.method for r in ranking.rows]
+    assert data["verdict"] == ranking.verdict and data["trusted"] == ranking.trusted
     by_insertion = metrics.rank(model, x, ["gradcam"], metric="insertion", steps=4, progress=False)
     assert by_insertion.rows[0].insertion_auc >= by_insertion.rows[1].insertion_auc
     assert by_insertion.rows[0].deletion_auc is None
+
+
+def hand_ranking(metric: tuple[str, ...] = ("deletion", "insertion"), **aucs: tuple[float | None, float | None]) -> metrics.Ranking:
+    """A ranking built by hand: method -> (deletion AUC, insertion AUC); "random" is the baseline."""
+    rows = [metrics.RankingRow(m, d, i, None if d is None else [d], None if i is None else [i], 0.0, baseline=m == "random")
+            for m, (d, i) in aucs.items()]
+    rows.sort(key=lambda r: r.deletion_auc if metric[0] == "deletion" else -r.insertion_auc)
+    return metrics.Ranking(rows, metric, 8, "blur")
+
+
+def test_the_verdict_names_the_method_that_beats_a_random_map() -> None:
+    ranking = hand_ranking(gradcam=(0.05, 0.30), saliency=(0.12, 0.10), integrated_gradients=(0.07, 0.20),
+                           occlusion=(0.125, 0.196), random=(0.10, 0.15))
+    assert ranking.trusted == ["gradcam", "integrated_gradients"]  # both tests passed, best first
+    assert ranking.beats_random("saliency") == {"deletion": False, "insertion": False}
+    verdict = ranking.verdict
+    assert verdict.startswith("Believe gradcam here: it beats a random map on deletion and insertion")
+    assert "deletion AUC 0.050 against random's 0.100" in verdict and "insertion AUC 0.300 against random's 0.150" in verdict
+    assert "integrated_gradients also beats it" in verdict and "saliency did no better than a random map" in verdict
+    assert "occlusion beats it on insertion only (insertion AUC 0.196 against random's 0.150)" in verdict
+
+
+def test_the_verdict_says_so_when_no_method_beats_a_random_map() -> None:
+    """The report's case (main, quick settings): a random map beat saliency, occlusion and IG on deletion."""
+    none = hand_ranking(saliency=(0.1216, 0.0835), integrated_gradients=(0.1217, 0.125), occlusion=(0.1271, 0.15),
+                        random=(0.0962, 0.156))
+    assert none.trusted == [] and all(not any(none.beats_random(m).values()) for m in ("saliency", "occlusion"))
+    assert none.verdict.startswith("No method beats a random map here: on these pictures none of saliency, "
+                                   "integrated_gradients, occlusion finds the pixels the prediction needs better than chance")
+    # better on one test only is said, and is not trust
+    partly = hand_ranking(gradcam=(0.0972, 0.131), occlusion=(0.1271, 0.1807), random=(0.0962, 0.156))
+    assert partly.trusted == []
+    assert partly.verdict.startswith("No method beats a random map on both tests here: occlusion beats it on insertion only "
+                                     "(insertion AUC 0.181 against random's 0.156); gradcam did no better than a random map")
+    # within the margin (10% of the random map's AUC) is a tie with chance, not a win
+    tie = hand_ranking(gradcam=(0.095, 0.16), random=(0.10, 0.15))
+    assert tie.beats_random("gradcam") == {"deletion": False, "insertion": False} and tie.verdict.startswith("No method")
+    # one metric run: the verdict is about that one
+    one = hand_ranking(("deletion",), gradcam=(0.05, None), random=(0.10, None))
+    assert one.trusted == ["gradcam"] and one.verdict.startswith("Believe gradcam here: it beats a random map on deletion (")
 
 
 def test_rank_passes_options_and_a_fixed_target(model_factory, batch_factory):

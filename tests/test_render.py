@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -263,3 +264,72 @@ def test_deconvnet_says_why_it_looks_like_a_checkerboard() -> None:
     result = cs.deconvnet(model, model.preprocess([cs.digits_dataset("test")[0][0]]))
     assert "ignores the forward's" in result.meta["caveat"]
     assert "ignores the forward" in render.text(result) and "ignores the forward" in render.to_html(result)
+
+
+# -- pictures for pages: the format that suits them, never wider than the page (render.encode) -------------------
+def test_photos_become_jpeg_and_line_art_stays_png() -> None:
+    import base64
+    import io
+
+    from convscope.render.encode import encode, image_uri
+
+    photo = np.asarray(cs.sample_image("cat").convert("RGB").resize((224, 224)))
+    chart = np.full((200, 300, 3), 255, np.uint8)
+    chart[100, :] = chart[:, 150] = (30, 80, 200)  # two lines on white
+    assert encode(photo)[0] == "image/jpeg" and encode(chart)[0] == "image/png"  # decided by the picture
+    assert encode(chart, photo=True)[0] == "image/jpeg" and encode(photo, photo=False)[0] == "image/png"
+    _, jpeg = encode(photo, photo=True)
+    assert len(jpeg) * 4 < len(encode(photo, photo=False)[1])  # a quarter of the PNG or less
+    back = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(float)
+    assert np.abs(back - photo).mean() < 4  # quality 85: no visible loss
+    uri = image_uri(np.linspace(0, 1, 64 * 64 * 3).reshape(64, 64, 3))  # floats in [0, 1] too
+    assert uri.startswith("data:image/") and Image.open(io.BytesIO(base64.b64decode(uri.split(",")[1]))).size == (64, 64)
+
+
+def test_a_wide_figure_is_drawn_to_the_page_width() -> None:
+    from matplotlib.figure import Figure
+
+    from convscope.render.encode import CONTENT_WIDTH, figure_array, figure_img
+
+    wide = Figure(figsize=(16, 2))
+    wide.subplots().plot([0, 1], [1, 0])
+    assert figure_array(wide, max_width=None).shape[1] > CONTENT_WIDTH
+    assert CONTENT_WIDTH - 12 <= figure_array(wide).shape[1] <= CONTENT_WIDTH
+    tag = figure_img(wide, "a <wide> chart")
+    assert f'width="{figure_array(wide).shape[1]}"' in tag and "a &lt;wide&gt; chart" in tag
+
+
+def test_the_ranking_page_says_which_method_to_believe() -> None:
+    model = cs.load_model("digits_cnn")
+    x = model.preprocess([cs.digits_dataset("test")[0][0]])
+    ranking = cs.metrics.rank(model, x, ["gradcam", "saliency"], steps=4, progress=False)
+    page = render.to_html(ranking)
+    assert f'<p class="verdict">{ranking.verdict.replace(chr(39), "&#x27;")}</p>' in page
+    assert "against random" in page and page.count("<img") == 1 and "data:image/png" in page  # a chart: PNG
+    assert ranking.verdict in render.caption(ranking)
+
+
+def test_filters_are_read_for_their_kernel_size() -> None:
+    from convscope.render.features import filters_reading
+
+    stem = cs.filters(cs.load_model("efficientnet_lite0"))
+    assert tuple(stem.data.shape[-2:]) == (3, 3)
+    assert "3×3 kernels" in filters_reading(stem) and "too small for the oriented edges" in filters_reading(stem)
+    big = cs.Result(data=torch.randn(8, 3, 11, 11), method="filters", layer="conv1", kind="filters", meta={"colour": True})
+    assert "oriented edges" in filters_reading(big) and "too small" not in filters_reading(big)
+    page = render.to_html(stem)
+    assert "3×3 kernels" in page and "data:image/png" in page  # sharp squares: PNG
+
+
+def test_optimized_pictures_wrap_as_tiles_and_a_dream_sits_by_its_photo() -> None:
+    from convscope.render.encode import CONTENT_WIDTH
+
+    model = cs.load_model("digits_cnn")
+    several = cs.maximize(model, "0-5", steps=2, size=32, progress=False)
+    page = render.to_html(several)
+    assert 'class="convscope picture tiles"' in page and page.count("<img") == 6 and "data:image/jpeg" in page
+    assert page.count("<figcaption>ch ") == 6
+    dream = cs.dream(model, cs.digits_dataset("test")[0][0], octaves=1, steps=1, progress=False)
+    pair = render.to_html(dream)
+    assert pair.count("<img") == 2 and "the photo" in pair and "the dream at" in pair
+    assert all(int(w) <= CONTENT_WIDTH // 2 for w in re.findall(r' width="(\d+)"', pair))

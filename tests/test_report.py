@@ -8,6 +8,7 @@ name, so they take milliseconds. One test makes the whole quick report on Effici
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 from pathlib import Path
@@ -44,15 +45,25 @@ def _table(text: str) -> Table:
 
 
 def _inline_images(html: str) -> list[np.ndarray]:
-    blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    blobs = re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', html)
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in blobs]
 
 
 def _section(html: str, section_id: str) -> str:
-    """The ``<section>`` with this id."""
+    """The ``<section>`` with this id, or the one that holds it (a variant listed in a group of variants that
+    draw the same map)."""
     found = re.search(rf'<section id="{re.escape(section_id)}".*?</section>', html, re.S)
-    assert found, f"no section {section_id!r}"
-    return found.group(0)
+    if found:
+        return found.group(0)
+    where = html.find(f' id="{section_id}"')
+    assert where >= 0, f"no section {section_id!r}"
+    start = html.rindex("<section ", 0, where)
+    return html[start:html.index("</section>", where) + len("</section>")]
+
+
+def _text(html: str) -> str:
+    """The page without its inline pictures: what a reader reads."""
+    return re.sub(r'data:image/[a-z]+;base64,[^"]+', "", html)
 
 
 def _toc(html: str) -> str:
@@ -78,13 +89,23 @@ def test_a_registered_tool_gets_its_section_with_no_other_edit(tmp_path: Path) -
     assert html.index('id="part-model"') < html.index('id="part-features"') < html.index('id="throwaway_count"')
 
 
-def test_main_job_report_is_one_self_contained_file_with_every_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`convscope report --quick` on the defaults (EfficientNet-Lite0, the cat), made once: (folder, what it printed)."""
+    out = tmp_path_factory.mktemp("quick") / "rep"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["report", "--quick", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_main_job_report_is_one_self_contained_file_with_every_tool(quick_report: tuple[Path, str]) -> None:
     """`convscope report` on the defaults (--quick settings to keep the suite fast): one file that fetches
     nothing, its contents, the model card, then a section for every registered tool with a report spec
     (dataset tools need --folder), none failing."""
-    assert main(["report", "--quick", "--out", str(tmp_path / "rep")]) == 0
-    assert "index.html" in capsys.readouterr().out
-    files = list((tmp_path / "rep").iterdir())
+    folder, printed = quick_report
+    assert "index.html" in printed
+    files = list(folder.iterdir())
     assert [f.name for f in files] == ["index.html"]
     html = files[0].read_text()
     # nothing fetched when opened: every picture inline, links only within the page, no scripts, styles inline
@@ -393,3 +414,139 @@ def test_report_escapes_what_it_did_not_draw(tmp_path: Path) -> None:
     section = _section(html, "throwaway_note")
     assert "a &lt;title&gt;" in section and "x &lt; y &amp; z" in section and "&lt;i&gt;paper&lt;/i&gt;" in section
     assert "&lt;td&gt;cell&lt;/td&gt;" in section  # render escapes the table's cells
+
+
+# -- a report a person reads top to bottom (the quick report on Lite0 and the cat, made once) ----------------------
+def _html(quick_report: tuple[Path, str]) -> str:
+    return (quick_report[0] / "index.html").read_text()
+
+
+def test_contents_links_resolve_and_list_every_part_and_section(quick_report: tuple[Path, str]) -> None:
+    html = _html(quick_report)
+    ids = re.findall(r' id="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    links = re.findall(r'href="#([^"]+)"', html)
+    assert links and set(links) <= set(ids)  # every link lands somewhere
+    toc = _toc(html)
+    parts = re.findall(r'<h2 class="part" id="([^"]+)"', html)
+    sections = re.findall(r'<section id="([^"]+)"', html)
+    assert parts and sections and all(f'href="#{i}"' in toc for i in [*parts, *sections])
+    # every part says what it is for, every section how to read it
+    assert html.count('<p class="intro">') == len(parts)
+    for section in sections:
+        assert '<p class="note">' in _section(html, section), section
+
+
+def test_no_picture_is_wider_than_the_page(quick_report: tuple[Path, str]) -> None:
+    """A 1280-px window holds every figure: each <img> says its size, at most the content width, and no inline
+    picture has more pixels across than that."""
+    from convscope.render.encode import CONTENT_WIDTH
+
+    html = _html(quick_report)
+    tags = re.findall(r"<img [^>]*>", html)
+    assert len(tags) > 30
+    widths = [int(w) for tag in tags for w in re.findall(r' width="(\d+)"', tag)]
+    assert len(widths) >= len(tags) - 2 and max(widths) <= CONTENT_WIDTH  # (the region crops say no size: 224 px)
+    assert all(picture.shape[1] <= CONTENT_WIDTH for picture in _inline_images(html))
+    assert "max-width:1200px" in html and "img{max-width:100%" in html  # and the page scales what it holds
+
+
+def test_the_quick_report_is_small(quick_report: tuple[Path, str]) -> None:
+    """Photos and overlays as JPEG, charts as PNG: the quick report is 1.7 MB (5.7 MB before; the full report
+    ~3.3 MB, 11.8 MB before — too slow to make here)."""
+    html = _html(quick_report)
+    assert len(html.encode()) < 2_500_000
+    kinds = re.findall(r"data:image/([a-z]+);", html)
+    assert kinds.count("jpeg") > kinds.count("png") > 0
+    assert 'data:image/png' in _section(html, "rank") and 'data:image/jpeg' in _section(html, "dream")
+
+
+def test_notes_are_written_for_a_person(quick_report: tuple[Path, str]) -> None:
+    text = _text(_html(quick_report))
+    for internal in ("seed 0", "(B,", "(N,", "meta[", "meta&#34;", "``", "ReLU&#39;d"):
+        assert internal not in text, internal
+    assert "<h3>saliency</h3>" not in text and "<h3>Saliency (the gradient)</h3>" in text
+
+
+def test_the_trust_ranking_has_a_verdict(quick_report: tuple[Path, str]) -> None:
+    section = _section(_html(quick_report), "rank")
+    verdict = re.search(r'<p class="verdict">(.*?)</p>', section)
+    assert verdict and re.match(r"(Believe \w+ here|No method beats a random map)", verdict.group(1))
+    assert "against random" in section  # each method's standing in the table
+
+
+def test_a_near_tie_is_said_in_the_robustness_section(quick_report: tuple[Path, str]) -> None:
+    section = _section(_html(quick_report), "robustness")  # the cat: tiger cat 38% vs Egyptian cat 37%
+    assert "near-tie" in section and "swapped between the two tied classes" in section and 'class="verdict"' in section
+
+
+def test_cam_variants_that_agree_are_shown_once_with_their_agreement(quick_report: tuple[Path, str]) -> None:
+    html = _html(quick_report)
+    group = _section(html, "gradcam")
+    assert "draw the same map" in group and '<table class="agreement">' in group
+    members = re.findall(r'<li id="([^"]+)"', group)
+    assert {"gradcam_pp", "xgradcam", "layercam", "hirescam"} <= set(members)
+    assert len(re.findall(r"<img ", group)) == 2  # one overlay and its map, for all of them
+    values = [float(v) for v in re.findall(r"<td>(-?\d\.\d\d)</td>", group)]
+    assert values and min(values) >= 0.9
+    for member in members:  # each variant still says what it is, and the contents reach it through its group
+        assert f'id="{member}"' in group and _section(html, member) == group
+    assert 'href="#gradcam">Grad-CAM and' in _toc(html)
+
+
+def test_feature_maps_are_legible_and_filters_read_for_their_size(quick_report: tuple[Path, str]) -> None:
+    html = _html(quick_report)
+    said = re.search(r"<figcaption>[^<]*map sizes: ([^<]*)</figcaption>", _section(html, "feature_maps"))
+    sizes = [int(h) for h in re.findall(r" (\d+)×\d+", said.group(1))] if said else []
+    assert len(sizes) == 4 and min(sizes) >= 10  # no 7×7 mosaics
+    filters = _section(html, "filters")  # Lite0's stem is 3×3: said so, not AlexNet's 11×11 story
+    assert "3×3 kernels" in filters and "too small for the oriented edges" in filters
+
+
+def test_groups_form_only_where_maps_agree(tmp_path: Path) -> None:
+    """Two variants of one family that draw the same map (up to scale) are one section; one that disagrees keeps its own."""
+    def ramp(x: torch.Tensor, rising: bool, scale: float = 1.0) -> torch.Tensor:
+        line = torch.linspace(0, 1, x.shape[-1]) if rising else torch.linspace(1, 0, x.shape[-1])
+        return scale * line.expand(x.shape[0], 1, x.shape[-2], -1).clone()
+
+    @register("throwaway_left", family="attribution", group="perturbation", takes="images", returns="map", paper="-",
+              report=ReportSpec(title="Left", note="The left half."))
+    def throwaway_left(model: Any, x: torch.Tensor) -> cs.Result:
+        """Left."""
+        return cs.Result(data=ramp(x, False), method="throwaway_left", kind="map", inputs=x)
+
+    @register("throwaway_twin", family="attribution", group="perturbation", takes="images", returns="map", paper="-",
+              report=ReportSpec(title="Twin", note="The same left half, twice as strong."))
+    def throwaway_twin(model: Any, x: torch.Tensor) -> cs.Result:
+        """Twin."""
+        return cs.Result(data=ramp(x, False, 2.0), method="throwaway_twin", kind="map", inputs=x)
+
+    @register("throwaway_right", family="attribution", group="perturbation", takes="images", returns="map", paper="-",
+              report=ReportSpec(title="Right", note="The right half."))
+    def throwaway_right(model: Any, x: torch.Tensor) -> cs.Result:
+        """Right."""
+        return cs.Result(data=ramp(x, True), method="throwaway_right", kind="map", inputs=x)
+
+    names = ["throwaway_left", "throwaway_twin", "throwaway_right"]
+    try:
+        html = cs.report(_tiny(), ["cat"], tmp_path, sections=names, methods=names).read_text()
+    finally:
+        for name in names:
+            unregister(name)
+    group = _section(html, "throwaway_left")
+    assert "<h3>Left and Twin draw the same map</h3>" in group and '<li id="throwaway_twin">' in group
+    assert "<td>1.00</td>" in group and "The same left half, twice as strong." in group
+    assert '<section id="throwaway_right"' in html and "throwaway_right" not in group  # it disagrees: its own section
+
+
+def test_a_tool_without_a_note_gets_its_summary_in_plain_words(tmp_path: Path) -> None:
+    @register("throwaway_shapes", family="features", takes="model", returns="table", paper="-")
+    def throwaway_shapes(model: Any) -> Table:
+        """Shapes: one value per pixel, (B, 1, H, W). ``meta["count"]`` says how many."""
+        return _table("shapes")
+
+    try:
+        html = cs.report(_tiny(), ["cat"], tmp_path, sections=["throwaway_shapes"]).read_text()
+    finally:
+        unregister("throwaway_shapes")
+    assert '<p class="note">Shapes: one value per pixel.</p>' in _section(html, "throwaway_shapes")

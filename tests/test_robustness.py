@@ -14,7 +14,7 @@ from test_state import assert_unchanged, snapshot
 from torch import nn
 
 import convscope as cs
-from convscope.metrics.robustness import PERTURBATIONS, Perturbation, rotate
+from convscope.metrics.robustness import PERTURBATIONS, TIE_MARGIN, Original, Perturbation, rotate
 from convscope.progress import Cancelled
 
 
@@ -232,8 +232,9 @@ def test_registered_with_its_cost(lite0: cs.Model) -> None:
     gradcam = cs.registry.get("gradcam").cost_of(lite0, torch.zeros(1, 3, 224, 224)).forwards
     everything = sum(len(p.strengths) for p in PERTURBATIONS.values())
     cat = cs.sample_image("cat")
-    assert tool.cost_of(lite0, cat).forwards == pytest.approx((everything + 1) * gradcam)
-    assert tool.cost_of(lite0, cat, perturbations={"blur": [1, 2], "noise": None}).forwards == pytest.approx(7 * gradcam)
+    # the method on the picture and every perturbed one, and one forward for the original's top two classes
+    assert tool.cost_of(lite0, cat).forwards == pytest.approx((everything + 1) * gradcam + 1)
+    assert tool.cost_of(lite0, cat, perturbations={"blur": [1, 2], "noise": None}).forwards == pytest.approx(7 * gradcam + 1)
     assert tool.cost_of(lite0, cat, **tool.quick).forwards < tool.cost_of(lite0, cat).forwards
     with pytest.raises(cs.InputError, match="did you mean 'shadow'"):
         tool.cost_of(lite0, cat, perturbations="shadw")
@@ -268,3 +269,43 @@ def test_pictures(sweep, tmp_path) -> None:
     assert cs.render.text(sweep) == sweep.table() and "costliest" in cs.render.caption(sweep)
     page = sweep.to_html()
     assert page.count("<img") == 2 and "<table" in page and "peak moved" in page
+
+
+def _original(probability: float, second: float, target: int = 0) -> Original:
+    blank = np.zeros((4, 4, 3), np.uint8)
+    return Original(target, "cat", probability, 0, "cat", probability, blank, np.zeros((4, 4)), runner_up=1,
+                    runner_up_label="lynx", runner_up_probability=second)
+
+
+def test_a_near_tie_is_detected_from_the_top_two_classes() -> None:
+    assert _original(0.40, 0.38).tied and _original(0.40, 0.38).tied_with == (1, "lynx", 0.38)
+    assert not _original(0.40, 0.40 - TIE_MARGIN - 0.01).tied  # a clear lead
+    assert not _original(0.40, 0.38, target=5).tied  # a class outside the pair is followed
+    assert _original(0.9, 0.0).margin == pytest.approx(0.9)
+
+
+def test_changes_between_two_tied_classes_are_counted_apart(sweep) -> None:
+    """The cat on Lite0 is a near-tie (tiger cat 38% vs Egyptian cat 37%): a top-1 that swaps to Egyptian cat is said
+    to swap within the tie, not counted as a loss of robustness."""
+    o = sweep.original
+    assert o.tied and o.label == "tiger cat" and o.tied_with[1] == "Egyptian cat" and o.margin < 0.05
+    assert sweep.tie_swaps and all(r.label == "Egyptian cat" and r.flipped for r in sweep.tie_swaps)
+    assert all(r.label != "Egyptian cat" for r in sweep.real_flips)
+    assert len(sweep.tie_swaps) + len(sweep.real_flips) == len(sweep.flips)
+    caption = cs.render.caption(sweep)
+    assert "near-tie" in caption and f"swapped between the two tied classes on {len(sweep.tie_swaps)} of 30" in caption
+    assert f"changed to another class on {len(sweep.real_flips)}" in caption
+    page = sweep.to_html()
+    assert 'class="verdict"' in page and "Egyptian cat ≈" in page and "could not decide" in page
+    assert "a near-tie with Egyptian cat" in sweep.table() and json.loads(json.dumps(sweep.to_dict()))["original"]["tied"]
+
+
+def test_no_tie_no_tie_words() -> None:
+    model = toy_model()
+    with torch.no_grad():
+        model.module[-1].bias.copy_(torch.tensor([4.0, 0.0]))  # class a leads by far
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    sweep = cs.robustness(model, picture, perturbations={"brightness": [0.5]}, progress=False)
+    assert not sweep.original.tied and sweep.original.margin > 0.5
+    assert not sweep.tie_swaps and "near-tie" not in cs.render.caption(sweep) and 'class="verdict"' not in sweep.to_html()
+    assert "the top-1 changed on" in cs.render.caption(sweep)

@@ -25,7 +25,7 @@ from ..layers import LayerSpec, default_cam_layer, resolve_layer
 from ..models import Model, as_model
 from ..options import BatchSize, Fp32Only, Precision
 from ..progress import ProgressArg, tracker
-from ..registry import CostContext, register
+from ..registry import CostContext, ReportSpec, register
 from ..result import Result
 from ..targets import Target, fixed_target, resolve_target, row_scores
 from .gradient import guided_backprop
@@ -189,7 +189,7 @@ def _channel_cost(context: CostContext) -> Cost:
                 f"{evaluated:,} channels of the layer per picture")
 
 
-def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable[..., Result]:
+def _register_cam(name: str, paper: str, combine: Combine, doc: str, *, title: str, note: str) -> Callable[..., Result]:
     def method(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
                relu: bool = True, precision: Precision = "fp32") -> Result:
         return cam_engine(model, x, target=target, layer=layer, method=name, combine=combine, relu=relu,
@@ -208,24 +208,35 @@ def _register_cam(name: str, paper: str, combine: Combine, doc: str) -> Callable
             to a correlation of 0.99+).
     """
     return register(name, family="attribution", group="cam", takes="images", returns="map", paper=paper,
-                    cost=_cam_cost)(method)
+                    cost=_cam_cost, report=ReportSpec(title=title, note=note))(method)
 
 
 gradcam = _register_cam(
     "gradcam", "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
-    _gradcam, "Grad-CAM: the layer's channels weighted by their average gradient, ReLU'd, (B, 1, H, W).")
+    _gradcam, "Grad-CAM: the layer's channels weighted by their average gradient, ReLU'd, (B, 1, H, W).",
+    title="Grad-CAM", note="Where the last convolutional layer found evidence for the class: its maps weighted by how much "
+                           "the class's score depends on each. Coarse (one value per cell of the layer's grid, enlarged "
+                           "to the picture) but specific to the class.")
 gradcam_pp = _register_cam(
     "gradcam_pp", "Chattopadhyay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
-    _gradcam_pp, "Grad-CAM++: channel weights from positive gradients with higher-order pixel coefficients, (B, 1, H, W).")
+    _gradcam_pp, "Grad-CAM++: channel weights from positive gradients with higher-order pixel coefficients, (B, 1, H, W).",
+    title="Grad-CAM++", note="Grad-CAM with weights that give every region of evidence its due when the class appears "
+                             "more than once in the picture.")
 xgradcam = _register_cam(
     "xgradcam", "Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
-    _xgradcam, "XGrad-CAM: channel weights = activation-normalized sum of gradient x activation, (B, 1, H, W).")
+    _xgradcam, "XGrad-CAM: channel weights = activation-normalized sum of gradient x activation, (B, 1, H, W).",
+    title="XGrad-CAM", note="Grad-CAM with each channel's weight scaled by its own activation, so that the map accounts "
+                            "for the class's score more faithfully.")
 layercam = _register_cam(
     "layercam", "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for Localization",
-    _layercam, "LayerCAM: each activation weighted by its own positive gradient, (B, 1, H, W).")
+    _layercam, "LayerCAM: each activation weighted by its own positive gradient, (B, 1, H, W).",
+    title="LayerCAM", note="Each position of the layer weighted by its own positive gradient instead of one weight per "
+                           "channel: finer detail, and it also works at earlier layers.")
 hirescam = _register_cam(
     "hirescam", "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM for faithful explanations",
-    _hirescam, "HiResCAM: element-wise gradient x activation summed over channels, (B, 1, H, W).")
+    _hirescam, "HiResCAM: element-wise gradient x activation summed over channels, (B, 1, H, W).",
+    title="HiResCAM", note="Gradient times activation at each position, added over the channels: exactly the places the "
+                           "score is computed from at that layer.")
 
 
 # -- CAM (Zhou et al.) --------------------------------------------------------------------------------
@@ -254,7 +265,11 @@ def _cam(c: CamInputs) -> torch.Tensor:
 
 
 @register("cam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
-          paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization")
+          paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
+          report=ReportSpec(title="CAM (class activation map)",
+                            note="The original class activation map: the last layer's maps weighted by the class's own "
+                                 "weights in the final layer. Only for networks that end in global average pooling and "
+                                 "one linear layer."))
 def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None, relu: bool = True,
         precision: Precision = "fp32") -> Result:
     """CAM: the last feature maps weighted by the class's weights in the linear layer after global
@@ -283,7 +298,10 @@ def _eigencam(c: CamInputs) -> torch.Tensor:
 
 
 @register("eigencam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
-          paper="Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components")
+          paper="Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components",
+          report=ReportSpec(title="Eigen-CAM",
+                            note="The strongest common pattern in the last layer's activations: where the network looks, "
+                                 "whatever the class (every class gets this same map)."))
 def eigencam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              relu: bool = True, precision: Precision = "fp32") -> Result:
     """Eigen-CAM: the first principal component of the layer's activations, (B, 1, H, W). Class-agnostic:
@@ -342,7 +360,10 @@ def _scorecam_combine(score: str) -> Combine:
 
 @register("scorecam", family="attribution", group="cam", takes="images", returns="map", cost=_channel_cost,
           paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
-          quick={"top_channels": 4})
+          quick={"top_channels": 4},
+          report=ReportSpec(title="Score-CAM",
+                            note="Each channel of the layer weighted by the class's probability when the picture is seen "
+                                 "only where that channel is active: no gradients, one forward pass per channel."))
 def scorecam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
              score: Literal["probability", "logit_softmax"] = "probability", relu: bool = True,
              top_channels: TopChannels = None, batch_size: BatchSize = None, precision: Precision = "fp32",
@@ -417,7 +438,10 @@ def _nonzero(value: torch.Tensor) -> torch.Tensor:
 
 @register("ablationcam", family="attribution", group="cam", takes="images", returns="map", cost=_channel_cost,
           paper="Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via Gradient-free Localization",
-          quick={"top_channels": 4})
+          quick={"top_channels": 4},
+          report=ReportSpec(title="Ablation-CAM",
+                            note="Each channel of the layer weighted by how much the class's score drops when that channel "
+                                 "is switched off: no gradients, one forward pass per channel."))
 def ablationcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec | Sequence[LayerSpec] = None,
                 relu: bool = True, top_channels: TopChannels = None, batch_size: BatchSize = None,
                 precision: Fp32Only = "fp32", progress: ProgressArg = None) -> Result:
@@ -447,7 +471,10 @@ def _guided_gradcam_cost(context: CostContext) -> Cost:
 
 
 @register("guided_gradcam", family="attribution", group="cam", takes="images", returns="pixels", cost=_guided_gradcam_cost,
-          paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM: guided backpropagation x Grad-CAM)")
+          paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM: guided backpropagation x Grad-CAM)",
+          report=ReportSpec(title="Guided Grad-CAM",
+                            note="Guided backpropagation's fine edges kept only where Grad-CAM found evidence: detail "
+                                 "inside the region that speaks for the class."))
 def guided_gradcam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec = None,
                    precision: Fp32Only = "fp32") -> Result:
     """Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM map, (B, C, H, W).

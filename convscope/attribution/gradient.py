@@ -20,7 +20,7 @@ from ..hooks import Guard
 from ..models import Model
 from ..options import BatchSize, Fp32Only, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import CostContext, register
+from ..registry import CostContext, ReportSpec, register
 from ..result import Result
 from ..targets import Target, fixed_target, resolve_target, row_scores
 
@@ -82,7 +82,10 @@ def _pass_cost(context: CostContext) -> Cost:
 
 
 @register("saliency", family="attribution", group="gradient", takes="images", returns="pixels", cost=_pass_cost,
-          paper="Simonyan, Vedaldi & Zisserman 2013, Deep Inside Convolutional Networks")
+          paper="Simonyan, Vedaldi & Zisserman 2013, Deep Inside Convolutional Networks",
+          report=ReportSpec(title="Saliency (the gradient)",
+                            note="How much a tiny change of each pixel would change the class's score: the brightest pixels "
+                                 "matter most. Quick but noisy; it shows where the model is sensitive, not what it relies on."))
 def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, abs: bool = True,
              precision: Fp32Only = "fp32") -> Result:
     """Vanilla gradient saliency: |d score / d pixel|, (B, C, H, W).
@@ -105,7 +108,10 @@ def saliency(model: Any, x: torch.Tensor, *, target: Target = None, layer: None 
 
 @register("input_x_gradient", family="attribution", group="gradient", takes="images", returns="pixels",
           cost=_pass_cost,
-          paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through Propagating Activation Differences")
+          paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through Propagating Activation Differences",
+          report=ReportSpec(title="Input × gradient",
+                            note="Each pixel's value times its gradient: red pixels push the class's score up, blue ones push "
+                                 "it down. Sharper than saliency, and as noisy: look for clusters, not single pixels."))
 def input_x_gradient(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
                      precision: Fp32Only = "fp32") -> Result:
     """Input × gradient: x · d score / d x, signed, (B, C, H, W) (a first-order Taylor attribution).
@@ -140,7 +146,11 @@ def _rectified(method: str, rule: str, model: Any, x: torch.Tensor, target: Targ
 
 
 @register("guided_backprop", family="attribution", group="gradient", takes="images", returns="pixels",
-          cost=_pass_cost, paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
+          cost=_pass_cost, paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
+          report=ReportSpec(title="Guided backpropagation",
+                            note="The gradient with every negative signal stopped on its way back: crisp edges of what the "
+                                 "network sees. It barely depends on the class or on the trained weights (see the sanity "
+                                 "check), so read it as the picture's edges, not as the evidence for the class."))
 def guided_backprop(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
                     precision: Fp32Only = "fp32") -> Result:
     """Guided backpropagation: at every ReLU-like activation only positive gradients pass where the
@@ -153,7 +163,11 @@ def guided_backprop(model: Any, x: torch.Tensor, *, target: Target = None, layer
 
 
 @register("deconvnet", family="attribution", group="gradient", takes="images", returns="pixels",
-          cost=_pass_cost, paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks")
+          cost=_pass_cost, paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
+          report=ReportSpec(title="Deconvnet",
+                            note="Signals passed back through the network's rectifiers by their own sign only. Its stripes and "
+                                 "checkerboard come from the network's strides, not from the picture: shown for completeness, "
+                                 "not as evidence."))
 def deconvnet(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
               precision: Fp32Only = "fp32") -> Result:
     """Deconvnet: ReLU-like activations pass only positive gradients, ignoring the forward's sign,
@@ -223,7 +237,12 @@ def _ig_cost(context: CostContext) -> Cost:
 
 @register("integrated_gradients", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks", quick={"steps": 4},
-          cost=_ig_cost)
+          cost=_ig_cost,
+          report=ReportSpec(title="Integrated gradients",
+                            note="Gradients added up along the way from a plain grey picture (the model's zero input) to this "
+                                 "one: each pixel's share of "
+                                 "the class's score, red for the class and blue against it; the shares add up to the score. "
+                                 "Noisy pixel by pixel: look for clusters."))
 def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, steps: Steps = 50,
                          baseline: Literal["zeros", "black", "blur"] | PythonOnly[torch.Tensor] = "zeros",
                          rule: Literal["gausslegendre", "riemann_middle", "riemann_trapezoid"] = "gausslegendre",
@@ -326,7 +345,10 @@ def _smoothgrad_cost(context: CostContext) -> Cost:
 
 @register("smoothgrad", family="attribution", group="gradient", takes="images", returns="pixels",
           paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise (VarGrad: Adebayo et al. 2018)",
-          quick={"samples": 2}, cost=_smoothgrad_cost)
+          quick={"samples": 2}, cost=_smoothgrad_cost,
+          report=ReportSpec(title="SmoothGrad",
+                            note="Saliency averaged over copies of the picture with a little noise added: the noise cancels "
+                                 "out, and the pixels that matter every time stay bright."))
 def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, method: GradientMethod = "saliency",
                samples: Samples = 32, sigma: Sigma = 0.15, variant: Literal["mean", "square", "var"] = "mean", seed: Seed = 0,
                batch_size: BatchSize = None, precision: Fp32Only = "fp32", progress: ProgressArg = None,

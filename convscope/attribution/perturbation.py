@@ -195,9 +195,10 @@ def _occlusion_cost(context: CostContext) -> Cost:
 @register("occlusion", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
           quick={"window": 0.5, "stride": 0.5}, cost=_occlusion_cost,
-          report=ReportSpec(style={"mask": 0.5}, note="Zeiler & Fergus's occlusion, as in seed 000: the drop in the "
-                            "class's probability when a grey window covers each part (heatmap), the mask where the drop "
-                            "reaches half its largest value, and the picture seen through it: what the model needs."))
+          report=ReportSpec(style={"mask": 0.5}, title="Occlusion: cover a part, watch the probability",
+                            note="How much the class's probability drops when a grey square covers each part of the picture "
+                                 "(red: covering it hurts, blue: it helps); then the mask where the drop is at least half "
+                                 "the largest, and the picture seen through it: the part the model needs."))
 @_options_doc
 def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
               window: Side | tuple[Side, Side] | None = None, stride: Side | tuple[Side, Side] | None = None,
@@ -312,7 +313,11 @@ def _rise_cost(context: CostContext) -> Cost:
 
 @register("rise", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models",
-          quick={"masks": 8}, cost=_rise_cost)
+          quick={"masks": 8}, cost=_rise_cost,
+          report=ReportSpec(title="RISE (random masks)",
+                            note="The picture seen through many random masks: each pixel's value is the class's average "
+                                 "probability when that pixel is visible, minus the overall average (red: it raises the "
+                                 "probability, blue: it lowers it)."))
 @_options_doc
 def rise(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, masks: Masks = 1000, cells: Cells = 7,
          p: Share = 0.5, fill: Fill = 0.0, seed: Seed = 0, score: Score = "probability", batch_size: BatchSize = None,
@@ -407,7 +412,11 @@ def _superpixels_cost(context: CostContext) -> Cost:
 
 @register("superpixels", family="attribution", group="perturbation", takes="images", returns="map",
           paper="Ribeiro, Singh & Guestrin 2016, \"Why Should I Trust You?\": Explaining the Predictions of Any Classifier (LIME)",
-          quick={"segments": 8, "samples": 8}, cost=_superpixels_cost)
+          quick={"segments": 8, "samples": 8}, cost=_superpixels_cost,
+          report=ReportSpec(title="Superpixels (LIME)",
+                            note="The picture cut into patches of similar colour, switched on and off at random; a simple "
+                                 "model fitted to the answers says how much each patch adds to the class's probability (red) "
+                                 "or takes away (blue)."))
 @_options_doc
 def superpixels(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None, segments: Segments = 50,
                 compactness: Annotated[float, Field(gt=0, le=1000)] = 10.0, samples: LimeSamples = 500,

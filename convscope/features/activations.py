@@ -173,12 +173,37 @@ def _feature_maps_cost(context: CostContext) -> Cost:
     return Cost(forwards, memory, detail)
 
 
+def _report_layers(model: Model, count: int = 4, smallest: int = 10) -> dict[str, Any]:
+    """The report's layers, where maps are still legible: the first convolution, then the last convolution at each
+    smaller resolution down to maps of ``smallest`` pixels (7×7 maps are mosaics), ``count`` of them spread evenly."""
+    if model.input_size is None:
+        return {"max_layers": count}
+    try:
+        records = structure_trace(model, (model.channels, *model.input_size))
+    except (ConvscopeError, RuntimeError):
+        return {"max_layers": count}
+    calls = Counter(record.module for record in records)
+    convs = [r for r in records if is_conv(r.module) and r.output_shape is not None and len(r.output_shape) == 3]
+    if not convs:
+        return {"max_layers": count}
+    first, last = convs[0], {}
+    for record in convs[1:]:
+        size = tuple(record.output_shape[1:])
+        if min(size) >= smallest and size != tuple(first.output_shape[1:]):
+            last[size] = record  # the last convolution at this resolution
+    picked = [first, *last.values()]
+    if len(picked) < 2:
+        return {"max_layers": count}
+    return {"layers": [LayerRef(r.name, r.module, r.call if calls[r.module] > 1 else None).label for r in _spread(picked, count)]}
+
+
 @register("feature_maps", family="features", takes="images", returns="feature_maps", cost=_feature_maps_cost,
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
-          report=ReportSpec(options={"max_layers": 4}, title="Feature maps at four depths",
-                            note="One row per layer, shallow to deep: the picture, then the channels with the largest mean "
-                                 "activation, each scaled on its own (bright: strong); early layers follow edges, deep ones "
-                                 "light up on object parts."))
+          report=ReportSpec(options=_report_layers, title="Feature maps from shallow to deep",
+                            note="One row per layer, from the first convolution to deeper ones at smaller resolutions (maps "
+                                 "smaller than 10 pixels are left out: they are mosaics): the channels that respond most, "
+                                 "each scaled on its own (bright: strong) and enlarged without smoothing. Early layers follow "
+                                 "edges and colours; deeper ones respond to textures and parts."))
 def feature_maps(model: Any, x: torch.Tensor, *, layer: Any = None, layers: PythonOnly[Any] = None,
                  max_layers: Annotated[int, Field(ge=1, le=10_000)] | None = None) -> FeatureWalk | Result:
     """Feature maps: what layers output for the pictures, all from one forward pass that stops after the deepest.

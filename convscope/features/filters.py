@@ -62,9 +62,10 @@ def filter_smoothness(weights: torch.Tensor) -> float:
 @register("filters", family="features", takes="model", returns="filters", cost=lambda context: Cost(0),
           paper="Krizhevsky, Sutskever & Hinton 2012; Zeiler & Fergus 2014 (first-layer filters)",
           report=ReportSpec(title="First-layer filters",
-                            note="Each tile is one kernel scaled by its largest weight (grey 0, white positive, black negative); "
-                                 "a trained network shows smooth oriented edges and colour blobs, a random one noise "
-                                 "(smoothness near 0)."))
+                            note="Each tile is one kernel of the first convolution (on a colour model its three colour "
+                                 "channels drawn as one colour picture), grey for weight 0, brighter or darker for positive or "
+                                 "negative weights, enlarged without smoothing. What to look for depends on the kernel's "
+                                 "size: the caption says it for this model."))
 def filters(model: Any, layer: Any = None) -> Result:
     """Filters: the kernels of a convolution, ``data`` (out, in, kh, kw) raw weights (float32); no forward pass.
 

@@ -285,8 +285,9 @@ def _per_image(targets: list[int] | None, batch: int) -> list[int] | None:
           quick={"steps": 32, "size": 96},
           report=ReportSpec(options={"objective": "0-63", "steps": 64, "size": 96}, quick={"objective": "0-7", "steps": 16, "size": 64},
                             title="What the channels want to see",
-                            note="Each picture is optimized to excite one channel of a mid-network layer (titles: channel and the "
-                                 "mean activation it reaches); repeated motifs show the pattern the channel detects."))
+                            note="Pictures grown from noise, each changed step by step until one channel of a layer in the "
+                                 "middle of the network responds strongly (title: the channel and how strongly it responds); "
+                                 "the repeated motif is the pattern that channel detects."))
 def maximize(model: Any, objective: ObjectiveArg = "0-7", *, layer: Any = None, steps: Steps = 256, size: PictureSize = None,
              batch: Pictures = None, param: Literal["fft", "pixel"] = "fft", decorrelate: bool = True, transforms: Transforms = "default",
              lr: LearningRate = 0.05, seed: Seed = 0, precision: Precision = "fp32", batch_size: BatchSize = None,
@@ -511,8 +512,8 @@ def _dream_cost(context: CostContext) -> Cost:
           paper="Mordvintsev, Olah & Tyka 2015, Inceptionism: Going Deeper into Neural Networks",
           quick={"octaves": 2, "steps": 4, "size": 160},
           report=ReportSpec(title="Deep Dream", quick={"octaves": 2, "steps": 3},
-                            note="The photo changed to excite a mid-network layer more (left: the photo, right: the dream); "
-                                 "the patterns that grow are what that layer looks for."))
+                            note="The photo changed step by step so that a layer in the middle of the network responds more "
+                                 "(left: the photo, right: the dream); the patterns that grow are what that layer looks for."))
 def dream(model: Any, image: Any, layer: Any = None, *, octaves: Annotated[int, Field(ge=1, le=12)] = 4,
           octave_scale: Annotated[float, Field(gt=1, le=4)] = 1.4, steps: Annotated[int, Field(ge=1, le=1024)] = 10,
           lr: Annotated[float, Field(gt=0, le=1)] = 0.01, jitter: Annotated[int, Field(ge=0, le=512)] = 32,

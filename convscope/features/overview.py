@@ -46,8 +46,9 @@ def _summary_cost(context: CostContext) -> Cost:
 @register("summary", family="model", takes="model", returns="table", cost=_summary_cost,
           paper="Keras Model.summary() (Chollet et al. 2015), with NCHW shapes",
           report=ReportSpec(title="Layers", part="layers",
-                            note="Every layer call in execution order with its output shape (None: the batch) "
-                                                 "and its parameters; a shared module is listed once per call (name@k)."))
+                            note="Every layer in the order it runs, with the size of what it outputs (channels × height × "
+                                 "width; None stands for the number of pictures) and its parameters; open the table to read "
+                                 "it. A module used twice is listed once per use (name@0, name@1)."))
 def summary(model: Any, *, input_size: tuple[Side, Side] | tuple[Channels, Side, Side] | None = None) -> Table:
     """Summary: every layer call in execution order with its output shape and parameters, and the totals.
 
@@ -89,8 +90,8 @@ def _predict_cost(context: CostContext) -> Cost:
 @register("predict", family="model", takes="images", returns="table", cost=_predict_cost,
           paper="the softmax of the model's output (one forward per picture)",
           report=ReportSpec(options={"k": 5}, title="Predictions",
-                            note="The model's top classes for each picture with their softmax probabilities; a low top-1 "
-                                 "probability means the model is unsure."))
+                            note="The model's five best classes for each picture with their probabilities: a low top-1, or "
+                                 "two classes close together, means the model is unsure."))
 def predict(model: Any, x: torch.Tensor, *, k: Annotated[int, Field(ge=1, le=1000)] = 5) -> Predictions:
     """Predict: the model's top-k classes for each picture, with their softmax probabilities, as a table.
 

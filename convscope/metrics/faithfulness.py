@@ -46,6 +46,8 @@ DEFAULT_METHODS = ("gradcam", "integrated_gradients", "saliency")
 KINDS = ("deletion", "insertion")
 FILLS = ("blur", "zeros", "black", "mean")
 BASELINE = "random"
+MARGIN = 0.1  # a method beats the random map on a metric when its AUC is better by more than this share of the
+# random map's AUC (random draws' AUCs spread by about that much): closer than that is a tie with chance
 
 # -- option types (rank's; deletion and insertion check their own arguments) -------------------------------
 MethodName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -342,11 +344,57 @@ class Ranking(Displayable):
     labels: list[str] | None = None
     curves: dict[str, dict[str, Curve]] = field(default_factory=dict, repr=False)
     baseline_samples: int = 1  # random maps averaged in the baseline's row
+    margin: float = MARGIN  # how much better than the random map's AUC counts as better (a share of it)
 
     @property
     def best(self) -> str:
         """The name of the best-ranked method (possibly the baseline, which says the maps are no better than chance)."""
         return self.rows[0].method
+
+    def beats_random(self, method: str) -> dict[str, bool]:
+        """Per metric run: does ``method``'s AUC beat the random map's by more than ``margin`` of it (deletion:
+        lower, insertion: higher)? Closer than that is a tie with chance."""
+        row, chance = self.row(method), self.row(BASELINE)
+        out = {}
+        for kind in self.metric:
+            mine, theirs = (row.deletion_auc, chance.deletion_auc) if kind == "deletion" else (row.insertion_auc, chance.insertion_auc)
+            if mine is None or theirs is None:
+                continue
+            out[kind] = mine < theirs * (1 - self.margin) if kind == "deletion" else mine > theirs * (1 + self.margin)
+        return out
+
+    @property
+    def trusted(self) -> list[str]:
+        """The methods that beat the random map on every metric run, best first: the ones to believe here."""
+        return [r.method for r in self.rows if not r.baseline and all(self.beats_random(r.method).values())]
+
+    def _versus(self, method: str, kind: str) -> str:
+        row, chance = self.row(method), self.row(BASELINE)
+        auc = (lambda r: r.deletion_auc) if kind == "deletion" else (lambda r: r.insertion_auc)
+        return f"{kind} AUC {auc(row):.3f} against random's {auc(chance):.3f}"
+
+    @property
+    def verdict(self) -> str:
+        """Which method to believe on these pictures, in one line: the best of those that beat a random map on
+        every test (deletion and insertion), or — said plainly — that none does, with those that beat it on one."""
+        methods = [r.method for r in self.rows if not r.baseline]
+        trusted = self.trusted
+        tests = " and ".join(self.metric)
+        losers = [m for m in methods if not any(self.beats_random(m).values())]
+        chance = f"; {', '.join(losers)} did no better than a random map" if losers else ""
+        partly = [(m, [k for k, won in self.beats_random(m).items() if won]) for m in methods if m not in trusted]
+        which = "; ".join(f"{m} beats it on {' and '.join(won)} only ({', '.join(self._versus(m, k) for k in won)})"
+                          for m, won in partly if won)
+        if trusted:
+            best = trusted[0]
+            evidence = ", ".join(self._versus(best, kind) for kind in self.metric)
+            also = f"; {', '.join(trusted[1:])} also beat{'s' if len(trusted) == 2 else ''} it" if len(trusted) > 1 else ""
+            return f"Believe {best} here: it beats a random map on {tests} ({evidence}){also}{'; ' + which if which else ''}{chance}."
+        if which:
+            return (f"No method beats a random map on both tests here: {which}{chance}. Read these maps with care: "
+                    f"none is clearly better than chance at finding the pixels the prediction needs.")
+        return (f"No method beats a random map here: on these pictures none of {', '.join(methods)} finds the pixels the "
+                f"prediction needs better than chance ({tests}). Do not read these maps as what the model used.")
 
     def row(self, method: str) -> RankingRow:
         """The row of ``method`` ("random" for the baseline)."""
@@ -369,7 +417,8 @@ class Ranking(Displayable):
         who = f"; target {', '.join(self.labels)}" if self.labels else ""
         images = len(self.rows[0].deletion_per_image or self.rows[0].insertion_per_image or [])
         lines.append(f"({images} image(s), {self.steps} steps, fill {self.fill}, baseline = mean of {self.baseline_samples} "
-                     f"random map(s){who})")
+                     f"random map(s){who}; better than random: by more than {self.margin:.0%} of its AUC)")
+        lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -383,7 +432,8 @@ class Ranking(Displayable):
         """JSON-safe: rows, metric, steps, fill, target classes and labels."""
         return {"rows": self.records(), "metric": list(self.metric), "steps": self.steps,
                 "fill": self.fill, "target": None if self.target is None else self.target.tolist(), "labels": self.labels,
-                "baseline_samples": self.baseline_samples}
+                "baseline_samples": self.baseline_samples, "margin": self.margin, "trusted": self.trusted,
+                "verdict": self.verdict}
 
 
 def _mean_curve(curves: list[Curve]) -> Curve:
@@ -437,13 +487,14 @@ def _quick_options(names: list[str]) -> dict[str, dict[str, Any]]:
           paper="Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models "
                 "(deletion and insertion)",
           quick={"steps": 8, "baseline_samples": 1},
-          report=ReportSpec(title="Which explanation to trust",
+          report=ReportSpec(title="Deletion and insertion: which map finds the pixels that matter",
                             options={"methods": ["gradcam", "integrated_gradients", "saliency", "occlusion"]},
                             quick=lambda model: {"steps": 8, "baseline_samples": 1, "options": _quick_options(
                                 ["gradcam", "integrated_gradients", "saliency", "occlusion"])},
-                            note="Deletion removes the pixels a map ranks first and insertion reveals them on a blurred "
-                                 "picture: a faithful map makes the probability fall fast (low deletion AUC) and rise fast "
-                                 "(high insertion AUC); a method below 'random' orders pixels no better than chance."))
+                            note="Each map is put to the test: removing the pixels it ranks first should make the "
+                                 "probability fall fast (deletion: a lower area under the curve is better), and revealing them "
+                                 "first on a blurred picture should make it rise fast (insertion: higher is better). A random "
+                                 "map is the yardstick: the verdict says which method beats it here, if any."))
 def rank(model: Any, x: torch.Tensor, methods: Methods = DEFAULT_METHODS, *, target: Target = None,
          metric: Metric | Annotated[list[Metric], Field(min_length=1, max_length=2)] = KINDS, steps: Steps = DEFAULT_STEPS,
          fill: Fill = "blur", seed: Seed = 0, options: MethodOptions = None,

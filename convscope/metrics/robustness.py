@@ -35,7 +35,10 @@ from ..registry import CostContext, ReportSpec, register
 from ..result import Displayable
 from .nested import method as checked_method
 
-__all__ = ["PERTURBATIONS", "Original", "Perturbation", "Robustness", "RobustnessRow", "robustness", "rotate"]
+__all__ = ["PERTURBATIONS", "TIE_MARGIN", "Original", "Perturbation", "Robustness", "RobustnessRow", "robustness", "rotate"]
+
+TIE_MARGIN = 0.05  # the original's top two classes closer than this in probability are a near-tie: a perturbation
+# that swaps them says little about robustness (the model could not tell them apart to begin with)
 
 # (B, C, H, W) pictures in [0, 1], a strength, a seeded generator -> perturbed pictures (same shape)
 PerturbFn = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
@@ -186,12 +189,14 @@ class RobustnessRow:
     peak_shift_fraction: float  # of the picture's diagonal
     flipped: bool = False  # the top-1 is no longer the original class
     peak: tuple[int, int] | None = None  # (y, x) of this map's maximum
+    tie_swap: bool = False  # flipped to the other class of the original's near-tie (see ``Original.tied``)
 
 
 @dataclass(frozen=True)
 class Original:
     """The unperturbed picture: the class followed, its probability, the model's own top-1 (the same
-    unless ``target=`` chose another class), the picture (H, W, 3) uint8 and its map (H, W)."""
+    unless ``target=`` chose another class) and second class, the picture (H, W, 3) uint8 and its map (H, W).
+    ``tied``: the top two are closer than ``TIE_MARGIN`` in probability (a near-tie)."""
 
     target: int
     label: str
@@ -202,6 +207,28 @@ class Original:
     picture: np.ndarray = field(repr=False)
     map: np.ndarray = field(repr=False)
     peak: tuple[int, int] | None = None
+    runner_up: int | None = None  # the model's second class on the picture (None: a one-class output)
+    runner_up_label: str = ""
+    runner_up_probability: float = 0.0
+
+    @property
+    def margin(self) -> float:
+        """How far the top-1 leads the second class, in probability (1 when there is no second class)."""
+        return 1.0 if self.runner_up is None else self.predicted_probability - self.runner_up_probability
+
+    @property
+    def tied(self) -> bool:
+        """The top two classes are a near-tie (closer than ``TIE_MARGIN``) and the class followed is one of them."""
+        return self.runner_up is not None and self.margin < TIE_MARGIN and self.target in (self.predicted, self.runner_up)
+
+    @property
+    def tied_with(self) -> tuple[int, str, float] | None:
+        """(class, label, probability) of the other class of the near-tie; None when the original is no tie."""
+        if not self.tied:
+            return None
+        if self.target == self.predicted:
+            return self.runner_up, self.runner_up_label, self.runner_up_probability  # type: ignore[return-value]
+        return self.predicted, self.predicted_label, self.predicted_probability
 
 
 @dataclass
@@ -249,6 +276,27 @@ class Robustness(Displayable):
         """The perturbed pictures whose top-1 is no longer the original class."""
         return [row for row in self.rows if row.flipped]
 
+    @property
+    def tie_swaps(self) -> list[RobustnessRow]:
+        """The flips to the other class of the original's near-tie (none when the original is no tie): the
+        model changed its mind between two classes it could not tell apart to begin with."""
+        return [row for row in self.rows if row.tie_swap]
+
+    @property
+    def real_flips(self) -> list[RobustnessRow]:
+        """The flips to a class outside the original's near-tie (every flip when the original is no tie)."""
+        return [row for row in self.rows if row.flipped and not row.tie_swap]
+
+    def flip_summary(self) -> str:
+        """How often the top-1 changed, in words; for a near-tie, how many changes only swapped the two tied classes."""
+        o, total = self.original, len(self.rows)
+        other = o.tied_with
+        if other is None:
+            return f"the top-1 changed on {len(self.flips)} of {total} perturbed pictures"
+        return (f"the original is a near-tie ({o.label} {o.probability:.0%} vs {other[1]} {other[2]:.0%}, closer than "
+                f"{TIE_MARGIN:.0%}): the top-1 swapped between the two tied classes on {len(self.tie_swaps)} of {total} "
+                f"perturbed pictures and changed to another class on {len(self.real_flips)}")
+
     def worst(self, k: int = 5) -> list[RobustnessRow]:
         """The ``k`` rows that left the original class the least probability."""
         return sorted(self.rows, key=lambda row: row.original_probability)[:k]
@@ -275,8 +323,11 @@ class Robustness(Displayable):
         return {"method": self.method, "seed": self.seed,
                 "original": {"class": o.target, "label": o.label, "probability": o.probability, "predicted": o.predicted,
                              "predicted_label": o.predicted_label, "predicted_probability": o.predicted_probability,
+                             "runner_up": o.runner_up, "runner_up_label": o.runner_up_label,
+                             "runner_up_probability": o.runner_up_probability, "tied": o.tied,
                              "peak": None if o.peak is None else list(o.peak)},
-                "rows": self.records(), "flips": len(self.flips), "notes": list(self.notes)}
+                "rows": self.records(), "flips": len(self.flips), "tie_swaps": len(self.tie_swaps),
+                "notes": list(self.notes)}
 
     def table(self) -> str:
         """A text table: one line per perturbed picture, ``*`` where the top-1 changed."""
@@ -284,16 +335,21 @@ class Robustness(Displayable):
         head = f"original: {o.label} (class {o.target}) p = {o.probability:.1%}; maps: {self.method} for '{o.label}'"
         if o.predicted != o.target:
             head += f" (the model's top-1 is {o.predicted_label}, p = {o.predicted_probability:.1%})"
+        if o.tied_with is not None:
+            head += f"; a near-tie with {o.tied_with[1]} (p = {o.tied_with[2]:.1%})"
         columns = (f"{'perturbation':<12} {'strength':>8} {'top-1':<24} {'p(top-1)':>8} {'p(orig)':>8} {'rank ρ':>7} "
                    f"{'peak moved':>10}")
         lines = [head, columns]
         for r in self.rows:
-            label = r.label[:22] + (" *" if r.flipped else "")
+            label = r.label[:22] + (" ≈" if r.tie_swap else " *" if r.flipped else "")
             moved = "—" if math.isnan(r.peak_shift_fraction) else f"{r.peak_shift_fraction:.0%}"
             lines.append(f"{r.perturbation:<12} {r.strength:>8g} {label:<24} {r.probability:>8.1%} "
                          f"{r.original_probability:>8.1%} {r.rank_correlation:>7.2f} {moved:>10}")
-        lines.append(f"* the top-1 changed ({len(self.flips)} of {len(self.rows)}); rank ρ: Spearman correlation with the "
-                     f"original map (moved with the picture for rotations); peak moved: share of the diagonal")
+        changed = (f"* the top-1 changed to another class ({len(self.real_flips)} of {len(self.rows)}); ≈ it swapped to the "
+                   f"other class of the original's near-tie ({len(self.tie_swaps)})" if self.original.tied else
+                   f"* the top-1 changed ({len(self.flips)} of {len(self.rows)})")
+        lines.append(f"{changed}; rank ρ: Spearman correlation with the original map (moved with the picture for "
+                     f"rotations); peak moved: share of the diagonal")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -515,8 +571,8 @@ def _robustness_cost(context: CostContext) -> Cost:
                                                                             model.channels or 3, []))
     per_picture = chosen.cost(model, one)
     kept = pictures * one.shape[-2] * one.shape[-1] * (3 + 4 + 4 * one.shape[1])  # pictures, maps, perturbed inputs
-    return Cost(per_picture.forwards * (pictures + 1), max(per_picture.memory, kept),
-                f"{chosen.name} on the picture and on {pictures} perturbed pictures")
+    return Cost(per_picture.forwards * (pictures + 1) + context.area(), max(per_picture.memory, kept),
+                f"{chosen.name} on the picture and on {pictures} perturbed pictures, one forward for its top two classes")
 
 
 @register("robustness", family="workflow", takes="image", returns="robustness", cost=_robustness_cost,
@@ -524,9 +580,10 @@ def _robustness_cost(context: CostContext) -> Cost:
                 "Perturbations (the idea; the sweep and the map comparison are convscope's)",
           quick={"perturbations": ["brightness", "shadow", "blur", "rotation"]},
           report=ReportSpec(title="Robustness: light, colour, shadow, blur, noise, rotation, an occluding patch",
-                            note="Each row perturbs the first picture more and more: the curves show how much of the "
-                                 "original class's probability survives, the grid where the map for that class moves "
-                                 "(red: the top-1 changed; ρ: rank correlation with the original map)."))
+                            note="Each row changes the first picture more and more: the curves show how much of the "
+                                 "original class's probability survives, the grid where the map for that class moves (red: "
+                                 "the top-1 changed; amber: it only swapped between two classes the model already found "
+                                 "nearly equal; ρ: how well the map's order of pixels matches the original, 1 = the same)."))
 def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Perturbations = None, target: int | None = None,
                method: Annotated[str, Field(min_length=1, max_length=64)] = "gradcam", layer: Any = None,
                batch_size: BatchSize = None, seed: Seed = 0, progress: ProgressArg = None,
@@ -580,9 +637,15 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Per
             notes.append(f"the original {chosen_method.name} map is flat: peak shifts are undefined and the patch goes "
                          f"to a seeded place")
         predicted = int(first.meta["predicted"][0])
+        ranked = wrapped.predict(_normalize(wrapped, base), k=2)[0]  # the top two: is the original a near-tie?
+        second = ranked[1] if len(ranked) > 1 else None
         original = Original(followed, wrapped.label(followed), float(first.meta["probabilities"][0]), predicted,
                             wrapped.label(predicted), float(first.meta["predicted_probabilities"][0]),
-                            _uint8(base)[0], original_map.cpu().numpy(), peak)
+                            _uint8(base)[0], original_map.cpu().numpy(), peak,
+                            runner_up=None if second is None else second.index,
+                            runner_up_label="" if second is None else second.label,
+                            runner_up_probability=0.0 if second is None else second.probability)
+        tied = original.tied_with
         bar.advance(1)
 
         jobs = _jobs(chosen, base, original_map, peak, seed)
@@ -599,7 +662,8 @@ def robustness(model: Model | torch.nn.Module, image: Any, *, perturbations: Per
                 rows.append(RobustnessRow(job.name, job.strength, top, wrapped.label(top),
                                           float(result.meta["predicted_probabilities"][i]),
                                           float(result.meta["probabilities"][i]), rho, shift, shift / diagonal,
-                                          flipped=top != followed, peak=peak_here))
+                                          flipped=top != followed, peak=peak_here,
+                                          tie_swap=tied is not None and top == tied[0]))
             maps.append(these.cpu())
             bar.advance(len(part))
 

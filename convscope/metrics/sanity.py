@@ -334,7 +334,7 @@ def _sanity_cost(context: CostContext) -> Cost:
 @register("sanity", family="trust", takes="images", returns="sanity", cost=_sanity_cost,
           paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (cascading model-parameter randomization)",
           quick={"layers": 3},
-          report=ReportSpec(title="Sanity check: does the map depend on what the model learned?",
+          report=ReportSpec(title="Sanity check: does the map depend on what the model learned?", style={"columns": 6},
                             note="The network's weights are randomized block by block from the output down and the map "
                                  "is made again each time: a map that reads the learned weights loses its similarity to "
                                  "the original at once (below the dashed line); one that survives shows the picture's edges."))

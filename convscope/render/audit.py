@@ -258,7 +258,7 @@ def _regions_html(regions: Regions) -> str:
     """One card per region: the picture through the mask and the crop (what the report's section shows)."""
     import html
 
-    from .core import data_uri, png_bytes
+    from .encode import image_uri, img_tag
 
     cards = []
     for i, region in enumerate(regions):
@@ -267,8 +267,9 @@ def _regions_html(regions: Regions) -> str:
             continue
         label = f"'{region.label}' " if region.label else ""
         words = f"{regions.names[i]}: {label}region, {region.coverage:.0%} of the picture, box {region.box}"
-        cards.append(f'<figure><img src="{data_uri(png_bytes(region.masked))}" alt="{html.escape(words)}">'
-                     f'<img src="{data_uri(png_bytes(region.crop))}" alt="{html.escape(words)} (crop)">'
+        masked, crop = region.masked, region.crop
+        cards.append(f"<figure>{img_tag(image_uri(masked, photo=True), masked.shape[1], masked.shape[0], words)}"
+                     f"{img_tag(image_uri(crop, photo=True), crop.shape[1], crop.shape[0], words + ' (crop)')}"
                      f"<figcaption>{html.escape(words)}</figcaption></figure>")
     return (f'<div class="convscope regions cards"><p class="note">{html.escape(_regions_caption(regions))}</p>'
             f'{"".join(cards)}</div>')

@@ -168,7 +168,7 @@ def _html(comparison: Comparison, image: str | int | None = None, *, size: int =
     from .trust import result_block
 
     fig = comparison_figure(comparison, image, size=size, alpha=alpha, panel_size=panel_size)
-    return result_block(comparison, [(fig, "comparison grid")], caption=_caption(comparison), text=comparison.table())
+    return result_block(comparison, [(fig, "comparison grid", True)], caption=_caption(comparison), text=comparison.table())
 
 
 def _register() -> None:

@@ -234,8 +234,9 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def figure_array(fig: Figure, dpi: int = 110) -> np.ndarray:
-    """A matplotlib figure as uint8 RGB (H, W, 3), its exact size at ``dpi`` (not cropped)."""
+def canvas_array(fig: Figure, dpi: int = 110) -> np.ndarray:
+    """A matplotlib figure as uint8 RGB (H, W, 3), its exact size at ``dpi`` (not cropped: see
+    ``encode.figure_array`` for the cropped drawing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -308,18 +309,6 @@ def _image_caption(result: Result, index: int) -> str:
     return f"picture {index + 1}: explaining '{label}'" + (f" (p = {float(probs[index]):.1%})" if probs is not None else "")
 
 
-PHOTO_QUALITY = 85  # JPEG quality of photo-like panels in HTML (overlays): a tenth of the PNG, no visible loss
-
-
-def photo_uri(image: np.ndarray) -> str:
-    """A photo-like uint8 picture as an inline JPEG ``data:`` URI (lossless PNG adds nothing to an overlay)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=PHOTO_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def explanation_html(result: Result, *, mask: float | None = None, width: int = 224, index: int | None = None,
                      image: Any = None, signed: bool | None = None, clip: float | None = None, cmap: str | None = None,
                      alpha: float | None = None, shared: bool = False) -> str:
@@ -327,6 +316,8 @@ def explanation_html(result: Result, *, mask: float | None = None, width: int = 
     the colour scale — and with ``mask`` (a share of the map's largest value, 0..1) the mask where the map
     reaches it and the picture seen through it (the occlusion triple: heatmap, mask, what the model needs)."""
     import html
+
+    from .encode import image_uri
 
     if mask is not None and not 0 <= mask <= 1:
         raise ValueError(f"mask is a share of the map's largest value, between 0 and 1; got {mask!r}")
@@ -342,13 +333,13 @@ def explanation_html(result: Result, *, mask: float | None = None, width: int = 
         caption = _image_caption(result, i)
         over = overlay_result(result, i, image=image, alpha=alpha, scale=chosen)
         alone = with_colorbar(chosen.colours(values[i]), chosen)
-        panels = [(photo_uri(over), caption, width),
-                  (photo_uri(alone), caption + " map and colour bar", round(width * alone.shape[1] / alone.shape[0]))]
+        panels = [(image_uri(over, photo=True), caption, width),
+                  (image_uri(alone), caption + " map and colour bar", round(width * alone.shape[1] / alone.shape[0]))]
         if mask is not None and pictures is not None:
             peak = float(values[i].max())
             keep = (values[i] >= mask * peak) & (peak > 0)
-            panels += [(data_uri(png_bytes((keep * 255).astype(np.uint8))), caption + " mask", width),
-                       (photo_uri(pictures[i] * keep[..., None].astype(np.uint8)), caption + " through the mask", width)]
+            panels += [(image_uri((keep * 255).astype(np.uint8), photo=False), caption + " mask", width),
+                       (image_uri(pictures[i] * keep[..., None].astype(np.uint8), photo=True), caption + " through the mask", width)]
         images = "".join(f'<img src="{uri}" alt="{html.escape(alt)}" width="{w}" style="max-width:100%">'
                          for uri, alt, w in panels)
         note = f" · mask: {mask:.0%} of the largest value" if mask is not None else ""

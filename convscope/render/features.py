@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import _as_numpy, colorize, grid_figure, normalize, tensor_to_images, to_uint8_image
+from .core import _as_numpy, grid_figure, normalize, tensor_to_images, to_uint8_image
+from .scale import Scale, colorbar, relative, relative_scale
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,6 +65,10 @@ def _symmetric(weights: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * weights / scale
 
 
+# the grey kernel tiles: each filter divided by its own largest |weight|, 0 = mid grey
+WEIGHT_SCALE = Scale(True, -1.0, 1.0, "weight ÷ the filter's largest |weight|", "gray", "")
+
+
 def filter_mosaic(result: Result, *, max_filters: int = 64, max_inputs: int = 8, ncols: int | None = None) -> np.ndarray:
     """The kernels of a ``filters`` result as one picture, (H, W, 3) or (H, W) floats in [0, 1].
 
@@ -95,7 +101,8 @@ def filter_mosaic(result: Result, *, max_filters: int = 64, max_inputs: int = 8,
 def _filters_title(result: Result, shown: int, inputs: int) -> str:
     shape = tuple(result.data.shape)
     head = f"{result.layer}: {result.meta.get('type', 'conv')} {shape}"
-    parts = [f"{shown} of {shape[0]} filters"]
+    parts = [f"{shown} of {shape[0]} filters" + (" (each by its largest |weight|: grey = 0)" if result.meta.get("colour")
+                                                  and shape[1] == 3 else "")]
     if not (result.meta.get("colour") and shape[1] == 3):
         parts.append(f"first {inputs} of {shape[1]} input channels each" if inputs < shape[1] else f"{shape[1]} input channel(s) each")
     smooth = result.meta.get("smoothness")
@@ -104,23 +111,27 @@ def _filters_title(result: Result, shown: int, inputs: int) -> str:
     return head + "\n" + ", ".join(parts)
 
 
-def filters_figure(result: Result, *, max_filters: int = 64, max_inputs: int = 8, title: str | None = None) -> Figure:
+def filters_figure(result: Result, *, max_filters: int = 64, max_inputs: int = 8, title: str | None = None,
+                   ncols: int | None = None) -> Figure:
     """A figure of :func:`filter_mosaic`, titled with the layer, its type and shape.
 
     Options:
         max_filters: the most filters drawn.
         max_inputs: the most input channels drawn per filter (grey mode).
         title: replaces the default title.
+        ncols: filters per row (default: about square).
     """
     from matplotlib.figure import Figure
 
-    mosaic = filter_mosaic(result, max_filters=max_filters, max_inputs=max_inputs)
+    mosaic = filter_mosaic(result, max_filters=max_filters, max_inputs=max_inputs, ncols=ncols)
     height, width = mosaic.shape[:2]
     scale = 7.0 / max(height, width)
     fig = Figure(figsize=(max(3.0, width * scale), max(2.0, height * scale) + 0.6), layout="constrained")
     ax = fig.subplots()
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
+    if mosaic.ndim == 2:  # grey tiles: one bar says what grey, white and black are
+        colorbar(fig, ax, WEIGHT_SCALE, fontsize=7, fraction=0.03)
     shown = min(max_filters, result.data.shape[0])
     ax.set_title(title or _filters_title(result, shown, min(max_inputs, result.data.shape[1])), fontsize=9)
     return fig
@@ -158,16 +169,20 @@ def _channels(result: Result, index: int, k: int, channels: Sequence[int] | None
 
 
 def scale_maps(maps: torch.Tensor) -> np.ndarray:
-    """(N, h, w) feature maps to [0, 1] for display, each on its own: a map without negative values is
-    divided by its maximum (0 stays dark, so a map saturated everywhere — ReLU6 at 6 — is bright, not
-    blank); a signed map is min-max scaled."""
-    values = maps.detach().float().cpu()
-    low = values.flatten(1).amin(1)
-    out = normalize(values, "minmax")
-    positive = (low >= 0).numpy()
-    if positive.any():
-        out[positive] = normalize(values[torch.from_numpy(positive)], "max")
-    return out
+    """(N, h, w) feature maps for display, each divided by its own largest |value| (``render.scale.relative``):
+    in [0, 1] when the layer has no negative values (0 stays dark, so a map saturated everywhere — ReLU6 at 6 —
+    is bright, not blank), in [-1, 1] with 0 in the middle when it has (a pre-activation layer)."""
+    values = maps.detach().float().cpu().numpy()
+    signed = bool(values.size and values.min() < 0)
+    return np.stack([relative(m, signed) for m in values]) if len(values) else values
+
+
+def maps_scale(maps: torch.Tensor, cmap: str = "viridis") -> Scale:
+    """The colour scale of :func:`scale_maps`' output: each channel relative to its own peak; a signed layer on
+    the diverging map centred at 0, an unsigned one on ``cmap``."""
+    signed = bool(maps.numel() and float(maps.min()) < 0)
+    scale = relative_scale(signed, "channel")
+    return scale if signed else replace(scale, cmap=cmap)
 
 
 def feature_map_grid(result: Result, *, index: int = 0, k: int = 8, channels: Sequence[int] | None = None,
@@ -185,30 +200,36 @@ def feature_map_grid(result: Result, *, index: int = 0, k: int = 8, channels: Se
     chosen = _channels(result, index, k, channels)
     maps = result.data[index, chosen].detach().float().cpu()
     means = maps.mean(dim=(1, 2)).tolist()
-    panels = [colorize(m, cmap) for m in scale_maps(maps)]
+    colours = maps_scale(maps, cmap)
+    panels = [colours.colours(m) for m in scale_maps(maps)]
     titles = [f"ch {c} (mean {v:.2g})" for c, v in zip(chosen, means)]
     shape = "×".join(map(str, result.data.shape[1:]))
     how = "chosen channels" if channels is not None else f"top {len(chosen)} channels by mean activation"
-    return grid_figure(panels, titles, ncols=ncols, suptitle=f"{result.layer} ({shape}): {how}", panel_size=2.2)
+    fig = grid_figure(panels, titles, ncols=ncols, suptitle=f"{result.layer} ({shape}): {how}", panel_size=2.2)
+    colorbar(fig, list(fig.axes), colours, fontsize=7, fraction=0.025)
+    return fig
 
 
 def feature_walk_figure(maps: Mapping[str, Result] | Sequence[Result], *, index: int = 0, k: int = 6,
-                        cmap: str = "viridis", image: bool = True) -> Figure:
+                        cmap: str = "viridis", image: bool = True, panel_size: float = 1.5) -> Figure:
     """One row per layer (seed 003's walk through every conv layer): the input, then the layer's ``k``
-    strongest channels for image ``index``, each scaled on its own (:func:`scale_maps`).
+    strongest channels for image ``index``, each scaled on its own (:func:`scale_maps`); small maps are
+    enlarged without smoothing (each activation a visible square).
 
     Options:
         index: which image of the batch.
         k: channels per layer (strongest first).
         cmap: matplotlib colormap.
         image: show the input picture at the start of the first row.
+        panel_size: inches per map.
     """
     from matplotlib.figure import Figure
 
     results = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
     cols = k + 1
-    fig = Figure(figsize=(1.5 * cols, 1.55 * len(results) + 0.3), layout="constrained")
+    fig = Figure(figsize=(panel_size * cols, (panel_size + 0.05) * len(results) + 0.3), layout="constrained")
     axes = fig.subplots(len(results), cols, squeeze=False)
+    scales: list[tuple[int, Scale]] = []
     for row, result in enumerate(results):
         for ax in axes[row]:
             ax.set_axis_off()
@@ -224,9 +245,16 @@ def feature_walk_figure(maps: Mapping[str, Result] | Sequence[Result], *, index:
             continue
         chosen = _channels(result, index, k, None)
         data = result.data[index, chosen].detach().float().cpu()
+        colours = maps_scale(data, cmap)
+        scales.append((row, colours))
         for j, (c, m) in enumerate(zip(chosen, scale_maps(data))):
-            axes[row][j + 1].imshow(colorize(m, cmap))
+            axes[row][j + 1].imshow(colours.colours(m))
             axes[row][j + 1].set_title(f"ch {c}", fontsize=7)
+    if scales and len({colours for _, colours in scales}) == 1:  # one bar for every row
+        colorbar(fig, [ax for row, _ in scales for ax in axes[row][1:]], scales[0][1], fontsize=7, fraction=0.02, shrink=0.6)
+    else:  # signed and unsigned layers: a bar per row
+        for row, colours in scales:
+            colorbar(fig, list(axes[row][1:]), colours, fontsize=6, fraction=0.02)
     fig.suptitle(f"feature maps, {k} strongest channels per layer", fontsize=10)
     return fig
 
@@ -345,25 +373,59 @@ def _picture_picture(result: Result, *, index: int | None = None, image: Any = N
     return to_uint8(result.data[index or 0:(index or 0) + 1])[0]
 
 
+PICTURE_TILE = 128  # CSS pixels of one optimized picture in a page's grid (tiles wrap to the page's width)
+
+
+def _dream_pair(result: Result) -> list[tuple[np.ndarray, str]]:
+    """(picture, title) of the photo and its dream."""
+    after = optimization_images(result)[0]
+    before = (result.meta["original"][0].detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    before = before.expand(3, -1, -1) if before.shape[0] == 1 else before
+    return [(before.permute(1, 2, 0).numpy(), "the photo"), (after, f"the dream at {result.layer}")]
+
+
 def _picture_html(result: Result, **style: Any) -> str:
-    """Deep Dream next to its photo (the figure); other pictures as themselves, with their caption."""
+    """Deep Dream next to its photo; several pictures (maximize) as a grid of tiles that wraps to the page's
+    width, each titled; one picture as itself — every picture a JPEG (they are photo-like), none wider than
+    the page. With drawing options: the figure."""
     import html
 
-    from .core import data_uri, figure_png, png_bytes
+    from .encode import CONTENT_WIDTH, figure_img, image_uri, img_tag
 
-    dreamed = result.method == "dream" and result.meta.get("original") is not None and len(result) == 1 and not style
-    png = figure_png(dream_figure(result)) if dreamed else None
-    if png is None:
-        direct = _picture_picture(result, **style)
-        png = png_bytes(direct) if direct is not None else figure_png(_picture_figure(result, **style))
     words = _picture_caption(result)
-    return (f'<figure class="convscope picture"><img src="{data_uri(png)}" alt="{html.escape(words)}" style="max-width:100%">'
-            f"<figcaption>{html.escape(words)}</figcaption></figure>")
+    caption = f"<figcaption>{html.escape(words)}</figcaption>"
+    if style:
+        return f'<figure class="convscope picture">{figure_img(_picture_figure(result, **style), words)}{caption}</figure>'
+    if result.method == "dream" and result.meta.get("original") is not None and len(result) == 1:
+        half = (CONTENT_WIDTH - 40) // 2
+        cells = []
+        for picture, title in _dream_pair(result):
+            height, width = picture.shape[:2]
+            shown = min(width, half)
+            tag = img_tag(image_uri(picture, photo=True), shown, round(height * shown / width), title)
+            cells.append(f"<figure>{tag}<figcaption>{html.escape(title)}</figcaption></figure>")
+        return f'<div class="convscope picture cards">{"".join(cells)}<p>{html.escape(words)}</p></div>'
+    pictures = optimization_images(result)
+    if len(result) == 1:
+        height, width = pictures[0].shape[:2]
+        tag = img_tag(image_uri(pictures[0], photo=True), max(width, 224), round(height * max(width, 224) / width), words)
+        return f'<figure class="convscope picture">{tag}{caption}</figure>'
+    titles = _optimization_titles(result)
+    cells = []
+    for picture, title in zip(pictures, titles):
+        height, width = picture.shape[:2]
+        tag = img_tag(image_uri(picture, photo=True), PICTURE_TILE, round(height * PICTURE_TILE / width), title)
+        cells.append(f"<figure>{tag}<figcaption>{html.escape(title)}</figcaption></figure>")
+    return f'<div class="convscope picture tiles">{"".join(cells)}<p>{html.escape(words)}</p></div>'
 
 
 def _picture_caption(result: Result) -> str:
+    targets = result.meta.get("targets")
+    channels = (f"what {len(targets)} channels of {result.layer} want to see (one picture per channel; title: the channel "
+                f"and the mean activation it reaches)" if targets and result.layer else
+                f"what {result.meta.get('objective', '')} wants to see")
     what = {"class_image": "the picture the model wants for " + ", ".join(dict.fromkeys(result.labels or [])),
-            "dream": f"Deep Dream at {result.layer}", "maximize": f"what {result.meta.get('objective', '')} wants to see"}
+            "dream": f"Deep Dream at {result.layer}", "maximize": channels}
     return what.get(result.method, result.method) + (f" · {len(result)} pictures" if len(result) > 1 else "")
 
 
@@ -440,6 +502,25 @@ def _walk_caption(walk: Mapping[str, Result]) -> str:
     return f"feature maps of {len(names)} layers ({shown}), strongest channels first"
 
 
+WALK_CHANNELS = 5  # channels per layer in pages: fewer, larger maps (a 14×14 map drawn ~150 px wide is legible)
+
+
+def _walk_html(walk: Mapping[str, Result], *, index: int | None = None, image: Any = None, **style: Any) -> str:
+    """The walk as one picture at most the page's width: the input, then each layer's ``WALK_CHANNELS``
+    strongest channels, drawn large (nearest neighbour: one square per activation); the sizes in words."""
+    import html
+
+    from .encode import figure_img
+
+    style = {"k": WALK_CHANNELS, "panel_size": 1.6, **style}
+    fig = feature_walk_figure(walk, index=index or 0, **style)
+    sizes = ", ".join(f"{label} {'×'.join(map(str, result.data.shape[-2:]))}" for label, result in walk.items()
+                      if result.data.dim() == 4)
+    words = _walk_caption(walk) + (f"; map sizes: {sizes}" if sizes else "")
+    return (f'<figure class="convscope feature_walk">{figure_img(fig, words)}'
+            f"<figcaption>{html.escape(words)}</figcaption></figure>")
+
+
 def _walk_text(walk: Mapping[str, Result]) -> str:
     return "\n".join(f"{label}: {tuple(result.data.shape[1:])}" for label, result in walk.items())
 
@@ -450,6 +531,39 @@ def _filters_figure(result: Result, *, index: int | None = None, image: Any = No
 
 def _filters_caption(result: Result) -> str:
     return f"filters of {result.layer} {tuple(result.data.shape)}"
+
+
+def filters_reading(result: Result) -> str:
+    """How to read these kernels, in plain words, for their size: a 3×3 stem is not AlexNet's 11×11."""
+    shape = tuple(result.data.shape)
+    kh, kw = shape[-2:]
+    colour = bool(result.meta.get("colour")) and shape[1] == 3
+    size = f"{kh}×{kw}"
+    if kh * kw <= 9:
+        read = ("a colour the filter responds to (a tile of mostly one colour) or a direction in which brightness changes "
+                "(a light side next to a dark one)" if colour else
+                "a direction in which the input changes (a light side next to a dark one) or a small spot")
+        return (f"{size} kernels, {kh * kw} weights per channel, enlarged without smoothing: too small for the oriented "
+                f"edges and colour blobs of AlexNet's 11×11 filters. Read each tile as {read}; in a trained network most "
+                f"tiles are such smooth steps, in an untrained one they are speckled noise.")
+    if kh * kw <= 25:
+        return (f"{size} kernels, enlarged without smoothing: a trained network shows short edges and "
+                + ("colour contrasts" if colour else "spots") + "; an untrained one speckled noise.")
+    return (f"{size} kernels, enlarged without smoothing: a trained network shows oriented edges, stripes "
+            + ("and colour blobs" if colour else "and blobs") + " (as AlexNet's 11×11 filters); an untrained one noise.")
+
+
+def _filters_html(result: Result, *, index: int | None = None, image: Any = None, **style: Any) -> str:
+    """The kernel mosaic (PNG: sharp squares) at most the page's width, and how to read kernels of this size."""
+    import html
+
+    from .encode import figure_img
+
+    words = _filters_caption(result)
+    colour = bool(result.meta.get("colour")) and result.data.shape[1] == 3
+    style = {"ncols": 8, **style} if colour else style  # colour tiles: a wide, low mosaic (one line of reading per row)
+    return (f'<figure class="convscope filters">{figure_img(filters_figure(result, **style), words, photo=False)}'
+            f"<figcaption>{html.escape(words)}. {html.escape(filters_reading(result))}</figcaption></figure>")
 
 
 def _filters_text(result: Result) -> str:
@@ -465,8 +579,8 @@ def _register() -> None:
     drawer("picture", figure=_picture_figure, picture=_picture_picture, html=_picture_html, caption=_picture_caption,
            text=_picture_text)
     drawer("feature_maps", figure=_feature_maps_figure, caption=_feature_maps_caption, text=_feature_maps_text)
-    drawer("feature_walk", figure=_walk_figure, caption=_walk_caption, text=_walk_text)
-    drawer("filters", figure=_filters_figure, caption=_filters_caption, text=_filters_text)
+    drawer("feature_walk", figure=_walk_figure, caption=_walk_caption, text=_walk_text, html=_walk_html)
+    drawer("filters", figure=_filters_figure, caption=_filters_caption, text=_filters_text, html=_filters_html)
 
 
 _register()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["SCALES", "VIEWS", "robustness_curves", "robustness_figure", "sweep_figure"]
 
 FLIP_COLOR = "#c8102e"
+TIE_COLOR = "#d08a00"  # a swap between the two classes of the original's near-tie: amber, not red
 SCALES = ("each", "original")
 VIEWS = ("grid", "curves")
 
@@ -87,15 +88,16 @@ def robustness_figure(sweep: Robustness, *, alpha: float = 0.65, scale: str = "e
             ax.imshow(blend(sweep.pictures[i], _shown(sweep.maps[i], scale, signed), colours, alpha=alpha))
             if peaks and row.peak is not None:
                 ax.plot(row.peak[1], row.peak[0], "+", color="white", ms=7, mew=1.5)
-            color = FLIP_COLOR if row.flipped else "black"
+            color = TIE_COLOR if row.tie_swap else FLIP_COLOR if row.flipped else "black"
             rho = "—" if math.isnan(row.rank_correlation) else f"{row.rank_correlation:.2f}"
             ax.set_title(f"{row.strength:g}: {row.label[:16]}\np(orig) {row.original_probability:.0%} · ρ {rho}",
                          fontsize=7, color=color)
-            _frame(ax, color, 2.5 if row.flipped else 0.5)
+            _frame(ax, color, 1.5 if row.tie_swap else 2.5 if row.flipped else 0.5)
     colorbar(fig, list(axes.flat), colours, fontsize=7, fraction=0.02, shrink=0.6)
     how = "each map scaled on its own" if scale == "each" else "maps on the original map's scale"
+    changed = "red: the top-1 changed; amber: it swapped within the near-tie" if sweep.original.tied else "red: the top-1 changed"
     fig.suptitle(f"robustness of '{sweep.original.label}': {sweep.method} for the original class ({how}; "
-                 f"red: the top-1 changed; +: the map's peak)", fontsize=9)
+                 f"{changed}; +: the map's peak)", fontsize=9)
     return fig
 
 
@@ -114,10 +116,10 @@ def robustness_curves(sweep: Robustness, *, ncols: int = 4, panel_size: tuple[fl
         ax.set_axis_off()
     for ax, (name, rows) in zip(axes.flat, groups.items()):
         perturbation = sweep.perturbations.get(name)
-        points = sorted((row.strength, row.original_probability, row.flipped) for row in rows)
+        points = sorted((row.strength, row.original_probability, row.flipped and not row.tie_swap, row.tie_swap) for row in rows)
         identity = perturbation.identity if perturbation is not None else None
         if identity is not None:
-            points = sorted(points + [(identity, sweep.original.probability, False)])
+            points = sorted(points + [(identity, sweep.original.probability, False, False)])
             ax.plot([identity], [sweep.original.probability], "o", color="#777777", ms=5, zorder=3)
         strengths = [p[0] for p in points]
         probabilities = [p[1] for p in points]
@@ -125,6 +127,9 @@ def robustness_curves(sweep: Robustness, *, ncols: int = 4, panel_size: tuple[fl
         flips = [(p[0], p[1]) for p in points if p[2]]
         if flips:
             ax.plot(*zip(*flips), "x", color=FLIP_COLOR, ms=7, mew=2, zorder=4)
+        swaps = [(p[0], p[1]) for p in points if p[3]]
+        if swaps:
+            ax.plot(*zip(*swaps), "o", color=TIE_COLOR, ms=6, mfc="none", mew=1.6, zorder=4)
         ax.axhline(sweep.original.probability, color="#777777", lw=0.8, ls="--")
         ax.set_title(name, fontsize=8)
         ax.set_xlabel(perturbation.unit if perturbation is not None else "strength", fontsize=7)
@@ -133,8 +138,9 @@ def robustness_curves(sweep: Robustness, *, ncols: int = 4, panel_size: tuple[fl
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"p({sweep.original.label[:18]})", fontsize=7)
-    fig.suptitle(f"p('{sweep.original.label}') against strength (grey: unperturbed; dashed: its p; red x: the top-1 changed)",
-                 fontsize=8)
+    swapped = "; amber o: swapped within the near-tie" if sweep.original.tied else ""
+    fig.suptitle(f"p('{sweep.original.label}') against strength (grey: unperturbed; dashed: its p; red x: the top-1 changed"
+                 f"{swapped})", fontsize=8)
     return fig
 
 
@@ -153,21 +159,33 @@ def _caption(sweep: Robustness) -> str:
     worst = sweep.worst(1)
     costliest = f"; the costliest: {worst[0].perturbation} {worst[0].strength:g} (p = {worst[0].original_probability:.0%})" \
         if worst else ""
-    return (f"robustness of '{sweep.original.label}' (p = {sweep.original.probability:.0%}): the top-1 changed on "
-            f"{len(sweep.flips)} of {len(sweep.rows)} perturbed pictures{costliest}")
+    return f"robustness of '{sweep.original.label}' (p = {sweep.original.probability:.0%}): {sweep.flip_summary()}{costliest}"
+
+
+def _verdict(sweep: Robustness) -> str:
+    """What to conclude, in words: for a near-tie, that swaps between the tied classes are no loss of robustness."""
+    o, other = sweep.original, sweep.original.tied_with
+    if other is None:
+        return ""
+    return (f"The model could not decide on the original picture: {o.label} {o.probability:.0%} against {other[1]} "
+            f"{other[2]:.0%}. {len(sweep.tie_swaps)} of the {len(sweep.flips)} changes of the top-1 only swap these two "
+            f"(amber, ≈ in the table) and say little about robustness; {len(sweep.real_flips)} went to another class (red, *).")
 
 
 def _html(sweep: Robustness, *, alpha: float = 0.65, scale: str = "each", peaks: bool = True) -> str:
     from .trust import result_block
 
-    columns = ["perturbation", "strength", "top-1 (* changed)", "p(top-1)", "p(original)", "rank ρ", "peak moved"]
-    rows = [[r.perturbation, r.strength, r.label + (" *" if r.flipped else ""), f"{r.probability:.1%}",
+    tied = sweep.original.tied
+    columns = ["perturbation", "strength", "top-1 (* changed, ≈ swapped within the tie)" if tied else "top-1 (* changed)",
+               "p(top-1)", "p(original)", "rank ρ", "peak moved"]
+    rows = [[r.perturbation, r.strength, r.label + (" ≈" if r.tie_swap else " *" if r.flipped else ""), f"{r.probability:.1%}",
              f"{r.original_probability:.1%}", round(r.rank_correlation, 2),
              "—" if math.isnan(r.peak_shift_fraction) else f"{r.peak_shift_fraction:.0%}"] for r in sweep.rows]
-    figures = [(robustness_curves(sweep), "probability against strength"),
-               (robustness_figure(sweep, alpha=alpha, scale=scale, peaks=peaks), "robustness grid")]
+    figures = [(robustness_curves(sweep), "probability against strength", False),
+               (robustness_figure(sweep, alpha=alpha, scale=scale, peaks=peaks), "robustness grid", True)]
     notes = "".join(f"; note: {n}" for n in sweep.notes)
-    return result_block(sweep, figures, caption=_caption(sweep) + notes, text=sweep.table(), columns=columns, rows=rows)
+    return result_block(sweep, figures, caption=_caption(sweep) + notes, text=sweep.table(), columns=columns, rows=rows,
+                        verdict=_verdict(sweep))
 
 
 def _register() -> None:

@@ -233,7 +233,7 @@ def colorbar_strip(scale: Scale, height: int, *, dpi: int = 110) -> np.ndarray:
     label (units and scope) on its left, the values on its right."""
     from matplotlib.figure import Figure
 
-    from .core import figure_array
+    from .core import canvas_array
 
     fontsize = 6 if height < 200 else 7
     width = round(fontsize * 13.5)
@@ -244,7 +244,7 @@ def colorbar_strip(scale: Scale, height: int, *, dpi: int = 110) -> np.ndarray:
     _ticks(bar, scale)
     bar.ax.yaxis.set_label_position("left")
     bar.set_label(_wrap(scale.label(), height, fontsize), fontsize=fontsize, labelpad=1, linespacing=1.0)
-    strip = figure_array(fig, dpi)
+    strip = canvas_array(fig, dpi)
     if strip.shape[0] != height:  # rounding: pad or cut to the picture's height
         from PIL import Image
 

@@ -9,7 +9,6 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .core import data_uri, figure_png
 from .scale import colorbar, relative, relative_scale
 
 if TYPE_CHECKING:
@@ -103,35 +102,52 @@ def sanity_figure(report: SanityReport, index: int = 0, *, columns: int = 8) -> 
 
 
 # -- reports and notebooks ------------------------------------------------------------------------------------
-def result_block(obj: Any, figures: Sequence[tuple[Figure, str]], *, text: str = "", caption: str = "",
-                 columns: Sequence[str] = (), rows: Sequence[Sequence[Any]] = ()) -> str:
-    """The HTML of a trust or workflow result: its figures inline, the caption, and its table (cells when
-    ``columns`` are given, else ``text`` as it prints)."""
+def result_block(obj: Any, figures: Sequence[tuple[Figure, str] | tuple[Figure, str, bool | None]], *, text: str = "",
+                 caption: str = "", columns: Sequence[str] = (), rows: Sequence[Sequence[Any]] = (), verdict: str = "") -> str:
+    """The HTML of a trust or workflow result: the ``verdict`` first (one line in words: what to conclude), its
+    figures inline (each at most the page's width; ``(figure, alt, photo)``: JPEG for figures of photos, PNG for
+    charts, None: by the picture — see ``render.encode``), the caption, and its table (cells when ``columns``
+    are given, else ``text`` as it prints)."""
     from ..result import Table
+    from .encode import figure_img
     from .tables import table_html
 
-    pictures = "".join(f'<img src="{data_uri(figure_png(fig))}" alt="{html.escape(alt)}" style="max-width:100%">'
-                       for fig, alt in figures)
+    pictures = "".join(figure_img(fig, alt, photo=rest[0] if rest else None) for fig, alt, *rest in figures)
+    lead = f'<p class="verdict">{html.escape(verdict)}</p>' if verdict else ""
     words = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
     plain = f"<pre>{html.escape(text)}</pre>" if text else ""
     table = table_html(Table(text, columns=columns, rows=rows)) if columns else plain
-    return f'<figure class="convscope {html.escape(obj.kind)}">{pictures}{words}{table}</figure>'
+    return f'<figure class="convscope {html.escape(obj.kind)}">{lead}{pictures}{words}{table}</figure>'
 
 
 def _ranking_caption(ranking: Ranking) -> str:
     primary = ranking.metric[0]
-    place = next((i for i, r in enumerate(ranking.rows) if r.baseline), None)
-    chance = "" if place is None else f"; {place} of {len(ranking.rows) - 1} methods beat the random map"
-    return f"methods ranked by {primary} AUC ({'lower' if primary == 'deletion' else 'higher'} is better): best {ranking.best}{chance}"
+    trusted = len(ranking.trusted)
+    methods = len(ranking.rows) - 1
+    return (f"methods ranked by {primary} AUC ({'lower' if primary == 'deletion' else 'higher'} is better); {trusted} of "
+            f"{methods} beat the random map on {' and '.join(ranking.metric)} (better by more than {ranking.margin:.0%} of "
+            f"its AUC): {ranking.verdict}")
+
+
+def _against_random(ranking: Ranking, method: str) -> str:
+    """A row's standing against the random map in words: 'better on both', 'insertion only', 'no better'."""
+    won = ranking.beats_random(method)
+    if won and all(won.values()):
+        return "better on both" if len(won) > 1 else "better"
+    better = [kind for kind, ok in won.items() if ok]
+    return f"{better[0]} only" if better else "no better"
 
 
 def _ranking_html(ranking: Ranking) -> str:
-    columns = ["method", *(f"{k} AUC {'↓' if k == 'deletion' else '↑'}" for k in ranking.metric), "seconds"]
+    columns = ["method", *(f"{k} AUC {'↓' if k == 'deletion' else '↑'}" for k in ranking.metric), "against random", "seconds"]
     rows = [[f"{r.method} (baseline)" if r.baseline else r.method,
              *(round(r.deletion_auc if k == "deletion" else r.insertion_auc, 4) for k in ranking.metric),  # type: ignore[arg-type]
-             round(r.seconds, 2)] for r in ranking.rows]
-    return result_block(ranking, [(ranking_figure(ranking), "ranking curves")], caption=_ranking_caption(ranking),
-                        text=ranking.table(), columns=columns, rows=rows)
+             "—" if r.baseline else _against_random(ranking, r.method), round(r.seconds, 2)] for r in ranking.rows]
+    primary = ranking.metric[0]
+    caption = (f"methods ranked by {primary} AUC ({'lower' if primary == 'deletion' else 'higher'} is better); a method "
+               f"beats the random map when its AUC is better by more than {ranking.margin:.0%} of the random map's")
+    return result_block(ranking, [(ranking_figure(ranking), "deletion and insertion curves", False)], caption=caption,
+                        text=ranking.table(), columns=columns, rows=rows, verdict=ranking.verdict)
 
 
 def _curve_caption(curve: Curve) -> str:
