@@ -100,13 +100,6 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")  # argparse %-formats argument help
 
 
-SHAPE = re.compile(r",\s*\(B, [\w, ]*\)")  # ", (B, 1, H, W)": the Python reader's shape note
-
-
-def _plain(text: str) -> str:
-    """A docstring sentence for the command line: no tensor shapes, no sentences about ``meta[...]``."""
-    sentences = re.split(r"(?<=\.)\s+", SHAPE.sub("", text))
-    return " ".join(sentence for sentence in sentences if "meta[" not in sentence)
 
 
 def _cli_words(text: str, flag: str | None = None) -> str:
@@ -320,7 +313,7 @@ def describe(tool: Tool) -> str:
     """A tool's --help description: its summary in plain words, paper, what it takes and returns (the examples are
     the epilog)."""
     return "\n".join([
-        _wrap(_plain(tool.summary)), "",
+        _wrap(tool.description), "",
         _wrap(tool.paper, " " * 9, "paper:   "),
         _wrap(_takes_words(tool), " " * 9, "takes:   "),
         _wrap(_returns_words(tool), " " * 9, "returns: "),
@@ -452,7 +445,7 @@ def _listing() -> str:
         for tool in members:
             aliases = [a for a in tool.aliases if a.replace("_", "-") != command_name(tool)]
             head = command_name(tool) + (f" ({', '.join(aliases)})" if aliases else "")
-            lines.append(_line(head, _plain(tool.summary), width))
+            lines.append(_line(head, tool.description, width))
         lines.append("")
     lines.append("other commands:")
     for name, (arguments, words) in HAND_WRITTEN.items():
@@ -829,7 +822,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
             continue
         print(f"{family} — {words}")
         for tool in members:
-            print(_line(tool.name, _plain(tool.summary), width))
+            print(_line(tool.name, tool.description, width))
         print()
     print("`convscope tools NAME` describes a tool's options; `convscope NAME --help` its command line.")
     return 0

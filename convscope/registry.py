@@ -25,6 +25,8 @@ from .engine import Cost, approved, check_cost
 from .errors import ConvscopeError, OptionError
 from .options import Options, OptionSpec, option_specs, options_model, validate_options
 
+SHAPE_NOTE = re.compile(r",?\s*\((?:B|out), [\w, ]*\)")  # ", (B, 1, H, W)": a shape note for Python readers
+
 __all__ = ["FAMILIES", "GROUPS", "TAKES", "CostContext", "MethodInfo", "Plan", "ReportSpec", "Tool", "explain", "get",
            "methods", "register", "tools"]
 
@@ -117,6 +119,13 @@ class Tool:
         """The docstring's first paragraph, as one line of plain text."""
         paragraph = (inspect.getdoc(self.impl) or self.name).split("\n\n")[0]
         return " ".join(paragraph.split()).replace("``", "")
+
+    @property
+    def description(self) -> str:
+        """The summary for a person (command line, report, web page): without the tensor shapes (``, (B, 1, H, W)``)
+        and the sentences about ``meta[...]`` that are for Python readers."""
+        sentences = re.split(r"(?<=\.)\s+", SHAPE_NOTE.sub("", self.summary))
+        return " ".join(sentence for sentence in sentences if "meta[" not in sentence)
 
     @property
     def output(self) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import functools
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,17 +224,9 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _plain(summary: str) -> str:
-    """A tool's one-line summary as a note for a reader when its spec has none: shapes like ``(B, 1, H, W)`` and
-    ``meta[...]`` remarks are for programmers and are left out."""
-    text = re.sub(r",?\s*\((?:\w{1,3}, ){2,}\w{1,3}\)", "", summary)  # (B, C, H, W), (out, in, kh, kw)
-    text = re.sub(r"\s*`*meta\[[^\]]*\]`*[^.]*\.", "", text)
-    return re.sub(r"\s+([,.;])", r"\1", text).strip()
-
-
 def _tool_section(ctx: ReportContext, tool: Tool) -> SectionView:
     spec = tool.report or ReportSpec()
-    view = SectionView(tool.name, spec.title or tool.name, note=spec.note or _plain(tool.summary), paper=tool.paper,
+    view = SectionView(tool.name, spec.title or tool.name, note=spec.note or tool.description, paper=tool.paper,
                        group=tool.group)
     inputs = _inputs(ctx, tool)
     assert inputs is not None  # dataset tools without a folder are left out before

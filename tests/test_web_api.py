@@ -256,8 +256,9 @@ def test_tools_come_from_the_registry(server: web.Server) -> None:
         assert entry["options"] == json.loads(json.dumps([s.as_json() for s in specs]))  # tuples come as lists
         assert entry["options_schema"] == json.loads(json.dumps(options_schema(tool)))
         assert set(entry["options_schema"]["properties"]) == {s.name for s in specs}
-        for key in ("family", "group", "takes", "returns", "summary", "paper", "uses_layer", "uses_target", "loops"):
+        for key in ("family", "group", "takes", "returns", "paper", "uses_layer", "uses_target", "loops"):
             assert entry[key] == getattr(tool, key), (tool.name, key)
+        assert entry["summary"] == tool.description and "(B, " not in entry["summary"]  # for a person: no tensor shapes
         assert entry["jobs"] == f"/api/tools/{tool.name}/jobs" and "options" not in entry["inputs"]
         assert ok_json(server, "GET", f"/api/tools/{tool.name}") == entry
     scorecam = {o["name"]: o for o in ok_json(server, "GET", "/api/tools/scorecam")["options"]}

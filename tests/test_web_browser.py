@@ -313,7 +313,7 @@ def test_every_tools_form_is_generated_from_the_registry(page: Any, server: web.
         assert families == [f for f in registry.FAMILIES if registry.tools(f)]
         for tool in registry.tools():
             page.select_option("#tool-select", tool.name)
-            assert page.text_content("#tool-summary") == tool.summary
+            assert page.text_content("#tool-summary") == tool.description
             assert page.eval_on_selector("#families .current", "c => c.dataset.family") == tool.family
             fields = page.evaluate(FORM)
             specs = offered(tool)  # the tool's option specs but server paths

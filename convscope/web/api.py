@@ -676,7 +676,7 @@ def tool_json(tool: registry.Tool) -> dict[str, Any]:
     if cached is None:
         cached = _TOOL_JSON[tool] = {
             "name": tool.name, "family": tool.family, "group": tool.group, "takes": tool.takes, "returns": tool.returns,
-            "summary": tool.summary, "paper": tool.paper, "uses_layer": tool.uses_layer, "uses_target": tool.uses_target,
+            "summary": tool.description, "paper": tool.paper, "uses_layer": tool.uses_layer, "uses_target": tool.uses_target,
             "loops": tool.loops, "aliases": list(tool.aliases), "quick": _json_safe(tool.quick), "inputs": list(body_fields(tool)),
             "options": [spec.as_json() for spec in offered(tool)], "options_schema": options_schema(tool),
             "jobs": f"/api/tools/{tool.name}/jobs"}
