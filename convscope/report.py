@@ -31,7 +31,7 @@ from . import registry, render
 from .errors import ConvscopeError, CostError, OptionError
 from .images import named_images as resolve_images
 from .models import Model
-from .progress import Cancelled, ProgressArg, tracker
+from .progress import Cancelled, ProgressArg, stage, tracker
 from .registry import ReportSpec, Tool
 from .render.encode import image_uri
 
@@ -417,7 +417,8 @@ def build_report(model: Model, images: Sequence[Any] | None = None, out: str | P
     views: dict[str, list[SectionView]] = {}
     with tracker(progress, len(planned), "report") as bar:
         for item in planned:
-            view = _block_section(ctx, item.block) if item.block else _tool_section(ctx, item.tool)  # type: ignore[arg-type]
+            with stage(item.block.title if item.block else item.tool.name):  # a status line / one line per section
+                view = _block_section(ctx, item.block) if item.block else _tool_section(ctx, item.tool)  # type: ignore[arg-type]
             views.setdefault(item.part, []).append(view)
             bar.advance()
     from . import __version__
