@@ -19,29 +19,38 @@ if TYPE_CHECKING:
 __all__ = ["comparison_figure", "comparison_panels", "comparison_scales"]
 
 
-def _column_values(comparison: Comparison, method: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's displayed values of ``method`` on the common frame (the sign-aware values render colours:
-    see ``scale.display_values``) and where each row's model looked: (R, H, W) float (NaN: nothing), bool."""
-    from ..compare import place_in_frame
+Columns = dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (R, H, W) displayed values (NaN: nothing), (R, H, W) seen
+
+
+def _columns(comparison: Comparison, name: str, size: int) -> Columns:
+    """Per method, every row's displayed values on the common frame (the sign-aware values render colours: see
+    ``scale.display_values``) and where each row's model looked — placed once, read by the scales and the panels."""
+    from ..compare import display_size, place_in_frame
 
     picture = comparison.pictures[name]
-    maps, seen = comparison.frame_maps(method, name, size=size)
-    height, width = maps.shape[1:]
-    for r, row in enumerate(comparison.rows):
-        cell = comparison.cells[(row, method, name)]
-        if cell.result is not None:
-            maps[r], seen[r] = place_in_frame(comparison.models[row], torch.from_numpy(display_values(cell.result)[0]),
-                                              picture.size, (height, width))
-    return maps, seen
+    height, width = display_size(picture.size, size)
+    columns: Columns = {}
+    for method in comparison.methods:
+        maps = np.full((len(comparison.rows), height, width), np.nan, dtype=np.float32)
+        seen = np.zeros((len(comparison.rows), height, width), dtype=bool)
+        for r, row in enumerate(comparison.rows):
+            cell = comparison.cells[(row, method, name)]
+            if cell.result is not None:
+                maps[r], seen[r] = place_in_frame(comparison.models[row], torch.from_numpy(display_values(cell.result)[0]),
+                                                  picture.size, (height, width))
+        columns[method] = (maps, seen)
+    return columns
 
 
-def comparison_scales(comparison: Comparison, image: str | int = 0, *, size: int = 224) -> dict[tuple[str, str], Scale]:
+def comparison_scales(comparison: Comparison, image: str | int = 0, *, size: int = 224,
+                      columns: Columns | None = None) -> dict[tuple[str, str], Scale]:
     """The colour scale of every (row, method) cell of one picture: its own (``scale="each"``) or the whole
     method column's (``scale="column"``), sign-aware (``render.scale``)."""
     name = comparison.images[image] if isinstance(image, int) else image
+    columns = columns or _columns(comparison, name, size)
     scales: dict[tuple[str, str], Scale] = {}
     for method in comparison.methods:
-        maps, seen = _column_values(comparison, method, name, size)
+        maps, seen = columns[method]
         cells = [(row, comparison.cells[(row, method, name)]) for row in comparison.rows]
         own = {row: result_scale(cell.result, 0) for row, cell in cells if cell.result is not None}
         for r, (row, cell) in enumerate(cells):
@@ -56,8 +65,9 @@ def comparison_scales(comparison: Comparison, image: str | int = 0, *, size: int
     return scales
 
 
-def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int = 224,
-                      alpha: float | None = None) -> list[list[np.ndarray | None]]:
+def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int = 224, alpha: float | None = None,
+                      columns: Columns | None = None, scales: dict[tuple[str, str], Scale] | None = None,
+                      ) -> list[list[np.ndarray | None]]:
     """Rows × (picture + methods) uint8 panels on the common frame (None: the method did not apply).
 
     The picture column outlines what the row's model saw; in method cells the part it never saw is
@@ -67,11 +77,12 @@ def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int
 
     name = comparison.images[image] if isinstance(image, int) else image
     picture = comparison.pictures[name]
-    scales = comparison_scales(comparison, name, size=size)
+    columns = columns or _columns(comparison, name, size)
+    scales = scales or comparison_scales(comparison, name, size=size, columns=columns)
+    height, width = columns[comparison.methods[0]][1].shape[1:]
+    base = to_uint8_image(picture, (height, width))
     rows: list[list[np.ndarray | None]] = [[] for _ in comparison.rows]
     for r, row in enumerate(comparison.rows):
-        height, width = comparison.frame_maps(comparison.methods[0], name, size=size)[1].shape[1:]
-        base = to_uint8_image(picture, (height, width))
         x0, y0, x1, y1 = crop_box(comparison.models[row], picture.size)
         sx, sy = width / picture.size[0], height / picture.size[1]
         framed = base.copy()
@@ -79,16 +90,14 @@ def comparison_panels(comparison: Comparison, image: str | int = 0, *, size: int
         _outline(framed, box)
         rows[r].append(framed)
     for method in comparison.methods:
-        maps, seen = _column_values(comparison, method, name, size)
+        maps, seen = columns[method]
         for r, row in enumerate(comparison.rows):
             cell = comparison.cells[(row, method, name)]
             if cell.result is None:
                 rows[r].append(None)
                 continue
-            clean = to_uint8_image(picture, rows[r][0].shape[:2])
-            blended = blend(clean, np.nan_to_num(maps[r]), scales[(row, method)],
-                            alpha=MAX_OPACITY if alpha is None else alpha)
-            blended[~seen[r]] = (clean[~seen[r]] * 0.35 + 80).astype(np.uint8)  # the model never saw this part
+            blended = blend(base, np.nan_to_num(maps[r]), scales[(row, method)], alpha=MAX_OPACITY if alpha is None else alpha)
+            blended[~seen[r]] = (base[~seen[r]] * 0.35 + 80).astype(np.uint8)  # the model never saw this part
             rows[r].append(blended)
     return rows
 
@@ -122,8 +131,9 @@ def comparison_figure(comparison: Comparison, image: str | int | None = None, *,
     fig = Figure(figsize=(panel_size * ncols + bars, (panel_height + 0.45) * nrows + 0.4), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for block, name in enumerate(names):
-        panels = comparison_panels(comparison, name, size=size, alpha=alpha)
-        scales = comparison_scales(comparison, name, size=size)
+        columns = _columns(comparison, name, size)
+        scales = comparison_scales(comparison, name, size=size, columns=columns)
+        panels = comparison_panels(comparison, name, size=size, alpha=alpha, columns=columns, scales=scales)
         for r, row in enumerate(comparison.rows):
             line = axes[block * len(comparison.rows) + r]
             first = comparison.cells[(row, comparison.methods[0], name)]

@@ -118,11 +118,6 @@ def overlay(image: np.ndarray, map01: Any, *, alpha: float = 0.5, cmap: str = "j
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def is_pixel_result(result: Result) -> bool:
-    """Per-pixel, per-channel results (gradients) rather than one coarse map."""
-    return result.data.dim() == 4 and result.data.shape[1] > 1
-
-
 def _scale(result: Result, index: int | None, *, signed: bool | None = None, clip: float | None = None,
            cmap: str | None = None, scale: Scale | None = None) -> Scale:
     chosen = scale or result_scale(result, index, signed=signed, clip=clip)

@@ -157,14 +157,9 @@ def display_values(result: Result) -> np.ndarray:
     that means "no effect"); signed pixel attributions summed over colour channels (their sign kept, as
     Captum's visualizer does); unsigned pixel gradients as the largest |value| over channels."""
     data = result.data.detach().float().cpu()
-    if data.dim() != 4:
-        raise ValueError(f"{result.method} result has shape {tuple(data.shape)}, not a (B, C, H, W) map")
-    if data.shape[1] == 1:
-        values = data[:, 0]
-    elif is_signed(result):
-        values = data.sum(dim=1)
-    else:
-        values = data.abs().amax(dim=1)
+    signed_pixels = data.dim() == 4 and data.shape[1] > 1 and is_signed(result)
+    # otherwise a map as it is, or pixel gradients' magnitude: Result.maps (which also checks the shape)
+    values = data.sum(dim=1) if signed_pixels else result.maps().detach().float().cpu()
     neutral = result.meta.get("neutral")
     if neutral is not None:
         values = values - torch.as_tensor(neutral, dtype=torch.float32).reshape(-1, 1, 1)
