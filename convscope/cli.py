@@ -485,6 +485,8 @@ HAND_WRITTEN_EXAMPLES = {
         (f"the app on http://127.0.0.1:8000/ with {DEFAULT_MODEL}", "convscope serve"),
         ("two models to choose from, on any free port, and open the browser",
          f"convscope serve --model {DEFAULT_MODEL} --model digits_cnn --port 0 --open"),
+        ("offer a folder of your pictures as the dataset 'data' (embedding map, audit, ...)",
+         f"convscope serve --model {DEFAULT_MODEL} --data photos/"),
     ],
 }
 
@@ -569,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--open", action="store_true", help="open the page in the default web browser")
     group.add_argument("--max-forwards", type=float, metavar="N",
                        help="refuse a job that needs more than N forward passes (default: CONVSCOPE_MAX_FORWARDS or 20,000)")
+    group.add_argument("--max-queued", type=int, default=16, metavar="N",
+                       help="jobs that may wait per model; more are answered 429 with Retry-After (default: 16)")
+    group.add_argument("--data", metavar="DIR",
+                       help="a folder of pictures (sub-folders: labels) the page offers as the dataset 'data' for the embedding map, "
+                            "audit and other dataset tools (the page itself never sends paths)")
     p.set_defaults(func=cmd_serve)
 
     for tool in tools():
@@ -875,9 +882,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
     models = [_load(args, name) for name in args.model or [DEFAULT_MODEL]]
+    if args.max_queued < 1:
+        raise ConvscopeError(f"--max-queued must be at least 1, got {args.max_queued}")
     serve(models, host=args.host, port=args.port, allow_remote=args.allow_remote,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, open_browser=args.open,
-          max_forwards=args.max_forwards)
+          max_forwards=args.max_forwards, max_queued=args.max_queued, data=args.data)
     return 0
 
 

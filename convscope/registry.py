@@ -19,7 +19,7 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .engine import Cost, approved, check_cost
 from .errors import ConvscopeError, OptionError
@@ -27,7 +27,8 @@ from .options import Options, OptionSpec, option_specs, options_model, validate_
 
 SHAPE_NOTE = re.compile(r",?\s*\((?:B|out), [\w, ]*\)")  # ", (B, 1, H, W)": a shape note for Python readers
 
-__all__ = ["FAMILIES", "GROUPS", "TAKES", "CostContext", "MethodInfo", "Plan", "ReportSpec", "Tool", "explain", "get",
+__all__ = ["CAM_LAYER", "FAMILIES", "GROUPS", "TAKES", "CostContext", "LayerUse",
+           "MethodInfo", "Plan", "ReportSpec", "Tool", "explain", "get",
            "methods", "register", "tools"]
 
 FAMILIES = {
@@ -90,6 +91,7 @@ class Tool:
     group: str | None = None
     quick: dict[str, Any] = field(default_factory=dict)
     uses_layer: bool = False
+    layer: LayerUse | None = None  # what a given layer must be and what the tool does without one (None: takes no layer)
     uses_target: bool = False
     loops: bool = False  # accepts progress= (reports progress, can be cancelled)
     cost: CostFn | None = None
@@ -309,9 +311,27 @@ _TOOLS: dict[str, Tool] = {}
 _ALIASES: dict[str, str] = {}
 
 
+@dataclass(frozen=True)
+class LayerUse:
+    """How a tool that takes ``layer=`` uses it, for the front ends: ``needs`` what the layer must give — "maps"
+    (an output (C, H, W): CAMs, feature maps, visualization), "conv" (a convolution: its filters) or "output" (any
+    output: pooled into features); ``default`` what the tool does without one, in words; ``cam``: that default is the
+    model's default CAM layer (``layers.default_cam_layer``), which a front end can name."""
+
+    needs: Literal["maps", "conv", "output"] = "maps"
+    default: str = "the tool's own choice"
+    cam: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"needs": self.needs, "default": self.default, "cam": self.cam}
+
+
+CAM_LAYER = LayerUse("maps", "the last feature map (the default CAM layer)", cam=True)
+
+
 def register(name: str, *, family: str, takes: str, returns: str, paper: str, group: str | None = None,
              quick: dict[str, Any] | None = None, cost: CostFn | None = None, report: ReportSpec | None = ReportSpec(),
-             aliases: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+             aliases: Sequence[str] = (), layer: LayerUse | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator adding a tool to the registry under ``name``; returns the checked entry point.
 
     family:  one of ``FAMILIES``; group: for attribution, one of ``GROUPS``.
@@ -319,7 +339,8 @@ def register(name: str, *, family: str, takes: str, returns: str, paper: str, gr
              dataset; ``models`` then the pictures).
     returns: the kind of result (``Result.kind`` or another displayable object's ``kind``).
     quick:   options for a fast, coarse run (previews, ``--quick``, tests); cost: ``CostContext -> Cost``;
-    report:  how the report shows it (None: not in the report).
+    report:  how the report shows it (None: not in the report); layer: how it uses ``layer=`` (default: the CAM
+             layer rule for the cam group, else :class:`LayerUse`'s defaults).
     """
     if family not in FAMILIES:
         raise ValueError(f"bad registration for {name}: family {family!r} is not one of {', '.join(FAMILIES)}")
@@ -338,6 +359,7 @@ def register(name: str, *, family: str, takes: str, returns: str, paper: str, gr
         model = options_model(fn, name=name, skip=(*inputs, *SPECIAL))
         tool = Tool(name, fn, family, takes, returns, paper, model, group, dict(quick or {}),
                     uses_layer=_takes(fn, "layer"), uses_target=_takes(fn, "target"),
+                    layer=(layer or (CAM_LAYER if group == "cam" else LayerUse())) if _takes(fn, "layer") else None,
                     loops="progress" in signature.parameters, cost=cost, report=report, aliases=tuple(aliases),
                     inputs=inputs)
         _check_partial(tool, dict(quick or {}))  # a typo in the quick options fails at import, not in a test

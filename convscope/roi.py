@@ -17,7 +17,7 @@ from pydantic import Field
 from .engine import Cost
 from .errors import ConvscopeError
 from .metrics.nested import method as checked_method
-from .registry import CostContext, ReportSpec, register
+from .registry import CAM_LAYER, CostContext, ReportSpec, register
 from .result import Displayable, Result
 from .targets import Target
 
@@ -171,6 +171,7 @@ def _class_regions_cost(context: CostContext) -> Cost:
 
 
 @register("class_regions", family="workflow", takes="images", returns="regions", cost=_class_regions_cost,
+          layer=CAM_LAYER,
           paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization (boxes from a thresholded map)",
           report=ReportSpec(title="Region of interest", options={"threshold": 0.4},
                             note="The part of the picture the map for the top class points at (where it reaches 40% of its "

@@ -7,10 +7,14 @@ their adaptive pooling, so the tests feed them small pictures (``SMALL_SIZE``) t
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -130,6 +134,35 @@ def digit_folder(root: Path, count: int = 40) -> Path:
         (root / str(label)).mkdir(parents=True, exist_ok=True)
         picture.save(root / str(label) / f"{i}.png")
     return root
+
+
+# -- a dataset a user zips (the web app's dataset upload) ------------------------------------------------------------
+def _png_bytes(array: Any) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shapes_zip(model: cs.Model, count: int, *, masks: bool = True, root: str = "shapes") -> tuple[bytes, list[str]]:
+    """The first ``count`` pictures of the built-in snow/sand shapes as PNGs in label folders, their object masks
+    under masks/ (white = object): what a user zips from a folder."""
+    from convscope.data import named_dataset
+
+    x, brought = named_dataset("shapes", model)
+    buffer, labels = io.BytesIO(), []
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(count):
+            picture = (model.denormalize(x[i:i + 1])[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+            label = model.label(int(brought["labels"][i]))
+            labels.append(label)
+            archive.writestr(f"{root}/{label}/{i}.png", _png_bytes(picture))
+            if masks:
+                archive.writestr(f"{root}/masks/{label}/{i}.png", _png_bytes((brought["regions"][i].numpy() * 255).astype(np.uint8)))
+        archive.writestr(f"{root}/.DS_Store", b"junk")
+        archive.writestr("__MACOSX/._x.png", b"junk")
+    return buffer.getvalue(), labels
 
 
 # -- the README's placeholder files (tests/test_readme.py) ---------------------------------------------------------

@@ -6,6 +6,7 @@ Server-Sent Events, and a concurrent burst (nothing lost, no 500s)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import io
@@ -13,6 +14,7 @@ import json
 import re
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,16 +29,16 @@ from pydantic import Field
 
 import convscope as cs
 import convscope.web as web
+from conftest import shapes_zip
 from convscope import engine, registry, render
 from convscope.data import DATASETS
 from convscope.engine import Cost
 from convscope.options import PythonOnly
 from convscope.progress import ProgressArg, tracker
 from convscope.registry import CostContext, register, unregister
-from convscope.web.api import offered as options_specs
-from convscope.web.api import options_schema
 from convscope.web.jobs import Job
-from convscope.web.server import ROUTES
+from convscope.web.tools import offered as options_specs
+from convscope.web.tools import options_schema
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -214,6 +216,13 @@ def options_of(schema: dict[str, Any], tool: str) -> dict[str, Any]:
     return resolve(schema, body["properties"]["options"])
 
 
+def flat_routes(routes: list[Any]) -> Iterator[Any]:
+    """The app's routes, those of included routers too (FastAPI keeps an included router as one entry)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from flat_routes(inner.routes) if inner is not None else [route]
+
+
 def job_count(server: web.Server) -> int:
     return len(ok_json(server, "GET", "/api/jobs")["jobs"])
 
@@ -223,7 +232,8 @@ def test_openapi_schema_is_generated_from_the_route_table_and_the_registry(serve
     schema = ok_json(server, "GET", "/api/openapi.json")
     assert schema["openapi"].startswith("3.1")
     documented = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
-    routed = {(r.method, r.path) for r in ROUTES if r.path.startswith("/api/") and r.expand is None}
+    routed = {(method, route.path) for route in flat_routes(server.asgi.app.routes) for method in route.methods
+              if route.path.startswith("/api/") and route.include_in_schema and method != "HEAD"}
     tools = {("POST", f"/api/tools/{t.name}/jobs") for t in registry.tools()}
     assert documented == routed | tools and len(routed) >= 20 and len(tools) >= 19
     operations = [op["operationId"] for ops in schema["paths"].values() for op in ops.values()]
@@ -258,6 +268,10 @@ def test_tools_come_from_the_registry(server: web.Server) -> None:
         assert set(entry["options_schema"]["properties"]) == {s.name for s in specs}
         for key in ("family", "group", "takes", "returns", "paper", "uses_layer", "uses_target", "loops"):
             assert entry[key] == getattr(tool, key), (tool.name, key)
+        assert (entry["layer"] is not None) == tool.uses_layer  # what a layer must give and the default, for the page
+        if tool.uses_layer:
+            assert entry["layer"]["needs"] in ("maps", "conv", "output") and entry["layer"]["default"]
+            assert entry["layer"]["cam"] == (tool.group == "cam" or tool.name in ("audit", "robustness", "class_regions"))
         assert entry["summary"] == tool.description and "(B, " not in entry["summary"]  # for a person: no tensor shapes
         assert entry["jobs"] == f"/api/tools/{tool.name}/jobs" and "options" not in entry["inputs"]
         assert ok_json(server, "GET", f"/api/tools/{tool.name}") == entry
@@ -521,7 +535,7 @@ def test_upload_limits_and_formats(lite0: cs.Model, cat_png: bytes) -> None:
 
 # -- safety --------------------------------------------------------------------------------------------
 def test_binds_localhost_and_rejects_foreign_hosts_and_origins(server: web.Server) -> None:
-    assert server.httpd.server_address[0] == "127.0.0.1" and server.url == f"http://127.0.0.1:{server.port}/"
+    assert server.socket.getsockname()[0] == "127.0.0.1" and server.url == f"http://127.0.0.1:{server.port}/"
     with pytest.raises(ValueError, match="allow_remote"):
         web.make_app(port=0, host="0.0.0.0")
     port = server.port
@@ -533,10 +547,16 @@ def test_binds_localhost_and_rejects_foreign_hosts_and_origins(server: web.Serve
         assert call(server, "GET", "/api/samples", host=host)[0] == 200, host
     body = {"image": "sample-cat"}
     for headers in ({"Origin": "http://evil.example"}, {"Origin": f"http://127.0.0.1:{port + 1}"}, {"Origin": "null"},
-                    {"Sec-Fetch-Site": "cross-site"}):
+                    {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://localhost"}, {"Origin": f"https://127.0.0.1:{port}"},
+                    {"Origin": f"http://localhost:{port}"}):  # only the exact origin the page is served from (Host: 127.0.0.1:port)
         reply = call(server, "POST", "/api/tools/gradcam/jobs", body, headers)
         assert reply[0] == 403, headers
         error_of(reply)
+    malformed = call(server, "POST", "/api/tools/gradcam/jobs", body, {"Origin": "http://[::1"})
+    assert malformed[0] == 400 and "Origin" in error_of(malformed)
+    same = call(server, "POST", "/api/tools/gradcam/jobs", body, {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
+    assert same[0] == 202
+    finish(server, json.loads(same[2])["id"])
     status, headers, page = call(server, "GET", "/")
     assert status == 200 and b'id="layer-tree"' in page and "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
@@ -566,12 +586,12 @@ def test_the_page_loads_nothing_from_the_network_and_inserts_no_html(server: web
     ("GET", "/api/models/efficientnet_lite0/layers/_bn0/filters", None, 400, "no convolution filters"),
     ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps?image=sample-cat&page=99", None, 404, "page 99"),
     ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps/40.png?image=sample-cat", None, 404, "channel"),
-    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps?image=sample-cat&per_page=x", None, 400, "integer"),
-    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps?image=sample-cat&order=worst", None, 400, "order"),
-    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps", None, 400, "image"),
+    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps?image=sample-cat&per_page=x", None, 422, "integer"),
+    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps?image=sample-cat&order=worst", None, 422, "order"),
+    ("GET", "/api/models/efficientnet_lite0/layers/_blocks.3/feature_maps", None, 422, "image"),
     ("GET", "/api/models/efficientnet_lite0/predict?image=0123456789abcdef", None, 404, "unknown image"),
     ("GET", "/api/models/efficientnet_lite0/predict?image=sample-dog", None, 404, "unknown sample"),
-    ("GET", "/api/models/efficientnet_lite0/predict?image=sample-cat&k=0", None, 400, ">= 1"),
+    ("GET", "/api/models/efficientnet_lite0/predict?image=sample-cat&k=0", None, 422, "greater than or equal to 1"),
     ("GET", "/api/models/efficientnet_lite0/classes/1000", None, 404, "unknown class"),
     ("GET", "/api/models/efficientnet_lite0/classes/-1", None, 404, "unknown class"),
     ("GET", "/api/jobs/feedfacefeedface", None, 404, "unknown job"),
@@ -596,14 +616,33 @@ def test_bad_requests_get_a_json_4xx_never_a_500(server: web.Server, method: str
     assert call(server, "GET", "/api/samples")[0] == 200  # and the server keeps serving
 
 
+def read_all(raw: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (or 10 s pass)."""
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := raw.recv(65536):
+            data += chunk
+    return data
+
+
 def test_the_server_survives_garbage_and_stalled_connections(server: web.Server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:  # even a protocol error is answered in JSON
         raw.sendall(b"\x16\x03\x01 this is not http\r\n\r\n")
-        raw.recv(1024)
+        answer = read_all(raw)
+        assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"].startswith("malformed HTTP request")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:  # a body that never comes
         raw.sendall(f"POST /api/tools/gradcam/jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 999\r\n\r\n{{".encode())
-    chunked = call(server, "POST", "/api/images", None, {"Transfer-Encoding": "chunked", "Content-Type": "image/png"})
-    assert chunked[0] == 411
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:  # chunked: the limit holds while reading
+        raw.sendall(f"POST /api/images HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: image/png\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"\x89PNG\r\n\x1a\n" + b"x" * 100_000
+        with contextlib.suppress(OSError):  # the server may answer and close before all of it is sent
+            for _ in range(22):  # 2.2 MB, over the 2 MB limit, and never the last chunk: the answer cannot wait for the end
+                raw.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        answer = read_all(raw)
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert "limit" in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
     reply = call(server, "POST", "/api/tools/gradcam/jobs", b"x" * 70_000)
     assert reply[0] == 413 and "limit" in error_of(reply)
     assert ok_json(server, "GET", "/api/models")["default"] == "efficientnet_lite0"
@@ -652,11 +691,22 @@ def test_feature_maps_top_channels_first_paged(server: web.Server, lite0: cs.Mod
     top = ranked[0]
     status, headers, data = call(server, "GET", pages[0]["items"][0]["url"])
     assert status == 200 and headers["content-type"] == "image/png"
+    assert headers["content-disposition"] == f'inline; filename="cat__blocks.3_channel{top}.png"'
     picture = decode(data)
-    expected = render.colorize(render.normalize(acts[top], "minmax"), "viridis")
+    # coloured as the library draws feature maps: each channel relative to its own peak, on the layer's scale
+    # (this block's output has negative values: the diverging map, 0 = white)
+    scale = render.features.maps_scale(acts)
+    assert scale.signed and pages[0]["scale"]["signed"] and "0 (white)" in pages[0]["scale"]["text"]
+    expected = scale.colours(render.scale.relative(acts[top], True))
     assert picture.shape == (28, 28, 3) and np.abs(picture.astype(int) - expected.astype(int)).max() <= 1
+    zero = np.unravel_index(int(acts[top].abs().argmin()), (28, 28))
+    assert picture[zero].min() > 200  # ~0 is (near) white
+    assert pages[0]["items"][0]["min"] == pytest.approx(float(acts[top].min()), abs=1e-4)
+    legend = decode(call(server, "GET", pages[0]["scale"]["legend"])[2])
+    assert legend.shape[0] == 160 and legend.shape[1] > 20
     grid = decode(call(server, "GET", pages[0]["grid"])[2])
-    assert grid.shape == (2 + 1 * (84 + 2), 2 + 8 * (84 + 2), 3)  # 8 maps of 28 px, 3x, in one row
+    height = 2 + 1 * (84 + 2)  # 8 maps of 28 px, 3x, in one row, then its colour bar (enlarged to be readable)
+    assert grid.shape[0] % height == 0 and grid.shape[1] > (2 + 8 * (84 + 2)) * grid.shape[0] // height
     stem = ok_json(server, "GET", "/api/models/efficientnet_lite0/layers/_swish%400/feature_maps?image=sample-cat&per_page=256")
     assert stem["layer"] == "_swish@0" and stem["shape"] == [32, 112, 112] and len(stem["items"]) == 32
 
@@ -678,7 +728,16 @@ def test_filters(server: web.Server, lite0: cs.Model) -> None:
     pointwise = ok_json(server, "GET", "/api/models/efficientnet_lite0/layers/_blocks.3._project_conv/filters")
     assert pointwise["shape"] == [40, 144, 1, 1] and pointwise["kind"] == "matrix"
     matrix = decode(call(server, "GET", pointwise["grid"])[2])
-    assert matrix.shape == (40 * 4, 144 * 4, 3)
+    assert matrix.shape[0] == 40 * 4 and matrix.shape[1] > 144 * 4 + 40  # the (filters x inputs) matrix, 4x, and its colour bar
+    w = lite0.module._blocks[3]._project_conv.weight.detach()[:, :, 0, 0]
+    scale = render.scale.scale_of(w, signed=True)
+    assert np.abs(matrix[::4, :144 * 4:4].astype(int) - scale.colours(w).astype(int)).max() <= 1  # red > 0 > blue, 0 white
+    rows = pointwise["rows"]
+    assert [r["filter"] for r in rows] == list(range(40)) and len(rows[0]["strongest"]) == 6
+    first = rows[0]["strongest"][0]
+    assert first["input"] == int(w[0].abs().argmax()) and abs(first["weight"] - float(w[0, first["input"]])) < 1e-5
+    assert abs(rows[0]["norm"] - float(w[0].norm())) < 1e-5 and 1 <= rows[0]["inputs_for_90_percent"] <= 144
+    assert first["weight"] != 0 and depthwise["rows"] is None
 
 
 # -- jobs -----------------------------------------------------------------------------------------------
@@ -771,3 +830,87 @@ def test_several_models_each_with_its_own_queue(lite0: cs.Model, model_factory: 
         assert done["result"]["label"] == "tiger shark"
         with pytest.raises(cs.ConvscopeError, match="another port"):
             web.make_app([lite0], port=server.port)
+
+
+# -- datasets: uploaded as a zip of pictures and masks, or a folder given on the command line ------------------
+def test_an_uploaded_zip_of_pictures_and_masks_is_audited() -> None:
+    shapes = cs.load_model("shapes_biased")
+    data, labels = shapes_zip(shapes, 48)
+    with web.make_app([shapes], port=0).start() as server:
+        status, _, body = call(server, "POST", "/api/datasets", data, {"Content-Type": "application/zip"})
+        assert status == 201, body
+        upload = json.loads(body)
+        assert upload["name"].startswith("upload-") and upload["pictures"] == 48 and upload["masks"]
+        assert upload["labels"] == sorted(set(labels)) == ["circle", "square"]
+        listed = ok_json(server, "GET", "/api/datasets")["datasets"]
+        assert [d["name"] for d in listed] == [*DATASETS, upload["name"]]
+        assert upload["name"] in [d["name"] for d in ok_json(server, "GET", "/api/tools")["datasets"]]
+        job = ok_json(server, "POST", "/api/tools/audit/jobs", {"dataset": upload["name"], "options": {"swaps": 8}}, status=202)
+        done = finish(server, job["id"])
+        assert done["status"] == "done", done["error"]
+        # the same audit in Python on the same pictures and masks: the web ran it on the upload, labels and masks included
+        pictures = [Image.open(io.BytesIO(zipfile.ZipFile(io.BytesIO(data)).read(n))).convert("RGB")
+                    for n in sorted(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if "/masks/" not in n and n.endswith(".png")
+                                    and not n.startswith("__"))]
+        sorted_labels = [n.split("/")[1] for n in sorted(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist()
+                                                         if "/masks/" not in n and n.endswith(".png") and not n.startswith("__"))]
+        _, brought = server.app.dataset("shapes_biased", upload["name"])
+        expected = cs.audit(shapes, pictures, labels=sorted_labels, regions=brought["regions"], swaps=8)
+        assert done["result"]["text"] == render.text(expected)
+        assert expected.flagged.mean() > 0.5  # the biased model looks at the background: the audit says so
+        unmasked = json.loads(call(server, "POST", "/api/datasets", shapes_zip(shapes, 4, masks=False)[0],
+                                   {"Content-Type": "application/zip"})[2])
+        assert not unmasked["masks"] and "no masks" in unmasked["description"]
+        refused = call(server, "POST", "/api/tools/audit/jobs", {"dataset": unmasked["name"]})
+        assert refused[0] == 422 and "regions" in error_of(refused)  # refused before any job: audit needs the masks
+        embedded = ok_json(server, "POST", "/api/tools/embed/jobs", {"dataset": unmasked["name"], "options": {"projection": "pca"}},
+                           status=202)
+        points = finish(server, embedded["id"])["result"]["points"]
+        assert points["count"] == 4 and {p["label"] for p in points["points"]} <= {"circle", "square"}
+        for body, kind, status, words in [(b"PK not a zip", "application/zip", 400, "not a zip"),
+                                          (b"hello", "text/plain", 415, "zip"),
+                                          (_zip_of({"a.txt": b"x"}), "application/zip", 400, "no pictures"),
+                                          (_zip_of({"a.png": b"\x89PNG\r\n\x1a\nbroken"}), "application/zip", 400, "a.png")]:
+            reply = call(server, "POST", "/api/datasets", body, {"Content-Type": kind})
+            assert reply[0] == status and words in error_of(reply), reply
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def test_a_zip_bomb_is_refused_while_unpacking() -> None:
+    with web.make_app([cs.load_model("shapes_biased")], port=0, max_upload_bytes=1_000_000).start() as server:
+        bomb = _zip_of({"big.png": b"\x89PNG\r\n\x1a\n" + bytes(50_000_000)})  # 50 MB of zeros: ~50 kB zipped
+        assert len(bomb) < 200_000
+        started = time.perf_counter()
+        reply = call(server, "POST", "/api/datasets", bomb, {"Content-Type": "application/zip"})
+        assert reply[0] == 413 and "over the limit" in error_of(reply)
+        assert time.perf_counter() - started < 30
+        assert ok_json(server, "GET", "/api/samples")["samples"]
+
+
+def test_a_folder_given_on_the_command_line_is_the_dataset_data(tmp_path: Path) -> None:
+    from conftest import digit_folder
+
+    folder = digit_folder(tmp_path / "digits", count=30)
+    with web.make_app(["digits_cnn"], port=0, data=folder).start() as server:
+        names = [d["name"] for d in ok_json(server, "GET", "/api/tools")["datasets"]]
+        assert names == [*DATASETS, "data"]
+        job = ok_json(server, "POST", "/api/tools/embed/jobs", {"dataset": "data", "options": {"projection": "pca"}}, status=202)
+        done = finish(server, job["id"])
+        assert done["status"] == "done" and done["result"]["points"]["count"] == 30
+        sprite = decode(call(server, "GET", done["urls"]["sprite"])[2])
+        columns, size = done["result"]["points"]["columns"], done["result"]["points"]["size"]
+        assert sprite.shape[1] == columns * size and sprite.shape[0] >= 30 // columns * size
+        by_label = {p["label"] for p in done["result"]["points"]["points"]}
+        assert by_label == {str(d) for d in range(10)} & by_label and len(by_label) >= 5
+        assert all(0 <= p["x"] <= 1 and 0 <= p["y"] <= 1 for p in done["result"]["points"]["points"])
+        refused = call(server, "POST", "/api/tools/embed/jobs", {"dataset": str(folder)})
+        assert refused[0] == 422  # the page never sends paths: only the name "data"
+    with pytest.raises(cs.ConvscopeError, match="not a folder"):
+        web.make_app(["digits_cnn"], port=0, data=tmp_path / "nowhere")

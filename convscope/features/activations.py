@@ -25,7 +25,7 @@ from ..hooks import Guard, LayerRef
 from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
 from ..options import PythonOnly
-from ..registry import CostContext, ReportSpec, register
+from ..registry import CostContext, LayerUse, ReportSpec, register
 from ..result import Displayable, Result
 
 __all__ = ["FeatureWalk", "LayerDetails", "feature_maps", "layer_access", "layer_info", "top_channels"]
@@ -198,6 +198,7 @@ def _report_layers(model: Model, count: int = 4, smallest: int = 10) -> dict[str
 
 
 @register("feature_maps", family="features", takes="images", returns="feature_maps", cost=_feature_maps_cost,
+          layer=LayerUse("maps", "a few convolutions spread from the first to the last"),
           paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
           report=ReportSpec(options=_report_layers, title="Feature maps from shallow to deep",
                             note="One row per layer, from the first convolution to deeper ones at smaller resolutions (maps "

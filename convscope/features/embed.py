@@ -32,7 +32,7 @@ from ..layers import LayerSpec, resolve_layer
 from ..models import Model, as_model
 from ..options import PythonOnly, Seed
 from ..progress import ProgressArg, Tracker, tracker
-from ..registry import CostContext, ReportSpec, register
+from ..registry import CostContext, LayerUse, ReportSpec, register
 from ..result import Displayable
 
 __all__ = ["POOLS", "PROJECTIONS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
@@ -266,6 +266,7 @@ def _project(embedding: Embedding, projection: str, perplexity: float, seed: int
 
 
 @register("embed", family="embedding", takes="dataset", returns="embedding", cost=_embed_cost,
+          layer=LayerUse("output", "the input of the classifier head (its pooled features)"),
           paper="van der Maaten & Hinton 2008, Visualizing Data using t-SNE (the map); penultimate CNN features",
           quick={"projection": "pca", "thumbnail_size": 32},
           report=ReportSpec(options={"thumbnail_size": 32}, quick={"projection": "pca"}, title="The dataset in feature space",

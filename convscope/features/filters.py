@@ -17,7 +17,7 @@ from ..errors import LayerError
 from ..hooks import LayerRef
 from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
-from ..registry import ReportSpec, register
+from ..registry import LayerUse, ReportSpec, register
 from ..result import Result
 
 __all__ = ["compare_filters", "filter_smoothness", "filters", "first_conv"]
@@ -60,6 +60,7 @@ def filter_smoothness(weights: torch.Tensor) -> float:
 
 
 @register("filters", family="features", takes="model", returns="filters", cost=lambda context: Cost(0),
+          layer=LayerUse("conv", "the first convolution"),
           paper="Krizhevsky, Sutskever & Hinton 2012; Zeiler & Fergus 2014 (first-layer filters)",
           report=ReportSpec(title="First-layer filters",
                             note="Each tile is one kernel of the first convolution (on a colour model its three colour "

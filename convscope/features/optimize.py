@@ -31,7 +31,7 @@ from ..layers import is_conv, resolve_layer, trace
 from ..models import Model, as_model
 from ..options import BatchSize, Precision, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import CostContext, ReportSpec, register
+from ..registry import CostContext, LayerUse, ReportSpec, register
 from ..result import Result
 from .activations import _resolve_refs, _Tap, structure_trace
 from .objectives import Evaluation, Objective, as_objective, class_logit, layer_l2, objective_from_string
@@ -281,6 +281,7 @@ def _per_image(targets: list[int] | None, batch: int) -> list[int] | None:
 
 
 @register("maximize", family="features", takes="model", returns="picture", cost=_maximize_cost,
+          layer=LayerUse("maps", "a convolution about 60% of the way through the network"),
           paper="Olah, Mordvintsev & Schubert 2017, Feature Visualization (Distill)",
           quick={"steps": 32, "size": 96},
           report=ReportSpec(options={"objective": "0-63", "steps": 64, "size": 96}, quick={"objective": "0-7", "steps": 16, "size": 64},
@@ -509,6 +510,7 @@ def _dream_cost(context: CostContext) -> Cost:
 
 
 @register("dream", family="features", takes="image", returns="picture", cost=_dream_cost,
+          layer=LayerUse("maps", "a convolution about 60% of the way through the network"),
           paper="Mordvintsev, Olah & Tyka 2015, Inceptionism: Going Deeper into Neural Networks",
           quick={"octaves": 2, "steps": 4, "size": 160},
           report=ReportSpec(title="Deep Dream", quick={"octaves": 2, "steps": 3},

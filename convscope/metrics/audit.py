@@ -41,7 +41,7 @@ from ..images import to_uint8
 from ..models import Model, as_model
 from ..options import BatchSize, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import CostContext, register
+from ..registry import CAM_LAYER, CostContext, register
 from ..result import Displayable
 from .nested import method as checked_method
 
@@ -389,8 +389,14 @@ def _pictures_of(dataset: Any) -> Any:
     return dataset[0] if data.is_pair(dataset) else dataset
 
 
+REGIONS_NEEDED = "audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks (in the web app: a dataset with masks)"
+
+
 def _audit_cost(context: CostContext) -> Cost:
-    """Per picture: the method's map of it, and (with the swap test) one forward of a composite."""
+    """Per picture: the method's map of it, and (with the swap test) one forward of a composite. A call without
+    the object regions is refused here, before any work (the web app answers 422 instead of queueing it)."""
+    if context.options.get("regions") is None:
+        raise InputError(REGIONS_NEEDED)
     model = context.model
     if model is None:
         return Cost(0, per_item=True)
@@ -407,6 +413,7 @@ def _audit_cost(context: CostContext) -> Cost:
 
 
 @register("audit", family="workflow", takes="dataset", returns="audit", cost=_audit_cost, report=None,
+          layer=CAM_LAYER,
           paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (the pointing game); Wang et al. "
                 "2020, Score-CAM (its energy-based pointing game); Xiao et al. 2021, Noise or Signal: The Role of Image "
                 "Backgrounds in Object Recognition (objects on other classes' backgrounds)",
@@ -452,7 +459,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
     wrapped = as_model(model)
     chosen = checked_method(method, {**method_options, "layer": layer}, who="audit")
     if regions is None:
-        raise InputError("audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks")
+        raise InputError(REGIONS_NEEDED)
     source = data.source(wrapped, dataset, labels)
     pictures = _pictures_of(dataset)
     if batch_size is None and isinstance(pictures, torch.Tensor) and pictures.dim() == 4:

@@ -31,7 +31,7 @@ from ..errors import ConvscopeError, InputError
 from ..models import Model, as_model
 from ..options import BatchSize, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import CostContext, ReportSpec, register
+from ..registry import CAM_LAYER, CostContext, ReportSpec, register
 from ..result import Displayable
 from .nested import method as checked_method
 
@@ -576,6 +576,7 @@ def _robustness_cost(context: CostContext) -> Cost:
 
 
 @register("robustness", family="workflow", takes="image", returns="robustness", cost=_robustness_cost,
+          layer=CAM_LAYER,
           paper="Hendrycks & Dietterich 2019, Benchmarking Neural Network Robustness to Common Corruptions and "
                 "Perturbations (the idea; the sweep and the map comparison are convscope's)",
           quick={"perturbations": ["brightness", "shadow", "blur", "rotation"]},

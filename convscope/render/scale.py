@@ -231,14 +231,17 @@ def colorbar_strip(scale: Scale, height: int, *, dpi: int = 110) -> np.ndarray:
     from .core import canvas_array
 
     fontsize = 6 if height < 200 else 7
-    width = round(fontsize * 13.5)
+    label = _wrap(scale.label(), height, fontsize)
+    extra = label.count("\n")  # a second line of label needs room left of the bar
+    width = round(fontsize * (13.5 + 2.5 * extra))
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    bar_ax = fig.add_axes((0.30, 0.04, 0.13, 0.92))
+    left = 0.30 + 0.1 * extra
+    bar_ax = fig.add_axes((left, 0.04, 0.13 * 13.5 / (13.5 + 2.5 * extra), 0.92))
     bar = fig.colorbar(_mappable(scale), cax=bar_ax)
     bar.ax.tick_params(labelsize=fontsize, length=2, pad=1)
     _ticks(bar, scale)
     bar.ax.yaxis.set_label_position("left")
-    bar.set_label(_wrap(scale.label(), height, fontsize), fontsize=fontsize, labelpad=1, linespacing=1.0)
+    bar.set_label(label, fontsize=fontsize, labelpad=1, linespacing=1.0)
     strip = canvas_array(fig, dpi)
     if strip.shape[0] != height:  # rounding: pad or cut to the picture's height
         from PIL import Image

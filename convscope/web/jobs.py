@@ -4,13 +4,12 @@ A job is a callable ``run(progress) -> JobOutput`` (the web app's: a planned too
 ``progress(done, total, what)`` is the callback every tool that loops accepts (``convscope.progress``):
 it records the progress and raises ``Cancelled`` once the job was cancelled, which stops the computation
 at its next unit of work (the model is restored as after any error). A job whose tool reports no
-progress is cancelled when it returns (its result is dropped). ``events()`` turns a job's changes into
-Server-Sent Events.
+progress is cancelled when it returns (its result is dropped). Each change bumps ``Job.version``, which
+the event stream (``tools._events``) watches.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import secrets
@@ -18,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,22 +205,9 @@ class JobManager:
         for q in queues:
             q.put(None)
 
-    # -- Server-Sent Events ---------------------------------------------------------------------------
-    def events(self, job: Job, describe: Callable[[Job], dict[str, Any]] = Job.snapshot, *, keepalive: float = 15.0,
-               min_interval: float = 0.15) -> Iterator[bytes]:
-        """``event: progress`` while queued/running (at most one per ``min_interval``), then one
-        ``event: done | error | cancelled``, each with ``describe(job)`` as JSON; comments keep the stream alive."""
-        yield b"retry: 3000\n\n"
-        version = -1
-        while not self.closed.is_set():
-            current = job.wait(version, keepalive)
-            if current == version:
-                yield b": keepalive\n\n"
-                continue
-            version = current
-            snap = describe(job)
-            name = snap["status"] if snap["status"] in TERMINAL else "progress"
-            yield f"event: {name}\ndata: {json.dumps(snap)}\n\n".encode()
-            if name != "progress":
-                return
-            time.sleep(min_interval)
+    def typical_seconds(self, lane: str) -> float:
+        """About how long a job on ``lane`` takes: the median of its recent finished jobs (5 s before any)."""
+        with self._lock:
+            spans = sorted(j.finished - j.started for j in self._jobs.values()
+                           if j.lane == lane and j.started is not None and j.finished is not None)
+        return spans[len(spans) // 2] if spans else 5.0

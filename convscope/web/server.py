@@ -1,18 +1,16 @@
-"""The HTTP side of ``convscope serve``: a route table, the checks every request passes, and the server.
+"""The HTTP side of ``convscope serve``: a FastAPI app on uvicorn, the checks every request passes, and the server.
 
-Standard library only (``http.server.ThreadingHTTPServer``): nothing to install, and importing it is cheap.
-The route table (``ROUTES``, filled by ``@route`` in ``api.py``) is the single source of truth: the
-dispatcher matches requests against it, coerces and validates query parameters from it, and
-``openapi()`` generates the OpenAPI 3.1 schema from it — no hand-kept duplicate. A route whose path has a
-registry-generated part (``POST /api/tools/{tool}/jobs``) carries an ``expand`` callable that gives one
-concrete route per registered tool, with that tool's options schema as its request body; the schema is
-built on request, so a tool registered after the server started is documented too.
+The endpoints are in ``api.py`` (an ``APIRouter``); this module builds the application around them: the
+safety checks (a pure ASGI middleware that runs before any route), errors as JSON everywhere — FastAPI's
+validation errors, unknown paths, wrong methods and even the HTTP protocol errors uvicorn answers itself —
+the OpenAPI schema (FastAPI's, plus one documented path per registered tool, rebuilt when the registry
+changes) and an API docs page drawn on the server from that schema (no CDN: the page works offline).
 
-Safety, all on by default: binds 127.0.0.1 (other interfaces only with ``allow_remote=True``); rejects a
-``Host`` header that is not localhost / 127.0.0.1 / [::1] (DNS rebinding) with 421; rejects cross-site
-``POST`` (``Origin`` / ``Sec-Fetch-Site``) with 403; refuses bodies over the limit with 413 before reading
-them; answers every error as JSON ``{"error": "..."}``; an unexpected exception is a logged 500 that never
-stops the server.
+Safety, all on by default: binds 127.0.0.1 (another interface only with ``allow_remote=True``, with a
+warning); a ``Host`` header that is not localhost / 127.0.0.1 / [::1] with this port (DNS rebinding), or a
+second ``Host`` header → 421; a state-changing request from any origin other than the exact one the page is
+served from (scheme, host and port) → 403, a malformed ``Origin`` → 400; bodies over the limit → 413
+before they are read (uploads: while they are read); a strict Content-Security-Policy on every answer.
 """
 
 from __future__ import annotations
@@ -23,18 +21,26 @@ import logging
 import re
 import socket
 import threading
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from convscope.errors import ConvscopeError
 
-__all__ = ["ROUTES", "HTTPError", "Param", "Request", "Response", "Route", "Server", "documented", "make_app", "openapi", "route",
-           "serve"]
+__all__ = ["ERROR_SCHEMA", "HTTPError", "PNGResponse", "Server", "build_app", "check_bind", "errors", "host_allowed", "make_app",
+           "origin_allowed", "parse_json", "png_response", "read_body", "read_json", "safe_filename", "serve", "static_file"]
 
 log = logging.getLogger("convscope.web")
 
@@ -42,6 +48,9 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 DEFAULT_MAX_UPLOAD = 20 * 2**20  # bytes of an uploaded picture
 DEFAULT_MAX_PIXELS = 40_000_000  # width * height of an uploaded picture, checked before decoding
 MAX_JSON_BODY = 64 * 2**10  # bytes of any other request body
+BACKLOG = 1024  # pending connections the kernel keeps (Python's http.server kept 5)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_JSON_DEPTH = 32  # nesting of a JSON request body
 
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
@@ -53,9 +62,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
 }
+_HEADER_BYTES = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 
 
-# -- the route table ---------------------------------------------------------------------------------
 class HTTPError(Exception):
     """An answer other than 2xx: ``raise HTTPError(404, "unknown job 'x'")`` -> JSON ``{"error": ...}``;
     ``details`` adds fields to that object (``{"error": ..., "field": "steps", "minimum": 1, ...}``)."""
@@ -67,376 +76,300 @@ class HTTPError(Exception):
         self.details = {k: v for k, v in (details or {}).items() if k != "error"}
 
 
-@dataclass(frozen=True)
-class Param:
-    """A query parameter: coerced to ``type`` (int | str | bool) by the dispatcher, documented in the schema."""
-
-    name: str
-    type: type = str
-    required: bool = False
-    default: Any = None
-    help: str = ""
-    minimum: int | None = None
-    maximum: int | None = None
-
-    def coerce(self, text: str | None) -> Any:
-        if text is None or text == "":
-            if self.required:
-                raise HTTPError(400, f"query parameter {self.name!r} is required ({self.help})")
-            return self.default
-        if self.type is int:
-            try:
-                value = int(text)
-            except ValueError:
-                raise HTTPError(400, f"query parameter {self.name!r} must be an integer, got {text[:40]!r}") from None
-            if self.minimum is not None and value < self.minimum:
-                raise HTTPError(400, f"query parameter {self.name!r} must be >= {self.minimum}, got {value}")
-            if self.maximum is not None and value > self.maximum:
-                raise HTTPError(400, f"query parameter {self.name!r} must be <= {self.maximum}, got {value}")
-            return value
-        if self.type is bool:
-            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise HTTPError(400, f"query parameter {self.name!r} must be true or false, got {text[:40]!r}")
-            return text.lower() in ("1", "true", "yes")
-        return text
-
-    def schema(self) -> dict[str, Any]:
-        kind = {int: "integer", bool: "boolean"}.get(self.type, "string")
-        out: dict[str, Any] = {"type": kind}
-        if self.default is not None:
-            out["default"] = self.default
-        if self.minimum is not None:
-            out["minimum"] = self.minimum
-        if self.maximum is not None:
-            out["maximum"] = self.maximum
-        return out
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())[:2000], **details}, status, headers=headers)
 
 
-@dataclass(frozen=True)
-class Route:
-    """One endpoint: ``method`` + ``path`` template (``/api/jobs/{job}``, ``/api/images/{image}.png``)."""
-
-    method: str
-    path: str
-    handler: Callable[..., Any]
-    summary: str
-    query: tuple[Param, ...] = ()
-    body: str | None = None  # None | "json" | "image" (raw image bytes or multipart/form-data)
-    produces: str = "application/json"  # or image/png, text/event-stream, text/html
-    status: int = 200
-    errors: tuple[int, ...] = ()
-    tag: str = "api"
-    body_schema: dict[str, Any] | None = None
-    path_help: dict[str, str] = field(default_factory=dict)
-    operation_id: str | None = None  # default: the handler's name
-    components: dict[str, Any] = field(default_factory=dict)  # schemas the body schema refers to (#/components/schemas/...)
-    expand: Callable[[], Sequence[Route]] | None = None  # the concrete routes the schema documents instead of this one
-
-    @property
-    def path_params(self) -> list[str]:
-        return re.findall(r"{(\w+)}", self.path)
-
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        parts = re.split(r"({\w+})", self.path)
-        regex = "".join(f"(?P<{p[1:-1]}>[^/]+?)" if p.startswith("{") else re.escape(p) for p in parts)
-        return re.compile(f"^{regex}$")
-
-
-ROUTES: list[Route] = []
-
-
-def route(method: str, path: str, summary: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding an endpoint to ``ROUTES`` (the dispatcher and the OpenAPI schema read it)."""
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if any(r.method == method and r.path == path for r in ROUTES):
-            raise ValueError(f"route {method} {path} is defined twice")
-        ROUTES.append(Route(method, path, fn, summary, **{k: tuple(v) if k in ("query", "errors") else v for k, v in kw.items()}))
-        return fn
-
-    return decorate
-
-
-@dataclass
-class Request:
-    """What a handler gets: path parameters (decoded), coerced query values, headers and the body."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    query: dict[str, Any]
-    headers: Any
-    body: bytes = b""
-
-    def json(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.body.decode("utf-8") or "{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HTTPError(400, f"the request body is not valid JSON ({exc})") from None
-        if not isinstance(value, dict):
-            raise HTTPError(400, "the request body must be a JSON object")
-        return value
-
-
-@dataclass
-class Response:
-    """A complete answer, or a stream (``chunks``: an iterator of bytes, e.g. Server-Sent Events)."""
-
-    body: bytes = b""
-    content_type: str = "application/json"
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    chunks: Iterator[bytes] | None = None
-
-    @classmethod
-    def json(cls, value: Any, status: int = 200) -> Response:
-        return cls(json.dumps(value, allow_nan=False).encode("utf-8"), "application/json", status)
-
-    @classmethod
-    def png(cls, data: bytes, *, cache: bool = False, filename: str | None = None) -> Response:
-        headers = {"Cache-Control": "private, max-age=3600" if cache else "no-store"}
-        if filename:
-            headers["Content-Disposition"] = f'inline; filename="{filename}"'
-        return cls(data, "image/png", 200, headers)
-
-
-def match(method: str, path: str, routes: Sequence[Route] = ROUTES) -> tuple[Route, dict[str, str]]:
-    """The route for ``method path`` and its decoded path parameters; 404 / 405 otherwise."""
-    allowed = []
-    for r in sorted(routes, key=lambda r: -len(re.sub(r"{\w+}", "", r.path))):  # the most specific first
-        found = r.pattern.match(path)
-        if found:
-            if r.method == method:
-                return r, {k: unquote(v) for k, v in found.groupdict().items()}
-            allowed.append(r.method)
-    if allowed:
-        raise HTTPError(405, f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
-                        {"Allow": ", ".join(sorted(set(allowed)))})
-    raise HTTPError(404, f"no such endpoint: {method} {path[:200]} (see /api/openapi.json)")
-
-
-# -- the OpenAPI schema, generated from ROUTES ---------------------------------------------------------
-def documented(routes: Sequence[Route] = ROUTES) -> list[Route]:
-    """The routes the schema lists: each API route, a registry-generated one as its concrete routes."""
-    out: list[Route] = []
-    for r in routes:
-        if r.path.startswith("/api/"):
-            out += list(r.expand()) if r.expand is not None else [r]
-    return out
-
-
+# -- answers and request bodies ---------------------------------------------------------------------
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {
     "error": {"type": "string", "description": "one line: what was wrong and what to do"},
-    "field": {"type": ["string", "null"], "description": "the request field or option that was refused"},
-    "in": {"enum": ["body", "options"], "description": "where that field is: the request body or its options"},
+    "field": {"type": ["string", "null"], "description": "the request field, parameter, header or option that was refused"},
+    "in": {"enum": ["body", "options", "query", "path", "header", "request"], "description": "where that field is"},
     "given": {"description": "the value given for that field"},
     "allowed": {"type": ["string", "null"], "description": "its allowed range in words ('1 to 4,096')"},
     "minimum": {"type": ["number", "null"]}, "maximum": {"type": ["number", "null"]},
     "choices": {"type": "array", "description": "its allowed values, when it has a list of them"},
     "default": {"description": "the option's default"},
-    "estimate": {"type": "object", "description": "a refused call's cost estimate (forwards, memory in bytes, detail)"},
+    "estimate": {"type": ["object", "null"], "description": "a refused call's cost estimate (forwards, memory in bytes, detail)"},
     "limit": {"type": "object", "description": "the limits it is over (max_forwards, max_memory in bytes)"},
 }}
+REASONS = {400: "a malformed request (bad JSON, a bad header, a value the library refuses)", 403: "a cross-site request",
+           404: "unknown model, layer, image, job or tool", 409: "not ready", 413: "body too large", 415: "not an image",
+           421: "a Host header that is not this server", 422: "an invalid field or option (named in 'field', with its allowed "
+           "range), or a call over the cost limit (with its 'estimate')", 429: "too many jobs waiting (see Retry-After)"}
+PNG_OK = {200: {"description": "a PNG picture", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def openapi(routes: Sequence[Route] = ROUTES, *, version: str = "") -> dict[str, Any]:
-    """An OpenAPI 3.1 document describing every API route in ``routes`` (registry-generated ones expanded)."""
-    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    reasons = {400: "bad request", 404: "unknown model, layer, image, job or tool", 409: "not ready",
-               413: "body too large", 415: "not an image", 429: "too many jobs waiting",
-               422: "an invalid field or option (named in 'field', with its allowed range), or a call over the cost limit "
-                    "(with its 'estimate')"}
-    paths: dict[str, dict[str, Any]] = {}
-    components: dict[str, Any] = {"Error": ERROR_SCHEMA}
-    for r in documented(routes):
-        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
-                   "description": r.path_help.get(p, "")} for p in r.path_params]
-        params += [{"name": q.name, "in": "query", "required": q.required, "schema": q.schema(), "description": q.help}
-                   for q in r.query]
-        content_schema = {"type": "string", "format": "binary"} if r.produces.startswith("image/") else (
-            {"type": "string"} if r.produces != "application/json" else {"type": "object"})
-        op: dict[str, Any] = {
-            "summary": r.summary, "operationId": r.operation_id or r.handler.__name__, "tags": [r.tag], "parameters": params,
-            "responses": {str(r.status): {"description": "success", "content": {r.produces: {"schema": content_schema}}},
-                          **{str(code): {**error, "description": reasons.get(code, "error")} for code in (*r.errors, 400)}},
-        }
-        if r.body == "json":
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body_schema or {"type": "object"}}}}
-        elif r.body == "image":
-            op["requestBody"] = {"required": True, "content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
-            }}
-        paths.setdefault(r.path, {})[r.method.lower()] = op
-        components.update(r.components)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "convscope web API", "version": version or "0",
-                 "description": "Browse a CNN layer by layer and run every convscope tool on pictures, models and "
-                                "datasets (the API behind `convscope serve`)."},
-        "paths": paths,
-        "components": {"schemas": components},
-    }
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status with the JSON error schema (and any other status as well)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {**{code: {"description": REASONS[code], "content": error} for code in (400, *codes)},
+            "default": {"description": "any other error, as JSON", "content": error}}
+
+
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
+def png_response(data: bytes, *, cache: bool = False, filename: str | None = None) -> Response:
+    headers = {"Cache-Control": "private, max-age=3600" if cache else "no-store"}
+    if filename:
+        headers["Content-Disposition"] = f'inline; filename="{safe_filename(filename)}"'
+    return PNGResponse(data, headers=headers)
+
+
+def safe_filename(text: str) -> str:
+    """A download name from model-given words: letters, digits, '.', '_' and '-' only ('tiger cat' -> 'tiger-cat')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return re.sub(r"-{2,}", "-", cleaned)[:120] or "convscope.png"
+
+
+# -- request bodies ------------------------------------------------------------------------------------
+def size_text(count: int) -> str:
+    """Bytes for a person: '512 bytes', '64 KB', '2.0 MB' (powers of 1,024, as the limits are set)."""
+    if count < 2**10:
+        return f"{count:,} bytes"
+    if count < 2**20:
+        return f"{count / 2**10:.0f} KB"
+    return f"{count / 2**20:.1f} MB"
+
+
+def request_length(request: Request) -> int | None:
+    text = request.headers.get("content-length")
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,15}", text.strip()):
+        raise HTTPError(400, "bad Content-Length header", details={"field": "Content-Length", "in": "header"})
+    return int(text)
+
+
+async def read_body(request: Request, limit: int, what: str = "the request body") -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit`` bytes: from Content-Length before
+    reading, else while reading (chunked uploads)."""
+    length = request_length(request)
+    if length is not None and length > limit:
+        raise HTTPError(413, f"{what} is {size_text(length)}, over the limit of {size_text(limit)}")
+    data = bytearray()
+    try:
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise HTTPError(413, f"{what} is over the limit of {size_text(limit)}")
+    except ClientDisconnect:
+        raise HTTPError(400, f"the client went away before sending all of {what}") from None
+    return bytes(data)
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(data: bytes) -> dict[str, Any]:
+    """A JSON object from a request body: 400 for anything else (bad UTF-8 or JSON, NaN, integers over 4,300
+    digits, nesting deeper than MAX_JSON_DEPTH) — never a 500."""
+    try:
+        value = json.loads(data.decode("utf-8") or "{}", parse_constant=_no_constant)
+    except RecursionError:
+        raise HTTPError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPError(400, f"the request body is not valid JSON ({str(exc)[:160]})") from None
+    if not isinstance(value, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    return parse_json(await read_body(request, MAX_JSON_BODY))
+
 
 
 # -- request checks ------------------------------------------------------------------------------------
-def _split_host(value: str) -> tuple[str, int | None]:
-    """'127.0.0.1:8000' -> ('127.0.0.1', 8000); '[::1]:80' -> ('[::1]', 80); a bad port -> (host, -1)."""
-    value = value.strip().lower()
-    host, sep, port = value.rpartition(":") if not value.endswith("]") else (value, "", "")
-    if not sep or (host.startswith("[") and not host.endswith("]")):
-        return value, None
-    return host, int(port) if port.isdigit() else -1
+_HOST = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[^:\[\]]*)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """'127.0.0.1:8000' -> ('127.0.0.1', 8000); '[::1]' -> ('[::1]', None); anything malformed -> None."""
+    found = _HOST.fullmatch(value.strip().lower())
+    if found is None:
+        return None
+    return found["host"], int(found["port"]) if found["port"] else None
 
 
 def host_allowed(header: str | None, port: int, allowed: Sequence[str] | None) -> bool:
     """Whether a ``Host`` header names this server: an allowed host name, and this port (or none)."""
     if allowed is None:  # allow_remote without a list: any host
         return True
-    if not header:
+    parts = split_host(header or "")
+    return parts is not None and parts[0] in allowed and parts[1] in (None, port)
+
+
+def origin_allowed(origin: str, host_header: str, port: int) -> bool | None:
+    """Whether ``Origin`` is exactly the origin the page is served from: scheme ``http``, the host of the
+    request's own ``Host`` header (already checked against this server) and this server's port — a missing
+    port means 80. None when the header is malformed."""
+    try:
+        parts = urlsplit(origin)
+        given_port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname or parts.path or parts.query or parts.fragment or parts.username:
+        return None
+    served = split_host(host_header)
+    if served is None:
         return False
-    host, given = _split_host(header)
-    return host in allowed and given in (None, port)
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    return parts.scheme == "http" and host == served[0] and (given_port or 80) == port
+
+
+class Guard:
+    """Pure ASGI middleware: the checks before any route, and the security headers on every answer."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, port: Callable[[], int], allowed_hosts: Sequence[str] | None) -> None:
+        self.app, self.port, self.allowed_hosts = app, port, allowed_hosts
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *[(k, v) for k, v in _HEADER_BYTES if k not in names]]
+            await send(message)
+
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send_secured)
+            return
+        await self.app(scope, receive, send_secured)
+
+    def refusal(self, scope: MutableMapping[str, Any]) -> JSONResponse | None:
+        headers: dict[str, list[str]] = {}
+        for key, value in scope.get("headers", []):
+            headers.setdefault(key.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+        port = self.port()
+        hosts = headers.get("host", [])
+        if len(hosts) != 1 or not host_allowed(hosts[0], port, self.allowed_hosts):
+            shown = repr(hosts[0][:100]) if len(hosts) == 1 else f"{len(hosts)} Host headers"
+            return error_response(421, f"Host {shown} is not this server; open http://127.0.0.1:{port}/ "
+                                       "(foreign Host headers are refused: DNS rebinding)", field="Host", **{"in": "header"})
+        if scope["method"] in SAFE_METHODS:
+            return None
+        site = (headers.get("sec-fetch-site") or [""])[-1]
+        if site and site not in ("same-origin", "none"):
+            return error_response(403, f"cross-site request refused (Sec-Fetch-Site: {site[:40]})")
+        origins = headers.get("origin", [])
+        if len(origins) > 1:
+            return error_response(400, "more than one Origin header")
+        if origins:
+            origin = origins[0]
+            if origin == "null":
+                return error_response(403, "request from an opaque origin refused")
+            verdict = origin_allowed(origin, hosts[0], port)
+            if verdict is None:
+                return error_response(400, f"malformed Origin header {origin[:100]!r}")
+            if not verdict:
+                return error_response(403, f"cross-origin request from {origin[:100]!r} refused: only the page's own origin "
+                                           f"(http://{hosts[0][:100]}) may change anything")
+        return None
+
+
+# -- protocol errors as JSON ------------------------------------------------------------------------------
+class JSONErrorsH11(H11Protocol):
+    """uvicorn's h11 protocol, answering malformed HTTP (a bad request line, Content-Length, header) as JSON."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"), *_HEADER_BYTES]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+# -- the application --------------------------------------------------------------------------------------
+def _validation_message(error: dict[str, Any]) -> tuple[str, str, str]:
+    """(field, where, one line) from one of FastAPI's validation errors."""
+    loc = [str(p) for p in error.get("loc", ())]
+    where = loc[0] if loc else "request"
+    name = loc[1] if len(loc) > 1 else where
+    given = error.get("input")
+    shown = "" if given is None or isinstance(given, (dict, list)) else f", got {str(given)[:40]!r}"
+    what = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "body field"}.get(where, where)
+    return name, where, f"{what} {name!r}: {error.get('msg', 'invalid')}{shown}"
+
+
+def build_app(state: Any, *, port: Callable[[], int], allowed_hosts: Sequence[str] | None, version: str) -> Any:
+    """The ASGI application: FastAPI with the routes of ``api.py``, JSON errors, the schema and the docs page,
+    wrapped in :class:`Guard`. ``state`` is the ``api.App`` every endpoint reaches through ``request.app.state``."""
+    from .api import router
+    from .tools import extend_schema
+
+    app = FastAPI(title="convscope web API", version=version or "0", openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Browse a CNN layer by layer and run every convscope tool on pictures, models and datasets "
+                              "(the API behind `convscope serve`). Errors are JSON objects with an 'error' line.")
+    app.state.convscope = state
+    app.include_router(router)
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers, **exc.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path[:200]} (see /api/openapi.json)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed here; use {allowed}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        name, where, message = _validation_message(errors[0] if errors else {})
+        context = (errors[0].get("ctx") or {}) if errors else {}
+        limits = {k: context[k] for k in ("ge", "le", "gt", "lt") if isinstance(context.get(k), (int, float))}
+        return error_response(422, message, field=name, **{"in": where}, minimum=limits.get("ge", limits.get("gt")),
+                              maximum=limits.get("le", limits.get("lt")))
+
+    @app.exception_handler(ConvscopeError)
+    async def _library_error(request: Request, exc: ConvscopeError) -> JSONResponse:  # the library's one-line errors
+        return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, answered as JSON
+        log.error("error handling %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}"[:300])
+
+    def openapi() -> dict[str, Any]:
+        base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                           openapi_version="3.1.0")
+        return extend_schema(base, state)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return Guard(app, port=port, allowed_hosts=allowed_hosts)
 
 
 # -- the server ----------------------------------------------------------------------------------------
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    timeout = 60  # seconds a client may stall a connection
-    server_version = "convscope"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send(self, response: Response) -> None:
-        self.send_response(response.status)
-        headers = {**SECURITY_HEADERS, "Content-Type": response.content_type, **response.headers}
-        if response.chunks is None:
-            headers["Content-Length"] = str(len(response.body))
-        else:
-            headers.setdefault("Cache-Control", "no-store")
-            headers["Connection"] = "close"
-            self.close_connection = True
-        if self.close_connection:
-            headers["Connection"] = "close"
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        if response.chunks is None:
-            self.wfile.write(response.body)
-            return
-        try:
-            for chunk in response.chunks:
-                self.wfile.write(chunk)
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
-            pass  # the client went away (a closed tab, EventSource.close())
-        finally:
-            close = getattr(response.chunks, "close", None)
-            if close:
-                close()
-
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None,
-               details: dict[str, Any] | None = None) -> None:
-        response = Response.json({"error": message, **(details or {})}, status)
-        response.headers.update(headers or {})
-        self._send(response)
-
-    def _body(self, kind: str | None) -> bytes:
-        """Read the body within the route's limit: 413 before reading when Content-Length says too much."""
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise HTTPError(411, "chunked bodies are not accepted; send Content-Length")
-        length_text = self.headers.get("Content-Length", "0") or "0"
-        if not length_text.isdigit():
-            self.close_connection = True
-            raise HTTPError(400, "bad Content-Length header")
-        length = int(length_text)
-        limit = self.server.app.max_upload_bytes if kind == "image" else MAX_JSON_BODY
-        if length > limit:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
-            what = "the picture" if kind == "image" else "the request body"
-            raise HTTPError(413, f"{what} is {length:,} bytes, over the limit of {limit:,} bytes")
-        if kind is None:
-            if length:
-                self.rfile.read(length)
-            return b""
-        data = self.rfile.read(length)
-        if len(data) != length:
-            self.close_connection = True
-            raise HTTPError(400, "the request body ended early")
-        return data
-
-    def _check_origin(self) -> None:
-        """No cross-site writes: a page elsewhere must not drive this server (CSRF)."""
-        site = self.headers.get("Sec-Fetch-Site")
-        if site and site not in ("same-origin", "none"):
-            raise HTTPError(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
-        origin = self.headers.get("Origin")
-        if origin and origin != "null":
-            parts = urlsplit(origin)
-            if not host_allowed(parts.netloc, self.server.server_port, self.server.allowed_hosts):
-                raise HTTPError(403, f"cross-origin request from {origin[:100]!r} refused")
-        elif origin == "null":
-            raise HTTPError(403, "request from an opaque origin refused")
-
-    def _handle(self) -> None:
-        unread = (self.headers.get("Content-Length") or "0") != "0" or bool(self.headers.get("Transfer-Encoding"))
-        try:
-            if not host_allowed(self.headers.get("Host"), self.server.server_port, self.server.allowed_hosts):
-                raise HTTPError(421, f"Host {str(self.headers.get('Host'))[:100]!r} is not this server; open http://127.0.0.1:"
-                                     f"{self.server.server_port}/ (foreign Host headers are refused: DNS rebinding)")
-            split = urlsplit(self.path)
-            method = "GET" if self.command == "HEAD" else self.command
-            found, params = match(method, split.path, self.server.routes)
-            if method != "GET":
-                self._check_origin()
-            body = self._body(found.body)
-            unread = False
-            raw = parse_qs(split.query, keep_blank_values=True, max_num_fields=50)
-            query = {p.name: p.coerce(raw.get(p.name, [None])[-1]) for p in found.query}
-            request = Request(method, split.path, params, query, self.headers, body)
-            response = found.handler(self.server.app, request)
-            if not isinstance(response, Response):
-                response = Response.json(response, found.status)
-            self._send(response)
-        except HTTPError as exc:
-            self.close_connection = self.close_connection or unread  # an unread body would garble the next request
-            self._error(exc.status, exc.message, exc.headers, exc.details)
-        except ConvscopeError as exc:  # the library's one-line, actionable errors: the request was wrong
-            self._error(400, str(exc))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as exc:  # a bug: log it, answer 500 as JSON, keep serving
-            log.error("error handling %s %s:\n%s", self.command, self.path, traceback.format_exc())
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self._error(500, f"internal error: {type(exc).__name__}: {exc}"[:300])
-
-    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    app: Any
-    routes: Sequence[Route]
-    allowed_hosts: Sequence[str] | None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection error from %s", client_address, exc_info=True)
-
-
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
-
-
 def check_bind(host: str, allow_remote: bool) -> None:
     """Only loopback unless ``allow_remote``: anything else exposes the app to the network."""
     if not allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
@@ -444,31 +377,45 @@ def check_bind(host: str, allow_remote: bool) -> None:
                              "which lets anyone who can reach this machine use the app")
 
 
+class _Uvicorn(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the CLI stops on KeyboardInterrupt; a thread cannot install them
+        if threading.current_thread() is threading.main_thread():
+            super().install_signal_handlers()
+
+
 class Server:
     """The web app bound to ``host:port`` (``port=0``: a free port). ``start()`` serves in a background
-    thread (tests), ``serve_forever()`` in this one (the CLI); ``close()`` stops the server and the workers.
-
-    ``with make_app(["efficientnet_lite0"], port=0).start() as server: requests.get(server.url + "api/models")``
+    thread (tests, notebooks), ``serve_forever()`` in this one (the CLI); ``close()`` stops the server and the
+    workers. ``with make_app(["efficientnet_lite0"], port=0).start() as server: requests.get(server.url + "api/models")``
     """
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
                  allowed_hosts: Sequence[str] | None = None) -> None:
         check_bind(host, allow_remote)
-        cls = _HTTPServer6 if ":" in host else _HTTPServer
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.httpd = cls((host, int(port)), _Handler)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((host, int(port)))
+            self.socket.listen(BACKLOG)
         except OSError as exc:
+            self.socket.close()
             raise ConvscopeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another port (--port)") from None
-        self.httpd.app = app
-        self.httpd.routes = ROUTES
         hosts = allowed_hosts if allowed_hosts is not None else (None if allow_remote else LOCAL_HOSTS)
-        self.httpd.allowed_hosts = None if hosts is None else tuple(h.lower() for h in hosts)
+        self.allowed_hosts = None if hosts is None else tuple(h.lower() for h in hosts)
+        from convscope import __version__
+
         self.app, self.host = app, host
+        self.asgi = build_app(app, port=lambda: self.port, allowed_hosts=self.allowed_hosts, version=__version__)
+        config = uvicorn.Config(self.asgi, http=JSONErrorsH11, lifespan="off", log_level="warning", access_log=False,
+                                backlog=BACKLOG, timeout_keep_alive=15, timeout_graceful_shutdown=3, ws="none",
+                                h11_max_incomplete_event_size=64 * 2**10)
+        self.uvicorn = _Uvicorn(config)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_port)
+        return int(self.socket.getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -477,26 +424,32 @@ class Server:
         return f"http://{host}:{self.port}/"
 
     def start(self) -> Server:
-        """Serve in a daemon thread and return at once."""
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="convscope-web", daemon=True)
+        """Serve in a daemon thread and return once the server accepts connections."""
+        self._thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.socket]}, name="convscope-web", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.uvicorn.started:
+            self.close()
+            raise ConvscopeError("the web server did not start (see the log above)")
         return self
 
     def serve_forever(self) -> None:
         try:
-            self.httpd.serve_forever(poll_interval=0.5)
+            self.uvicorn.run(sockets=[self.socket])
         finally:
             self.close()
 
     def close(self) -> None:
         """Stop accepting requests, end open event streams and stop the job workers."""
         self.app.close()
+        self.uvicorn.should_exit = True
         if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
             self._thread = None
-        self.httpd.server_close()
+        with contextlib.suppress(OSError):
+            self.socket.close()
 
     def __enter__(self) -> Server:
         return self
@@ -519,16 +472,18 @@ def static_file(name: str) -> tuple[bytes, str]:
 
 def make_app(models: Sequence[Any] | Any = None, *, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
              allowed_hosts: Sequence[str] | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-             max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = 64, max_jobs: int = 100,
-             max_forwards: float | None = None) -> Server:
+             max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = 64, max_jobs: int = 100, max_queued: int = 16,
+             max_forwards: float | None = None, data: Any = None) -> Server:
     """A bound, not yet serving :class:`Server` for ``models`` (names, files or ``cs.Model`` objects;
     default EfficientNet-Lite0). Call ``.start()`` (background thread) or ``.serve_forever()``.
-    ``max_forwards``: the cost limit of one job in forward passes (None: convscope's limit, ``cs.limits``)."""
+    ``max_forwards``: the cost limit of one job in forward passes (None: convscope's limit, ``cs.limits``);
+    ``max_queued``: jobs that may wait per model (more: 429); ``data``: a folder of pictures the page may
+    use as the dataset ``data`` (given on the command line; the page never sends paths)."""
     from .api import App
 
     check_bind(host, allow_remote)  # before loading any model
     app = App(models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_images=max_images, max_jobs=max_jobs,
-              max_forwards=max_forwards)
+              max_queued=max_queued, max_forwards=max_forwards, data=data)
     try:
         return Server(app, host=host, port=port, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
     except BaseException:
@@ -538,17 +493,20 @@ def make_app(models: Sequence[Any] | Any = None, *, host: str = "127.0.0.1", por
 
 def serve(model_names_or_paths: Sequence[Any] | Any = None, host: str = "127.0.0.1", port: int = 8000,
           allow_remote: bool = False, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
-          *, open_browser: bool = False, allowed_hosts: Sequence[str] | None = None, max_forwards: float | None = None) -> None:
+          *, open_browser: bool = False, allowed_hosts: Sequence[str] | None = None, max_forwards: float | None = None,
+          max_queued: int = 16, data: Any = None) -> None:
     """Run the web app until Ctrl+C: prints the URL (http://127.0.0.1:8000/ by default).
 
     ``allow_remote=True`` lets ``host`` be another interface (``0.0.0.0``) and accepts any ``Host`` header
     unless ``allowed_hosts`` lists the names clients use — anyone who can reach the port can use the app.
     ``max_forwards``: the largest job in forward passes (None: convscope's limit); bigger ones are refused (422).
+    ``data``: a folder of pictures offered in the page as the dataset ``data`` (embedding map, audit, ...).
     """
     server = make_app(model_names_or_paths, host=host, port=port, allow_remote=allow_remote, allowed_hosts=allowed_hosts,
-                      max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_forwards=max_forwards)
+                      max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_forwards=max_forwards, max_queued=max_queued,
+                      data=data)
     names = ", ".join(server.app.models)
-    print(f"convscope: serving {names} at {server.url}  (Ctrl+C to stop)", flush=True)
+    print(f"convscope: serving {names} at {server.url}  (API docs at {server.url}api/docs; Ctrl+C to stop)", flush=True)
     if allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
         print("convscope: warning: --allow-remote: anyone who can reach this machine can use the app", flush=True)
     if open_browser:
