@@ -82,7 +82,7 @@ def operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 PAGE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }} — docs</title>
-<link rel="stylesheet" href="/static/docs.css"></head>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/docs.css"></head>
 <body><header><h1>{{ title }} <small>{{ version }}</small></h1><p>{{ description }}</p>
 <p>The machine-readable schema: <a href="/api/openapi.json">/api/openapi.json</a>. The app: <a href="/">/</a>.
 Every error is a JSON object with a one-line <code>error</code>; a refused field or option is named in <code>field</code>

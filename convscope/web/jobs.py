@@ -10,6 +10,7 @@ the event stream (``tools._events``) watches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import secrets
@@ -17,7 +18,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,27 @@ class Job:
         return self.status in TERMINAL
 
 
+@contextlib.contextmanager
+def stop_between_layers(job: Job) -> Iterator[None]:
+    """While ``job`` runs in this thread, a cancel also stops it at the next module the model calls, not only at the
+    tool's next progress step (one chunk of a batched method can take seconds on a CPU). A global forward pre-hook
+    (``torch.nn.modules.module.register_module_forward_pre_hook``), never one on the user's modules, that is a no-op
+    in every other thread and removed when the job ends; the tool's guard restores the model as after any error."""
+    import torch
+
+    worker = threading.get_ident()
+
+    def check(module: Any, args: Any) -> None:
+        if job._cancel.is_set() and threading.get_ident() == worker:
+            raise Cancelled(f"job {job.id} was cancelled")
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class JobManager:
     """Per-lane worker threads (created on first use) running queued jobs one at a time, in order."""
 
@@ -178,7 +200,8 @@ class JobManager:
         try:
             if run is None:
                 raise Cancelled(f"job {job.id} was cancelled")
-            output = run(job.progress)
+            with stop_between_layers(job):
+                output = run(job.progress)
         except Cancelled:
             job.update(status="cancelled", finished=time.time())
         except ConvscopeError as exc:

@@ -111,8 +111,9 @@ def body_fields(tool: registry.Tool, datasets: Sequence[str] = tuple(DATASETS)) 
         fields["target"] = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}], "default": None,
                             "description": "the class index to explain (default: the top-1 class)"}
     if tool.uses_layer:
+        default = tool.layer.default if tool.layer is not None else "the tool's own choice"
         fields["layer"] = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
-                           "description": "a layer name from /api/models/{model}/layers (default: the tool's own choice)"}
+                           "description": f"a layer name from /api/models/{{model}}/layers (default: {default})"}
     return fields
 
 
