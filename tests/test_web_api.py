@@ -537,6 +537,7 @@ def test_upload_limits_and_formats(lite0: cs.Model, cat_png: bytes) -> None:
 # -- safety --------------------------------------------------------------------------------------------
 def test_binds_localhost_and_rejects_foreign_hosts_and_origins(server: web.Server) -> None:
     assert server.socket.getsockname()[0] == "127.0.0.1" and server.url == f"http://127.0.0.1:{server.port}/"
+    assert server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no 40 ms delayed-ACK stall on keep-alive
     with pytest.raises(ValueError, match="allow_remote"):
         web.make_app(port=0, host="0.0.0.0")
     port = server.port
