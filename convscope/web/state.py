@@ -24,18 +24,10 @@ from convscope.errors import ConvscopeError, LayerError
 from .jobs import JobManager
 from .server import HTTPError
 
-__all__ = ["LRU", "App", "Picture", "as_picture", "finite", "png"]
+__all__ = ["LRU", "App", "Picture", "UploadedDataset", "as_picture", "finite", "png"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 STORED_SIDE = 1024  # pictures are kept at most this many pixels on their longer side (models crop 224-520)
-IMAGE_MAGIC: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
-    ("PNG", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n")),
-    ("JPEG", lambda b: b.startswith(b"\xff\xd8\xff")),
-    ("GIF", lambda b: b[:6] in (b"GIF87a", b"GIF89a")),
-    ("BMP", lambda b: b.startswith(b"BM")),
-    ("WEBP", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP"),
-    ("TIFF", lambda b: b[:4] in (b"II*\x00", b"MM\x00*")),
-)
 
 
 class LRU(OrderedDict):
