@@ -1022,3 +1022,28 @@ def test_odd_headers_and_bodies_are_a_json_4xx(server: web.Server) -> None:
         reply = call(server, "POST", "/api/tools/gradcam/jobs", body)
         assert reply[0] == 400 and words in error_of(reply), (reply[0], reply[2][:200])
     assert ok_json(server, "GET", "/api/samples")["samples"]  # still serving
+
+
+def test_multipart_uploads_are_parsed_as_they_stream_with_bounded_parts(lite0: cs.Model, cat_png: bytes) -> None:
+    """python-multipart's streaming parser: thousands of tiny parts are refused at the ninth, a part over the limit
+    while it streams in; the picture is found among a few fields."""
+    boundary = "----convscope-parts"
+    with web.make_app([lite0], port=0, max_upload_bytes=200_000).start() as server:
+        many = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n" for i in range(2_500))
+        body = (many + f"--{boundary}--\r\n").encode()
+        assert 100_000 < len(body) < 200_000  # under the size limit: refused for its parts, at the ninth
+        reply = call(server, "POST", "/api/images", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert reply[0] == 400 and "more than 8 parts" in error_of(reply)
+        big = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+               "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n" + bytes(300_000) + f"\r\n--{boundary}--\r\n".encode()
+        reply = call(server, "POST", "/api/images", big, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert reply[0] == 413 and "limit" in error_of(reply)
+        small = png(np.asarray(cs.sample_image("cat").resize((60, 40))))
+        fields = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+                  f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cat.png\"\r\nContent-Type: image/png\r\n\r\n"
+                  ).encode() + small + f"\r\n--{boundary}--\r\n".encode()
+        status, _, data = call(server, "POST", "/api/images", fields, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert status == 201 and json.loads(data)["name"] == "cat.png" and json.loads(data)["width"] == 60
+        for kind in ("multipart/form-data", f"multipart/form-data; boundary={'b' * 300}"):
+            reply = call(server, "POST", "/api/images", fields, {"Content-Type": kind})
+            assert reply[0] == 400 and "boundary" in error_of(reply)
