@@ -76,8 +76,15 @@ class HTTPError(Exception):
         self.details = {k: v for k, v in (details or {}).items() if k != "error"}
 
 
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error repeating whatever a client sent always encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=str).encode("ascii")
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())[:2000], **details}, status, headers=headers)
+    return ASCIIJSONResponse({"error": " ".join(str(message).split())[:2000], **details}, status, headers=headers)
 
 
 # -- answers and request bodies ---------------------------------------------------------------------
@@ -161,13 +168,22 @@ async def read_body(request: Request, limit: int, what: str = "the request body"
 
 
 def _depth(value: Any) -> int:
+    """How deep ``value`` nests; raises 400 for a string (or key) that is not Unicode text (a lone surrogate
+    escape such as "\\ud800": valid JSON, but no answer could repeat it)."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
         deepest = max(deepest, depth)
         if depth > MAX_JSON_DEPTH:
             return depth
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node if isinstance(node, list) else [node]
+        for child in children:
+            if isinstance(child, str):
+                try:
+                    child.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise HTTPError(400, "the request body has a string that is not Unicode text (a lone surrogate escape, "
+                                         "e.g. \\ud800)") from None
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
 

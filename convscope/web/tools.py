@@ -142,8 +142,9 @@ def job_body(tool: registry.Tool, datasets: Sequence[str] = tuple(DATASETS)) -> 
     fields = body_fields(tool, datasets)
     required = [k for k in fields if k in REQUIRED_FIELDS] + (["options"] if options.get("required") else [])
     schema = {"type": "object", "additionalProperties": False, "required": required,
-              "properties": {**fields, "options": {"$ref": f"#/components/schemas/{prefix}",
-                                                   "description": f"{tool.name}'s options (see /api/tools/{tool.name})"}}}
+              "properties": {**fields, "options": {"anyOf": [{"$ref": f"#/components/schemas/{prefix}"}, {"type": "null"}],
+                                                   "description": f"{tool.name}'s options (see /api/tools/{tool.name}; "
+                                                                  "null or left out: every option at its default)"}}}
     return schema, components
 
 
@@ -458,32 +459,38 @@ def get_job(app: State, job: str) -> dict[str, Any]:
 
 
 async def _events(app: App, job: Job, *, keepalive: float = 15.0, min_interval: float = 0.15,
-                  poll: float = 0.05) -> AsyncIterator[bytes]:
+                  poll: float = 0.02) -> AsyncIterator[bytes]:
     """Server-Sent Events: ``progress`` while queued/running (at most one per ``min_interval``), then one ``done``,
-    ``error`` or ``cancelled``, each with the job as JSON; comments keep the stream alive. Waiting is a sleep on
-    the event loop (no thread per stream); the stream ends when the client goes or the server stops."""
+    ``error`` or ``cancelled`` as soon as the job ends, each with the job as JSON; comments keep the stream alive.
+    Waiting is a sleep on the event loop (no thread per stream); the stream ends when the client goes or the server
+    stops."""
     yield b"retry: 3000\n\n"
-    version, quiet = -1, 0.0
+    version, quiet, last = -1, 0.0, -min_interval
+    loop = asyncio.get_running_loop()
     while not app.jobs.closed.is_set():
-        if job.version == version:
+        ended = job.terminal
+        if job.version == version or (not ended and loop.time() - last < min_interval):
             await asyncio.sleep(poll)
             quiet += poll
             if quiet >= keepalive:
                 quiet = 0.0
                 yield b": keepalive\n\n"
             continue
-        version, quiet = job.version, 0.0
+        version, quiet, last = job.version, 0.0, loop.time()
         snap = _job_json(job)
         name = snap["status"] if snap["status"] in TERMINAL else "progress"
         yield f"event: {name}\ndata: {json.dumps(snap)}\n\n".encode()
         if name != "progress":
             return
-        await asyncio.sleep(min_interval)
 
 
 @router.get("/api/jobs/{job}/events", summary="Server-Sent Events: 'progress' while it runs, then 'done', 'error' or 'cancelled'",
             response_class=StreamingResponse,
-            responses={200: {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            responses={200: {"description": "an event stream: one event per change of the job", "content": {"text/event-stream": {
+                "schema": {"type": "object", "description": "one Server-Sent Event: 'progress', 'done', 'error' or 'cancelled', its data "
+                           "the job as JSON (as GET /api/jobs/{job})",
+                           "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+                                          "retry": {"type": "integer"}}}}}},
                        **errors(404)})
 def job_events(app: State, job: str) -> StreamingResponse:
     found = _job(app, job)
@@ -547,7 +554,7 @@ def extend_schema(schema: dict[str, Any], app: App) -> dict[str, Any]:
         paths[f"/api/tools/{tool.name}/jobs"] = {"post": {
             "summary": f"Run {tool.name} ({tool.family}): {tool.description}", "operationId": f"run_{tool.name}", "tags": [tool.family],
             "description": "Validated and cost-checked, then queued (one job per model at a time) -> 202 and the job.",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "requestBody": {"required": bool(body["required"]), "content": {"application/json": {"schema": body}}},
             "responses": {"202": {"description": "the job, queued", "content": {"application/json": {"schema": {"type": "object"}}}},
                           **{str(code): {"description": reason, "content": error} for code, reason in (
                               (400, "a malformed body"), (404, "unknown tool, model or picture"),
