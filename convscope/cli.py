@@ -485,7 +485,7 @@ HAND_WRITTEN_EXAMPLES = {
         (f"the app on http://127.0.0.1:8000/ with {DEFAULT_MODEL}", "convscope serve"),
         ("two models to choose from, on any free port, and open the browser",
          f"convscope serve --model {DEFAULT_MODEL} --model digits_cnn --port 0 --open"),
-        ("offer a folder of your pictures as the dataset 'data' (embedding map, audit, ...)",
+        ("offer a folder of your pictures as the dataset 'data' (the embedding map, ...)",
          f"convscope serve --model {DEFAULT_MODEL} --data photos/"),
     ],
 }
@@ -574,8 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-queued", type=int, default=16, metavar="N",
                        help="jobs that may wait per model; more are answered 429 with Retry-After (default: 16)")
     group.add_argument("--data", metavar="DIR",
-                       help="a folder of pictures (sub-folders: labels) the page offers as the dataset 'data' for the embedding map, "
-                            "audit and other dataset tools (the page itself never sends paths)")
+                       help="a folder of pictures (sub-folders: labels) the page offers as the dataset 'data' for the embedding map and "
+                            "other dataset tools (the page itself never sends paths; an audit also needs masks: upload a zip "
+                            "with masks/ in the page)")
     p.set_defaults(func=cmd_serve)
 
     for tool in tools():

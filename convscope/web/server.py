@@ -519,7 +519,7 @@ def serve(model_names_or_paths: Sequence[Any] | Any = None, host: str = "127.0.0
     ``allow_remote=True`` lets ``host`` be another interface (``0.0.0.0``) and accepts any ``Host`` header
     unless ``allowed_hosts`` lists the names clients use — anyone who can reach the port can use the app.
     ``max_forwards``: the largest job in forward passes (None: convscope's limit); bigger ones are refused (422).
-    ``data``: a folder of pictures offered in the page as the dataset ``data`` (embedding map, audit, ...).
+    ``data``: a folder of pictures offered in the page as the dataset ``data`` (the embedding map, ...).
     """
     server = make_app(model_names_or_paths, host=host, port=port, allow_remote=allow_remote, allowed_hosts=allowed_hosts,
                       max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_forwards=max_forwards, max_queued=max_queued,
