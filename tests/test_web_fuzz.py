@@ -13,9 +13,9 @@ Part two: explicit requests, most written byte by byte on a socket (an HTTP clie
 digits, huge integers, many query fields, deep JSON, malformed and foreign origins, protocol garbage, uploads over
 the limit or in thousands of parts. Each must be a JSON 4xx, and the server must keep serving.
 
-The one test marked ``xfail(strict=True)`` is a known limit, described in its reason: when it is fixed the test
-passes, the strict mark fails it, and the mark goes. (The others found here — a lone surrogate escape answered 500,
-an empty body and ``"options": null`` against the schema, the event stream's schema — are fixed.)
+Server bugs this file found, all fixed: a lone surrogate escape answered 500, an empty body and ``"options": null``
+against the schema, the event stream's schema, and a request head over the limit answered by a TCP reset instead of
+its JSON 400 (the connection now closes gently: the answer first, the rest of the request drained).
 """
 
 from __future__ import annotations
@@ -392,10 +392,6 @@ def test_only_the_exact_origin_of_the_page_may_change_anything(server: web.Serve
     still_serving(server)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug (minor): a request head over the 64 KB limit sent at once (GET "
-                   "/api/models/shapes_biased/classes?f0=x&...&f19999=x, 169 KB) is answered by a TCP reset, not the JSON 400: "
-                   "the server closes with the rest of the head unread (no lingering close), and the client's kernel drops "
-                   "the answer; heads up to ~97 KB are served normally")
 def test_an_oversized_request_head_is_answered_in_json(server: web.Server) -> None:
     query = "&".join(f"f{i}=x" for i in range(20_000))
     try:

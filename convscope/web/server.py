@@ -307,8 +307,16 @@ class Guard:
 
 
 # -- protocol errors as JSON ------------------------------------------------------------------------------
+LINGER_SECONDS = 2.0  # how long a refused connection's unread bytes are drained before it closes
+
+
 class JSONErrorsH11(H11Protocol):
-    """uvicorn's h11 protocol, answering malformed HTTP (a bad request line, Content-Length, header) as JSON."""
+    """uvicorn's h11 protocol, answering malformed HTTP (a bad request line, Content-Length, header, a head over
+    the limit) as JSON, then closing gently: the write side first, the rest of what the client sends read and
+    dropped for a moment — closing with bytes unread would make the kernel reset the connection, and the client
+    could lose the answer."""
+
+    _draining = False
 
     def send_400_response(self, msg: str) -> None:
         body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
@@ -316,7 +324,20 @@ class JSONErrorsH11(H11Protocol):
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
             with contextlib.suppress(h11.LocalProtocolError):
                 self.transport.write(self.conn.send(event))
-        self.transport.close()
+        self._draining = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining:  # the answer is sent: what still arrives is read and dropped until the close
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._draining:
+            self.transport.close()
+        return None
 
 
 # -- the application --------------------------------------------------------------------------------------
