@@ -229,7 +229,16 @@ class _Parts:
         self.keep, self.data = False, bytearray()
 
 
-async def _upload_bytes(request: Request, limit: int, accept: tuple[str, ...] = ("image/",)) -> tuple[bytes, str]:
+def _upload_body(*binary_types: str) -> dict[str, Any]:
+    """The documented request body of an upload: the raw file as one of ``binary_types``, or multipart with a 'file'."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": {
+        **{kind: binary for kind in binary_types},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": binary["schema"]}}}}}}
+
+
+async def _upload_bytes(request: Request, limit: int, accept: tuple[str, ...] = ("image/",),
+                        what: str = "a picture; send image/png, image/jpeg, ...") -> tuple[bytes, str]:
     """The picture's bytes and a display name from a raw body or a multipart/form-data upload, streamed: over
     ``limit`` bytes is refused (413) while reading, before the rest arrives."""
     kind = (request.headers.get("content-type") or "application/octet-stream").lower()
@@ -257,7 +266,7 @@ async def _upload_bytes(request: Request, limit: int, accept: tuple[str, ...] = 
             raise HTTPError(400, "the multipart upload has no file part (send the picture as the field 'file')")
         return parts.file, parts.filename
     if not kind.startswith((*accept, "application/octet-stream")):
-        raise HTTPError(415, f"Content-Type {kind[:60]!r} is not a picture; send image/png, image/jpeg, ... or multipart/form-data")
+        raise HTTPError(415, f"Content-Type {kind[:60]!r} is not {what} or multipart/form-data")
     return await read_body(request, limit, "the picture"), request.headers.get("x-filename") or "upload"
 
 
@@ -278,11 +287,7 @@ def _store_picture(app: App, data: bytes, filename: str) -> Picture:
     return picture
 
 
-@router.post("/api/images", status_code=201, responses=errors(413, 415), openapi_extra={"requestBody": {"required": True, "content": {
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
+@router.post("/api/images", status_code=201, responses=errors(413, 415), openapi_extra=_upload_body("image/*", "application/octet-stream"),
     summary="Upload a picture (raw image bytes, or multipart/form-data with a 'file' field); streamed, the size limit "
             "enforced while reading")
 async def upload_image(request: Request) -> JSONResponse:
@@ -352,6 +357,8 @@ def _zip_entries(data: bytes, max_file: int) -> dict[str, bytes]:
         try:
             with archive.open(info) as member:
                 content = member.read(max_file + 1)
+        # what zipfile raises for a member it cannot read: corrupt data (BadZipFile, OSError, ValueError), an encrypted
+        # member (RuntimeError), a compression method it does not know (NotImplementedError)
         except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
             raise HTTPError(400, f"cannot read {info.filename[:80]!r} from the zip ({str(exc)[:100]})") from None
         if len(content) > max_file:
@@ -410,18 +417,13 @@ def _unzip_dataset(app: App, data: bytes, filename: str) -> Any:
     return upload
 
 
-@router.post("/api/datasets", status_code=201, responses=errors(413, 415), openapi_extra={"requestBody": {"required": True, "content": {
-    "application/zip": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
+@router.post("/api/datasets", status_code=201, responses=errors(413, 415), openapi_extra=_upload_body("application/zip"),
     summary="Upload a dataset: a zip of pictures (sub-folders: labels) and, under masks/, the object mask of each (white = "
             "object) — then name it in a job's 'dataset' (audit, embed, ...); kept in memory, the last 4")
 async def upload_dataset(request: Request) -> JSONResponse:
     app: App = current(request)
-    kind = (request.headers.get("content-type") or "application/zip").lower()
-    if not (kind.startswith(("application/zip", "application/x-zip", "application/octet-stream", "multipart/form-data"))):
-        raise HTTPError(415, f"Content-Type {kind[:60]!r} is not a zip file; send application/zip or multipart/form-data")
-    data, filename = await _upload_bytes(request, MAX_DATASET_BYTES, accept=("application/zip", "application/x-zip"))
+    data, filename = await _upload_bytes(request, MAX_DATASET_BYTES, accept=("application/zip", "application/x-zip"),
+                                         what="a zip file; send application/zip")
     upload = await run_in_threadpool(_unzip_dataset, app, data, filename)
     return JSONResponse(upload.as_json(), 201)
 
@@ -461,14 +463,6 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _maps_scale(acts: torch.Tensor) -> Any:
-    """The colours of a layer's maps, as the library draws them (``render.features``): each channel relative
-    to its own peak; 0 dark on viridis, or 0 white on the diverging map when the layer has negative values."""
-    from convscope.render.features import maps_scale
-
-    return maps_scale(acts)
-
-
 def _map_picture(channel: torch.Tensor, scale: Any) -> np.ndarray:
     """One activation map (h, w) -> RGB on the layer's scale (its own peak = the top of the colour bar)."""
     return scale.colours(render.scale.relative(channel, scale.signed))
@@ -487,7 +481,7 @@ def feature_maps_png(app: State, model: ModelId, layer: str, image: ImageQuery, 
     chosen = _channel_order(acts, order)[page * per_page:][:per_page]
     if not chosen:
         raise HTTPError(404, f"page {page} does not exist for layer {layer!r}")
-    scale = _maps_scale(acts)
+    scale = render.features.maps_scale(acts)
     tiles = [_map_picture(acts[c], scale) for c in chosen]
     scale_up = max(1, 96 // max(tiles[0].shape[:2]))
     grid = _tile_grid(tiles, min(8, len(tiles)), scale_up)
@@ -500,7 +494,7 @@ def feature_maps_png(app: State, model: ModelId, layer: str, image: ImageQuery, 
             response_class=PNGResponse, responses={**PNG_OK, **errors(404, 422)})
 def feature_maps_legend(app: State, model: ModelId, layer: str, image: ImageQuery,
                         height: Annotated[int, Query(ge=64, le=1024, description="pixels")] = 160) -> Response:
-    scale = _maps_scale(_activations(app, model, image, layer))
+    scale = render.features.maps_scale(_activations(app, model, image, layer))
     return png_response(png(render.scale.colorbar_strip(scale, height)), cache=True)
 
 
@@ -511,7 +505,7 @@ def feature_map_png(app: State, model: ModelId, layer: str, channel: str, image:
     if not DIGITS.fullmatch(channel) or int(channel) >= acts.shape[0]:
         raise HTTPError(404, f"unknown channel {channel[:20]!r}: layer {layer!r} has channels 0..{acts.shape[0] - 1}")
     name = app.picture(image).name.rsplit(".", 1)[0]
-    return png_response(png(_map_picture(acts[int(channel)], _maps_scale(acts))), cache=True,
+    return png_response(png(_map_picture(acts[int(channel)], render.features.maps_scale(acts))), cache=True,
                         filename=f"{name}_{layer}_channel{channel}.png")
 
 
@@ -531,7 +525,7 @@ def feature_maps(app: State, model: ModelId, layer: str, image: ImageQuery, page
     items = [{"channel": c, "rank": page * per_page + i, "mean": finite(float(means[c])), "max": finite(float(maxes[c])),
               "min": finite(float(mins[c])), "url": f"{base}/{c}.png?{query}"}
              for i, c in enumerate(ranked[page * per_page:(page + 1) * per_page])]
-    scale = _maps_scale(acts)
+    scale = render.features.maps_scale(acts)
     return {"model": model, "layer": layer, "image": image, "shape": list(acts.shape), "channels": channels,
             "page": page, "per_page": per_page, "pages": pages, "order": order, "items": items,
             "scale": {"signed": scale.signed, "text": ("each map from −its largest |value| (blue) through 0 (white) to +it (red)"
