@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConvscopeError, ModelError, OptionError
+from .errors import ConvscopeError, ModelError, OptionError, TargetError
 from .options import OptionSpec, parse_text
 from .progress import stage, stage_lines
 from .registry import FAMILIES, TAKES, Tool, get, tools
@@ -49,7 +49,10 @@ HAND_WRITTEN = {  # command -> (arguments, one line for the listing)
 }
 OPTION_PREFIX = "option."  # argparse dests of tool options (never clash with the common flags)
 COMMON_FLAGS = {"-h", "--help", "--target", "--layer", "--set", "--model", "--models", "--weights", "--download", "--arch",
-                "--device", "--out", "--json", "--max-forwards"}  # and the exports' flags (below): a tool option never takes these
+                "--device", "--out", "--json", "--max-forwards",
+                "--allow-pickle", "--mean", "--std", "--class-names", "--model-size",
+                "--box", "--box-label", "--task", "--seg-class", "--mask",
+                }  # and the exports' flags (below): a tool option never takes these
 
 
 # -- output beyond render.save, chosen by the result's kind ------------------------------------------------------
@@ -333,6 +336,16 @@ def _add_weight_args(group: Any, file_words: str = "a state-dict / safetensors m
     group.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     group.add_argument("--arch", metavar="NAME", help=f"the architecture (a model name) to load {file_words} into")
     group.add_argument("--device", help="where to run: cpu, cuda, cuda:1, mps ... (default: cpu)")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="trust a model file saved whole with torch.save(model) (or a .keras file with Python code): "
+                            "loading it runs code from the file")
+    group.add_argument("--mean", metavar="M[,M,M]", help="the model's input normalization: per-channel mean of [0, 1] pixels, "
+                       "or none (default: what the model brings; ImageNet's for a 3-channel model file)")
+    group.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation to go with --mean, or none")
+    group.add_argument("--model-size", metavar="H[,W]", help="the picture size the model takes, in pixels (default: what "
+                       "the model brings; 224 for a model file that does not say)")
+    group.add_argument("--class-names", metavar="FILE", help="a text file with the model's class names, one per line in "
+                       "output order (default: what the model brings, else 'class 7')")
 
 
 def _add_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
@@ -343,8 +356,8 @@ def _add_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -
                                 f"--weights, --download, --arch and --device apply to each (default: {DEFAULT_MODEL})")
     else:
         group.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_FILE",
-                           help=f"the model: {MODEL_NAMES}; or a model file (TorchScript, .pt2, or a state dict with "
-                                f"--arch) (default: {DEFAULT_MODEL})")
+                           help=f"the model: {MODEL_NAMES}; or a model file (TorchScript, .pt2, .onnx, .keras, a state dict "
+                                f"with --arch, or a whole pickled model with --allow-pickle) (default: {DEFAULT_MODEL})")
     _add_weight_args(group)
 
 
@@ -377,6 +390,15 @@ def _add_target_layer(parser: argparse.ArgumentParser, tool: Tool | None) -> Non
         parser.add_argument("--target", metavar="CLASS",
                             help="the class to explain: an index (281), one per picture (281,285), or words the tool "
                                  "reads (label, top3) (default: the top-1 class)")
+        parser.add_argument("--box", metavar="X1,Y1,X2,Y2",
+                            help="a detector: explain the detection matching this box, in input pixels (IoU >= 0.5)")
+        parser.add_argument("--box-label", metavar="K", help="with --box: only detections of label K")
+        parser.add_argument("--task", choices=("classification", "segmentation"),
+                            help="segmentation: explain a segmentation model's class (--seg-class) over its pixels")
+        parser.add_argument("--seg-class", metavar="K",
+                            help="a segmentation model: explain class K over the pixels predicted as K (or --mask)")
+        parser.add_argument("--mask", metavar="PNG",
+                            help="with --seg-class: the pixels to explain, a black-and-white picture the size of the model's output")
     if tool is None or (_offers_layer(tool) and not _special_required(tool, "layer")):
         parser.add_argument("--layer", metavar="NAME",
                             help="a dotted layer name (layer4.1.conv2), several separated by commas (default: the tool's choice)")
@@ -655,6 +677,48 @@ def _target(text: str | None) -> Any:
     return text
 
 
+def _whole(text: str, flag: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise TargetError(f"{flag} takes a class index (a whole number >= 0), got {text!r}")
+    return int(text)
+
+
+def _target_from(args: argparse.Namespace) -> Any:
+    """The target the flags give — parsed in one place: --target (classes), --box X1,Y1,X2,Y2 [--box-label K]
+    (cs.targets.box), --task segmentation --seg-class K [--mask PNG] (cs.targets.segmentation); None: the default."""
+    import numpy as np
+    import torch
+
+    from . import targets
+    from .images import load_image
+
+    flags = {"--target": getattr(args, "target", None), "--box": getattr(args, "box", None),
+             "--seg-class": getattr(args, "seg_class", None)}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if len(given) > 1:
+        raise TargetError(f"give one of {' or '.join(given)}: they name different targets")
+    label, mask, task = getattr(args, "box_label", None), getattr(args, "mask", None), getattr(args, "task", None)
+    if label is not None and flags["--box"] is None:
+        raise TargetError("--box-label goes with --box X1,Y1,X2,Y2")
+    if (mask is not None or task == "segmentation") and flags["--seg-class"] is None:
+        raise TargetError("a segmentation target needs --seg-class K (the class to explain)")
+    if flags["--box"] is not None:
+        parts = flags["--box"].split(",")
+        try:
+            box = [float(part) for part in parts]
+        except ValueError:
+            box = []
+        if len(box) != 4:
+            raise TargetError(f"--box takes four numbers X1,Y1,X2,Y2 in input pixels, got {flags['--box']!r}")
+        return targets.box(box, label=None if label is None else _whole(label, "--box-label"))
+    if flags["--seg-class"] is not None:
+        region = None
+        if mask is not None:
+            region = torch.from_numpy(np.asarray(load_image(mask).convert("L")) > 127)
+        return targets.segmentation(_whole(flags["--seg-class"], "--seg-class"), mask=region)
+    return _target(flags["--target"])
+
+
 def _layer(text: str | None) -> Any:
     if text is None:
         return None
@@ -670,7 +734,13 @@ def _load(args: argparse.Namespace, name: str | None = None) -> Any:
     name = name or args.model
     try:
         with stage(f"loading {name}"):
-            return load_model(name, weights=args.weights, arch=args.arch, device=args.device, download=args.download)
+            if getattr(args, "allow_pickle", False) and Path(str(name)).is_file():
+                print(f"convscope: warning: --allow-pickle: loading {name} runs code from the file; use it only with files you "
+                      f"trust", file=sys.stderr)
+            return load_model(name, weights=args.weights, arch=args.arch, device=args.device, download=args.download,
+                              allow_pickle=getattr(args, "allow_pickle", False), mean=getattr(args, "mean", None),
+                              std=getattr(args, "std", None), labels=getattr(args, "class_names", None),
+                              input_size=getattr(args, "model_size", None))
     except MissingWeightsError as exc:
         size = f" ({exc.size_mb:,.0f} MB)" if exc.size_mb else ""
         raise ModelError(f"the pretrained {exc.model} weights ({exc.weights}) are not in the torch cache ({exc.checkpoint}); "
@@ -751,8 +821,9 @@ def _execute(args: argparse.Namespace, tool: Tool, options: dict[str, Any]) -> i
     tool.validate(options)  # before the model and the pictures load: one line naming the option and its range
     _check_suffix(args)
     special: dict[str, Any] = {}
-    if getattr(args, "target", None) is not None:
-        special["target"] = _target(args.target)
+    target = _target_from(args)
+    if target is not None:
+        special["target"] = target
     if getattr(args, "layer", None) is not None:
         special["layer"] = _layer(args.layer)
     inputs, extra, stem = _inputs(args, tool)

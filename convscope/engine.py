@@ -24,7 +24,7 @@ from .result import Result
 from .targets import Target, check_target
 
 __all__ = ["BF16_GRADIENTS", "DEFAULT_MAX_FORWARDS", "FP32_ONLY", "PRECISIONS", "Cost", "Limits", "backward_bytes", "bytes_per_row",
-           "check_cost", "compute_precision", "current_limits", "default_rows", "gaussian_blur", "limits",
+           "channels_last", "check_cost", "compute_precision", "current_limits", "default_rows", "gaussian_blur", "limits",
            "machine_memory", "memory_budget", "package", "perturbation_rows", "prepare", "stand_in", "trace_memo"]
 
 # -- precision -------------------------------------------------------------------------------------------
@@ -81,10 +81,19 @@ def package(model: Model, x: torch.Tensor, data: torch.Tensor, *, method: str, c
                   labels=model.labels_for(classes), meta=meta, inputs=x.detach(), mean=model.mean, std=model.std)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the channels-last layout the forward wants: ``channels_last`` for (B, C, H, W),
+    ``channels_last_3d`` for a video's (B, C, T, H, W); other ranks as they are."""
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x.contiguous()
+
+
 # -- batch sizes ---------------------------------------------------------------------------------------------
 def default_rows(height: int, width: int, *, per_224: int = 16, device: torch.device | None = None) -> int:
     """Pictures per forward for a tool that evaluates many: ``per_224`` pictures of 224x224, scaled by area
-    (small batches beat large ones on CPUs with the default allocator; see benchmarks/), 4x on a GPU."""
+    (small batches beat large ones on CPUs with the default allocator; see benchmarks/), 4x on a GPU. For a
+    video pass ``height`` = T x H: its frames count as area."""
     rows = max(1, (per_224 * 224 * 224) // max(1, int(height) * int(width)))
     return rows * 4 if device is not None and device.type == "cuda" else rows
 
@@ -165,7 +174,7 @@ def perturbation_rows(model: Any, x: torch.Tensor, batch_size: int | None = None
         return batch_size
     wrapped = as_model(model)
     device = wrapped.device
-    fast = default_rows(*x.shape[-2:], device=device)
+    fast = default_rows(math.prod(x.shape[2:-1]), x.shape[-1], device=device)  # a video's frames count as area
     per_row = bytes_per_row(wrapped, tuple(x.shape[1:]), x.dtype)
     if per_row is None:
         return fast

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LayerError
+from .spatial import Layout, layout_for
 
 __all__ = ["RECTIFIER_RULES", "CallRecord", "Capture", "Guard", "LayerRef", "RectifierRule"]
 
@@ -102,6 +103,8 @@ class Guard:
     _modes: list[Any] = field(default_factory=list, init=False, repr=False)
     _lock: threading.RLock | None = field(default=None, init=False, repr=False)
     _counters: list[list[int]] = field(default_factory=list, init=False, repr=False)
+    _picture: tuple[int, ...] | None = field(default=None, init=False, repr=False)
+    _watching: bool = field(default=False, init=False, repr=False)
 
     def __enter__(self) -> Guard:
         self._lock = _lock_for(self.module)
@@ -139,6 +142,7 @@ class Guard:
                 handle.remove()
             self._handles.clear()
             self._counters.clear()
+            self._watching, self._picture = False, None
             for m, flag in self._training:
                 m.__dict__["training"] = flag
             for p, flag in self._requires_grad:
@@ -167,15 +171,18 @@ class Guard:
         return mode
 
     def capture(self, ref: LayerRef, *, grad: bool = True) -> Capture:
-        """Record ``ref``'s output. With ``grad`` the output becomes a leaf requiring grad and a
-        clone goes downstream, so the backward stops at the layer and an in-place op after it
+        """Record ``ref``'s output in its spatial view (B, C, *S) (:mod:`convscope.spatial`: token sequences and
+        channels-last maps are turned into channels-first maps). With ``grad`` the view becomes a leaf requiring
+        grad and a copy goes downstream, so the backward stops at the layer and an in-place op after it
         cannot corrupt what was captured. A layer whose output already requires grad (it runs after
         another captured layer) is recorded as it is, so gradients reach every captured layer."""
         cap = Capture(ref, grad)
+        calls = self._call_counter()
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            index = cap.calls
-            cap.calls += 1
+            index = calls[0]
+            calls[0] += 1
+            cap.calls = calls[0]  # calls in this forward
             if ref.call is None and index > 0:
                 raise LayerError(
                     f"layer {ref.name!r} runs more than once per forward (a shared module); "
@@ -187,23 +194,26 @@ class Guard:
                 raise LayerError(
                     f"layer {ref.label!r} returns {type(output).__name__}, not a tensor; pick a layer that outputs a feature map"
                 )
+            layout = self.layout(module, output)
             if not grad:  # keep the value; a copy goes downstream, so later in-place ops cannot change it
-                cap.value = output.detach()
+                cap.value = layout.to_spatial(output.detach())
                 return output.clone()
             if output.requires_grad:  # downstream of another capture (several layers at once): a tap
-                cap.value = output
+                cap.value = layout.to_spatial(output)
                 return output.clone()
             if self.grad == "from_capture":
                 torch.set_grad_enabled(True)  # record from here on; the guard's no_grad exit restores the mode
-            leaf = output.detach().requires_grad_(True)
+            leaf = layout.to_spatial(output.detach()).requires_grad_(True)
             cap.value = leaf
-            return leaf.clone()
+            downstream = layout.from_spatial(leaf, output)
+            return downstream.clone() if downstream is leaf else downstream.contiguous()
 
         self.add_hook(ref.module, hook)
         return cap
 
     def edit(self, ref: LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace ``ref``'s output (its ``ref.call``-th call, or every call) by ``fn(output)``."""
+        """Replace ``ref``'s output (its ``ref.call``-th call, or every call) by ``fn(view)``, ``fn`` seeing and
+        giving the spatial view (B, C, *S)."""
         calls = self._call_counter()
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -211,22 +221,39 @@ class Guard:
             calls[0] += 1
             if ref.call is not None and index != ref.call:
                 return None
-            return fn(output)
+            layout = self.layout(module, output)
+            return layout.from_spatial(fn(layout.to_spatial(output)), output)
 
         self.add_hook(ref.module, hook)
+
+    def layout(self, module: nn.Module, output: torch.Tensor) -> Layout:
+        """The spatial reading of ``module``'s ``output`` in the current forward (channels-first when there is none,
+        so a layer without a map is passed on as it is and refused by the method that needs a map)."""
+        found = layout_for(module, output.shape[1:], self._picture, prefix_tokens=_prefix_tokens(self.module))
+        return found or Layout("channels_first", tuple(output.shape[2:]), int(output.shape[1]) if output.dim() > 1 else 1)
 
     def _call_counter(self) -> list[int]:
         """A per-forward call counter for one hook: reset whenever the model's forward starts, so
         ``@k`` names the k-th call within each forward, however many forwards the block runs."""
         counter = [0]
-        if not self._counters:
-            def reset(module: nn.Module, args: Any) -> None:
-                for c in self._counters:
-                    c[0] = 0
-
-            self.add_hook(self.module, reset, pre=True)
+        self.track_picture()
         self._counters.append(counter)
         return counter
+
+    def track_picture(self) -> None:
+        """Watch the model's input, once per block: each forward resets the call counters and records the picture's
+        size (H, W) or (T, H, W), which the spatial views of token layers need (:meth:`layout`)."""
+        if self._watching:
+            return
+
+        def start(module: nn.Module, args: Any) -> None:
+            for c in self._counters:
+                c[0] = 0
+            first = args[0] if args else None
+            self._picture = tuple(first.shape[2:]) if isinstance(first, torch.Tensor) and first.dim() >= 4 else None
+
+        self.add_hook(self.module, start, pre=True)
+        self._watching = True
 
     def trace(self, names: dict[nn.Module, str]) -> list[CallRecord]:
         """Hook every module; returns the list that the next forward fills, in completion order."""
@@ -248,6 +275,12 @@ class Guard:
             is_layer = next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None
             self.add_hook(module, make(name, is_layer))
         return records
+
+
+def _prefix_tokens(module: nn.Module) -> int | None:
+    """The model's own count of class/distillation/register tokens (timm's ``num_prefix_tokens``), if it says."""
+    value = getattr(module, "num_prefix_tokens", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # -- rectifier rules (guided backprop, deconvnet) ------------------------------------------------

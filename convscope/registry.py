@@ -229,17 +229,20 @@ class CostContext:
         return 1
 
     def area(self, height: int | None = None, width: int | None = None) -> float:
-        """A picture's area relative to the model's input size (1.0 at the model's own size): what one forward
-        of that picture costs in forwards at the input size."""
+        """A picture's area (a clip's volume) relative to the model's input size (1.0 at the model's own size): what
+        one forward of that picture costs in forwards at the input size."""
         import torch
 
         x = self.x
-        if height is None and isinstance(x, torch.Tensor) and x.dim() == 4:
+        frames = 1
+        if height is None and isinstance(x, torch.Tensor) and x.dim() in (4, 5):  # (B, C, H, W) or a clip (B, C, T, H, W)
             height, width = int(x.shape[-2]), int(x.shape[-1])
+            frames = int(x.shape[2]) if x.dim() == 5 else 1
         size = getattr(self.model, "input_size", None) or (224, 224)
         if height is None or width is None:
             return 1.0
-        return (height * width) / float(size[0] * size[1])
+        own = size[-2] * size[-1] * (size[0] if len(size) == 3 else 1)  # a video model's (T, H, W)
+        return (frames * height * width) / float(own)
 
     def layer_shape(self, layer: Any = None) -> tuple[int, ...] | None:
         """The output shape (C, h, w) of ``layer`` (default: the call's layer, else the default CAM layer) for

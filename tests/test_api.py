@@ -15,7 +15,7 @@ PUBLIC = {
     "deconvnet", "guided_backprop", "input_x_gradient", "integrated_gradients", "smoothgrad",
     "RegionOfInterest", "Regions", "roi", "class_regions",
     "ablationcam", "cam", "eigencam", "gradcam_pp", "guided_gradcam", "hirescam", "layercam", "scorecam", "xgradcam",
-    "occlusion", "rise", "superpixels", "occlusion_mask", "masked_image", "metrics",
+    "occlusion", "rise", "drise", "superpixels", "occlusion_mask", "masked_image", "metrics",
     "features", "filters", "compare_filters", "feature_maps", "layer_info", "maximize", "class_image", "dream", "objectives",
     "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap", "export_projector", "digits_dataset",
     "Comparison", "compare", "Audit", "audit", "Robustness", "robustness",

@@ -3,12 +3,14 @@
 A variant differs from Grad-CAM only in how it combines a layer's feature maps (pytorch-grad-cam's
 shape); the engine does the rest: one forward that records the layer(s) and picks the target, the
 head's backward to those layers only (nothing below them is recorded), the variant's combination,
-and one bilinear upsampling to the input's H×W. Score-CAM and Ablation-CAM run their extra forwards
+and one upsampling to the input's size: bilinear to H×W for pictures, trilinear to T×H×W for videos and
+volumes (Conv3d models: maps (B, K, t, h, w) in, (B, 1, T, H, W) out). Score-CAM and Ablation-CAM run their extra forwards
 batched, skipping maps that cannot change the answer (constant or all-zero channels).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..engine import Cost, bytes_per_row, compute_precision, default_rows, package, prepare
+from ..engine import Cost, bytes_per_row, channels_last, compute_precision, default_rows, package, prepare
 from ..errors import LayerError, TargetError
 from ..hooks import Guard, LayerRef
 from ..layers import LayerSpec, default_cam_layer, resolve_layer
@@ -45,8 +47,9 @@ TopChannels = Annotated[int, Field(ge=1, le=100_000)] | None  # Score-CAM / Abla
 
 @dataclass
 class CamInputs:
-    """What a variant sees for one layer: activations A (B, K, h, w), their gradients (or None), the
-    model, the explained input (B, C, H, W) and the resolved target (classes or the callable)."""
+    """What a variant sees for one layer: activations A (B, K, *S) with S = (h, w), or (t, h, w) for a video,
+    their gradients (or None), the model, the explained input (B, C, *S_in) and the resolved target (classes
+    or the callable)."""
 
     model: Model
     x: torch.Tensor
@@ -62,7 +65,22 @@ class CamInputs:
     progress: ProgressArg = False  # perturbation variants: progress per channel evaluated (a callback may cancel)
 
 
-Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, h, w) before the ReLU
+Combine = Callable[[CamInputs], torch.Tensor]  # -> (B, 1, *S) before the ReLU
+
+
+def space(t: torch.Tensor, first: int = 2) -> tuple[int, ...]:
+    """The spatial dimensions of ``t`` from ``first`` on: (2, 3) for (B, K, h, w), (2, 3, 4) for (B, K, t, h, w)."""
+    return tuple(range(first, t.dim()))
+
+
+def per_channel(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """Channel weights (B, K) shaped to broadcast over ``acts`` (B, K, *S): (B, K, 1, 1) or (B, K, 1, 1, 1)."""
+    return weights.reshape(*weights.shape[:2], *[1] * (acts.dim() - 2))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(N, C, *S) -> (N, C, *size): bilinear for pictures, trilinear for videos and volumes."""
+    return F.interpolate(maps, size=size, mode="trilinear" if maps.dim() == 5 else "bilinear", align_corners=False)
 
 
 def _layers(model: Model, x: torch.Tensor, layer: LayerSpec | Sequence[LayerSpec]) -> list[LayerRef]:
@@ -79,7 +97,8 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
                combine: Combine, needs_grad: bool = True, relu: bool = True, precision: str = "fp32",
                batch_size: int | None = None, no_bf16: str | None = None, top_channels: int | None = None,
                progress: ProgressArg = False) -> Result:
-    """Shared CAM computation: ``relu(combine(A))`` per layer, upsampled to (B, 1, H, W).
+    """Shared CAM computation: ``relu(combine(A))`` per layer, upsampled to (B, 1, H, W) — (B, 1, T, H, W) for a
+    video input (B, C, T, H, W), whose layers give (B, K, t, h, w).
 
     With several layers each map is scaled by its per-image maximum and the maps are averaged.
     """
@@ -91,8 +110,13 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
         output = wrapped.module(wrapped.working_copy(x))
         acts = [capture.check() for capture in captures]
         for ref, a in zip(refs, acts):
-            if a.dim() != 4:
-                raise LayerError(f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not a (B, C, h, w) feature map")
+            if a.dim() not in (4, 5):
+                raise LayerError(f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not a (B, C, h, w) feature map "
+                                 f"(nor a video's (B, C, t, h, w))")
+            if a.dim() != x.dim():
+                grid = "(B, C, t, h, w)" if x.dim() == 5 else "(B, C, h, w)"
+                raise LayerError(f"layer {ref.label!r} outputs shape {tuple(a.shape)} for an input of shape {tuple(x.shape)}; "
+                                 f"pick a layer whose maps are {grid} like the input")
         scores, classes = resolve_target(target, output)
         grads: Sequence[torch.Tensor | None] = [None] * len(acts)
         if needs_grad:
@@ -104,7 +128,7 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
             if missing:
                 raise LayerError(f"the target score does not depend on layer {missing[0]!r}; pick a layer before the output")
     fixed = fixed_target(target, classes)
-    rows = batch_size or default_rows(*x.shape[-2:])
+    rows = batch_size or default_rows(math.prod(x.shape[2:-1]), x.shape[-1])  # a video's frames count as area
     maps = []
     for ref, a, g in zip(refs, acts, grads):
         inputs = CamInputs(wrapped, x, ref, a.detach().float(), None if g is None else g.float(), fixed,
@@ -112,14 +136,14 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
                            output.detach() if isinstance(output, torch.Tensor) else None, progress)
         low = combine(inputs)
         maps.append(low.clamp_min(0) if relu else low)
-    size = tuple(x.shape[-2:])
+    size = tuple(x.shape[2:])  # (H, W), or (T, H, W)
     if len(maps) == 1:
         low_res = maps[0]
-        data = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+        data = upsample(low_res, size)
     else:
         low_res = None
-        ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
-        data = torch.stack([u / u.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(EPS) for u in ups]).mean(0)
+        ups = [upsample(m, size) for m in maps]
+        data = torch.stack([u / u.abs().amax(dim=space(u, 1), keepdim=True).clamp_min(EPS) for u in ups]).mean(0)
     return package(wrapped, x, data, method=method, classes=classes, scores=scores, output=output, kind="map",
                    layer="+".join(ref.label for ref in refs), low_res=low_res,
                    layer_shape=tuple(acts[0].shape[1:]),
@@ -127,26 +151,26 @@ def cam_engine(model: Any, x: torch.Tensor, *, target: Target, layer: LayerSpec 
 
 
 def weighted_sum(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_k w_k A_k: channel weights (B, K, 1, 1) or element weights (B, K, h, w) -> (B, 1, h, w)."""
+    """sum_k w_k A_k: channel weights (B, K, 1, ...) or element weights (B, K, *S) -> (B, 1, *S)."""
     return (weights * acts).sum(dim=1, keepdim=True)
 
 
 # -- gradient-weighted variants --------------------------------------------------------------------
 def _gradcam(c: CamInputs) -> torch.Tensor:
-    return weighted_sum(c.acts, c.grads.mean(dim=(2, 3), keepdim=True))  # GAP of gradients (Eq. 1)
+    return weighted_sum(c.acts, c.grads.mean(dim=space(c.grads), keepdim=True))  # GAP of gradients (Eq. 1)
 
 
 def _gradcam_pp(c: CamInputs) -> torch.Tensor:
     g2 = c.grads**2
     g3 = g2 * c.grads
-    alpha = g2 / (2 * g2 + c.acts.sum(dim=(2, 3), keepdim=True) * g3 + EPS)  # Eq. 19, exponential head
+    alpha = g2 / (2 * g2 + c.acts.sum(dim=space(c.acts), keepdim=True) * g3 + EPS)  # Eq. 19, exponential head
     alpha = torch.where(c.grads != 0, alpha, torch.zeros_like(alpha))
-    return weighted_sum(c.acts, (alpha * c.grads.clamp_min(0)).sum(dim=(2, 3), keepdim=True))
+    return weighted_sum(c.acts, (alpha * c.grads.clamp_min(0)).sum(dim=space(c.acts), keepdim=True))
 
 
 def _xgradcam(c: CamInputs) -> torch.Tensor:
-    norm = c.acts.sum(dim=(2, 3), keepdim=True) + EPS
-    return weighted_sum(c.acts, (c.grads * c.acts / norm).sum(dim=(2, 3), keepdim=True))
+    norm = c.acts.sum(dim=space(c.acts), keepdim=True) + EPS
+    return weighted_sum(c.acts, (c.grads * c.acts / norm).sum(dim=space(c.acts), keepdim=True))
 
 
 def _layercam(c: CamInputs) -> torch.Tensor:
@@ -179,12 +203,12 @@ def _channel_cost(context: CostContext) -> Cost:
     evaluated = sum(min(channels, top or channels) for channels in counts)
     scorecam = context.tool.name == "scorecam"
     blank = len(counts) if scorecam and top is None else 0
-    _, colours, height, width = (int(v) for v in context.x.shape)
-    memory = 2 * max(counts) * height * width * 4 if scorecam else 0
+    colours, picture = int(context.x.shape[1]), tuple(int(v) for v in context.x.shape[2:])  # (H, W) or (T, H, W)
+    memory = 2 * max(counts) * math.prod(picture) * 4 if scorecam else 0
     batch_size = context.options.get("batch_size")
     if batch_size:
-        per_row = bytes_per_row(context.model, (colours, height, width)) if context.model is not None else None
-        memory += min(batch_size, evaluated) * (colours * height * width * 4 + (per_row or 0))
+        per_row = bytes_per_row(context.model, (colours, *picture)) if context.model is not None else None
+        memory += min(batch_size, evaluated) * (colours * math.prod(picture) * 4 + (per_row or 0))
     return Cost((1 + blank + evaluated) * context.pictures * context.area(), memory,
                 f"{evaluated:,} channels of the layer per picture")
 
@@ -240,28 +264,43 @@ hirescam = _register_cam(
 
 
 # -- CAM (Zhou et al.) --------------------------------------------------------------------------------
-def _gap_linear_head(c: CamInputs) -> nn.Linear:
-    """The Linear layer that makes the output from the global average of the layer's maps."""
-    pooled = c.acts.mean(dim=(2, 3))  # (B, K)
+def linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A linear layer's (weight (out, in), bias (out,) or None): nn.Linear, or a wrapper that gives them as
+    ``convscope_linear`` (a Keras Dense, whose kernel is (in, out)); None for any other module."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    given = getattr(module, "convscope_linear", None)
+    return given if isinstance(given, tuple) else None
+
+
+def _gap_linear_head(c: CamInputs) -> torch.Tensor:
+    """The weights (classes, K) of the linear layer that makes the output from the global average of the layer's maps."""
+    pooled = c.acts.mean(dim=space(c.acts))  # (B, K)
     if c.output is None or c.output.dim() != 2:
         raise LayerError("cam needs a model whose output is a (B, classes) tensor of logits; use gradcam")
     output = c.output.float()  # the explaining forward's output: no second forward
     for module in c.model.module.modules():
-        if isinstance(module, nn.Linear) and module.in_features == pooled.shape[1] and module.out_features == output.shape[-1]:
-            predicted = F.linear(pooled, module.weight.float(), None if module.bias is None else module.bias.float())
-            tolerance = 1e-2 if c.precision == "bf16" else 1e-4
-            if torch.allclose(predicted, output, rtol=tolerance, atol=tolerance * float(output.abs().max())):
-                return module
+        found = linear_weights(module)
+        if found is None or tuple(found[0].shape) != (output.shape[-1], pooled.shape[1]):
+            continue
+        weight, bias = found
+        predicted = F.linear(pooled, weight.float(), None if bias is None else bias.float())
+        tolerance = 1e-2 if c.precision == "bf16" else 1e-4
+        if torch.allclose(predicted, output, rtol=tolerance, atol=tolerance * float(output.abs().max())):
+            return weight
     raise LayerError(f"cam needs a head that is global average pooling of layer {c.ref.label!r} followed by one "
                      f"Linear layer (ResNet, EfficientNet); this model's head differs: use gradcam")
 
 
 def _cam(c: CamInputs) -> torch.Tensor:
+    if c.output is None or c.output.dim() != 2:
+        raise LayerError("cam reads the class's weights in a classifier's linear head, and this model's output is not "
+                         "(B, classes) logits (a segmentation model or a detector); use gradcam")
     if not isinstance(c.target, torch.Tensor):
         raise TargetError("cam explains a class (it reads the class's weights); pass a class index, not a callable")
     head = _gap_linear_head(c)
-    weights = head.weight.detach().float()[c.target.to(head.weight.device)]  # (B, K)
-    return weighted_sum(c.acts, weights[:, :, None, None])
+    weights = head.detach().float()[c.target.to(head.device)]  # (B, K)
+    return weighted_sum(c.acts, per_channel(weights, c.acts))
 
 
 @register("cam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
@@ -287,14 +326,14 @@ def cam(model: Any, x: torch.Tensor, *, target: Target = None, layer: LayerSpec 
 
 # -- Eigen-CAM ----------------------------------------------------------------------------------------
 def _eigencam(c: CamInputs) -> torch.Tensor:
-    batch, channels, height, width = c.acts.shape
-    flat = c.acts.reshape(batch, channels, -1).transpose(1, 2)  # (B, hw, K)
+    batch, channels = c.acts.shape[:2]
+    flat = c.acts.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, K)
     centered = flat - flat.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centered, full_matrices=False)
     projection = (centered @ vh[:, 0, :, None])[..., 0]  # (B, hw): the first principal component
     # the singular vector's sign is arbitrary: orient it along the mean activation
     sign = torch.sign((projection * flat.mean(dim=2)).sum(dim=1, keepdim=True))
-    return (projection * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(batch, 1, height, width)
+    return (projection * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(batch, 1, *c.acts.shape[2:])
 
 
 @register("eigencam", family="attribution", group="cam", takes="images", returns="map", cost=_forward_cost,
@@ -323,7 +362,7 @@ def _scorecam_combine(score: str) -> Combine:
 
     def combine(c: CamInputs) -> torch.Tensor:
         batch, channels = c.acts.shape[:2]
-        size = tuple(c.x.shape[-2:])
+        size = tuple(c.x.shape[2:])  # (H, W), or (T, H, W)
         module = c.model.module
         weights = torch.zeros(batch, channels, device=c.acts.device)
         per_image = min(channels, c.top_channels or channels)
@@ -331,9 +370,9 @@ def _scorecam_combine(score: str) -> Combine:
                 tracker(c.progress, batch * per_image, "scorecam channels") as bar:
             pixels = c.model.working_copy(c.x)
             for b in range(batch):
-                up = F.interpolate(c.acts[b:b + 1], size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
-                low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
-                span = (high - low)[:, 0, 0]
+                up = upsample(c.acts[b:b + 1], size)[0]  # (K, *size)
+                low, high = up.amin(dim=space(up, 1), keepdim=True), up.amax(dim=space(up, 1), keepdim=True)
+                span = (high - low).flatten()
                 live = torch.nonzero(span > EPS * high.abs().amax().clamp_min(1)).flatten()
                 masks = (up - low) / (high - low).clamp_min(EPS)
                 if c.top_channels is None:
@@ -346,14 +385,14 @@ def _scorecam_combine(score: str) -> Combine:
                                         device=c.acts.device)
                 for start in range(0, live.numel(), c.batch_size):
                     chunk = live[start:start + c.batch_size]
-                    masked = (pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype)).contiguous(memory_format=torch.channels_last)
+                    masked = channels_last(pixels[b:b + 1] * masks[chunk, None].to(pixels.dtype))
                     scores[chunk] = row_scores(module(masked), c.target, b, kind)
                     bar.advance(chunk.numel())
                 bar.advance(per_image - live.numel())  # constant maps: nothing to evaluate
                 if score == "logit_softmax":
                     scores = scores.softmax(dim=0) if torch.isfinite(scores).any() else torch.zeros_like(scores)
                 weights[b] = scores
-        return weighted_sum(c.acts, weights[:, :, None, None])
+        return weighted_sum(c.acts, per_channel(weights, c.acts))
 
     return combine
 
@@ -412,23 +451,23 @@ def _ablationcam(c: CamInputs) -> torch.Tensor:
         guard.edit(c.ref, ablate)
         for b in range(batch):
             base = c.scores[b].float()
-            live = torch.nonzero(c.acts[b].abs().amax(dim=(1, 2)) > 0).flatten()  # ablating a zero map changes nothing
+            live = torch.nonzero(c.acts[b].abs().amax(dim=space(c.acts[b], 1)) > 0).flatten()  # ablating a zero map changes nothing
             live = _strongest(c.acts[b], live, c.top_channels)
             for start in range(0, live.numel(), c.batch_size):
                 plan["channels"] = chunk = live[start:start + c.batch_size]
-                rows = pixels[b:b + 1].repeat(chunk.numel(), 1, 1, 1)  # real copies: the model may work in place
+                rows = pixels[b:b + 1].repeat(chunk.numel(), *[1] * (pixels.dim() - 1))  # real copies: the model may work in place
                 ablated = row_scores(c.model.module(rows), c.target, b)
                 weights[b, chunk.to(weights.device)] = (base - ablated) / _nonzero(base)
                 bar.advance(chunk.numel())
             bar.advance(per_image - live.numel())  # all-zero channels: nothing to ablate
-    return weighted_sum(c.acts, weights[:, :, None, None])
+    return weighted_sum(c.acts, per_channel(weights, c.acts))
 
 
 def _strongest(acts: torch.Tensor, channels: torch.Tensor, top: int | None) -> torch.Tensor:
-    """The ``top`` of ``channels`` with the largest mean activation in ``acts`` (K, h, w); all if None."""
+    """The ``top`` of ``channels`` with the largest mean activation in ``acts`` (K, *S); all if None."""
     if top is None or channels.numel() <= top:
         return channels
-    strength = acts[channels.to(acts.device)].mean(dim=(1, 2))
+    strength = acts[channels.to(acts.device)].mean(dim=space(acts, 1))
     return channels[strength.topk(top).indices.to(channels.device)]
 
 

@@ -8,13 +8,14 @@ Integrated gradients and SmoothGrad evaluate their many points in batches, with 
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
-from ..engine import BF16_GRADIENTS, Cost, backward_bytes, compute_precision, default_rows, gaussian_blur, package, prepare
+from ..engine import BF16_GRADIENTS, Cost, backward_bytes, channels_last, compute_precision, default_rows, gaussian_blur, package, prepare
 from ..errors import ConvscopeError, LayerError, OptionError, TargetError
 from ..hooks import Guard
 from ..models import Model
@@ -22,7 +23,7 @@ from ..options import BatchSize, Fp32Only, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
 from ..registry import CostContext, ReportSpec, register
 from ..result import Result
-from ..targets import Target, fixed_target, resolve_target, row_scores
+from ..targets import OutputTarget, Target, fixed_target, resolve_target, row_scores, select_rows
 
 if TYPE_CHECKING:
     from ..registry import Tool
@@ -203,8 +204,8 @@ def _quadrature(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
 def as_batch(value: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
     """A picture-shaped tensor option (C, H, W), (1, C, H, W) or (B, C, H, W) as (B, C, H, W) like ``x``."""
     given = value.detach().to(x.device, x.dtype)
-    given = given[None] if given.dim() == 3 else given
-    if given.dim() != 4 or given.shape[1:] != x.shape[1:] or given.shape[0] not in (1, x.shape[0]):
+    given = given[None] if given.dim() == x.dim() - 1 else given
+    if given.dim() != x.dim() or given.shape[1:] != x.shape[1:] or given.shape[0] not in (1, x.shape[0]):
         raise option_error(f"{name} shape {tuple(value.shape)} does not fit x {tuple(x.shape)}; give (C, H, W), "
                            f"(1, C, H, W) or (B, C, H, W)", name)
     return given.expand_as(x)
@@ -219,10 +220,15 @@ def baseline_for(model: Model, x: torch.Tensor, baseline: Any) -> torch.Tensor:
     if baseline == "zeros":
         return torch.zeros_like(x)
     if baseline == "black":
-        mean = torch.tensor(model.mean or (0.0,), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(model.std or (1.0,), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        per_channel = (1, -1, *[1] * (x.dim() - 2))  # (B, C, H, W) or a video's (B, C, T, H, W)
+        mean = torch.tensor(model.mean or (0.0,), device=x.device, dtype=x.dtype).view(per_channel)
+        std = torch.tensor(model.std or (1.0,), device=x.device, dtype=x.dtype).view(per_channel)
         return ((0 - mean) / std).expand_as(x).clone()
     if baseline == "blur":
+        if x.dim() == 5:  # a video: each frame blurred on its own
+            frames = x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[-2:])
+            blurred = gaussian_blur(frames, max(1.0, x.shape[-1] / 20))
+            return blurred.reshape(x.shape[0], x.shape[2], x.shape[1], *x.shape[-2:]).transpose(1, 2)
         return gaussian_blur(x, max(1.0, x.shape[-1] / 20))
     raise ConvscopeError(f"unknown baseline {baseline!r}; use 'zeros', 'black', 'blur' or a tensor")
 
@@ -269,32 +275,34 @@ def integrated_gradients(model: Any, x: torch.Tensor, *, target: Target = None, 
     _no_layer("integrated_gradients", layer)
     wrapped, x = prepare(model, x, target, precision, no_bf16=BF16_GRADIENTS)
     batch = x.shape[0]
-    rows = batch_size or default_rows(*x.shape[-2:])
+    rows = batch_size or default_rows(math.prod(x.shape[2:-1]), x.shape[-1])  # a video's frames count as area
     alphas, weights = _quadrature(steps, rule)
     with Guard(wrapped.module), compute_precision(wrapped, precision), \
             tracker(progress, steps * batch, "integrated_gradients") as bar:
         inputs = wrapped.working_copy(x)
-        base = baseline_for(wrapped, inputs, baseline).contiguous(memory_format=torch.channels_last)
+        base = channels_last(baseline_for(wrapped, inputs, baseline))
         alphas, weights = alphas.to(inputs.device), weights.to(inputs.device)
         with torch.no_grad():  # both ends in one forward: the target and the completeness check
             ends = wrapped.module(torch.cat([inputs, base]))
-        scores, classes = resolve_target(target, ends[:batch])
+        clean_output = select_rows(ends, slice(0, batch))
+        scores, classes = resolve_target(target, clean_output)
         fixed = fixed_target(target, classes)
-        base_scores = row_scores(ends[batch:], fixed)
+        base_scores = row_scores(select_rows(ends, slice(batch, 2 * batch)), fixed)
         diff = inputs - base
         total = torch.zeros(inputs.shape, dtype=torch.float32, device=inputs.device)
         for start in range(0, steps * batch, rows):  # row j: step j // batch of image j % batch
             index = torch.arange(start, min(start + rows, steps * batch), device=inputs.device)
             step, image = index // batch, index % batch
-            a = alphas[step].view(-1, 1, 1, 1).to(inputs.dtype)
+            each = (-1, *[1] * (inputs.dim() - 1))  # one value per row, for (B, C, H, W) or (B, C, T, H, W)
+            a = alphas[step].view(each).to(inputs.dtype)
             points = (base[image] + a * diff[image]).requires_grad_(True)
             out = wrapped.module(points.clone())
             (grad,) = input_gradient(row_scores(out, fixed, image), points)
-            total.index_add_(0, image, grad.float() * weights[step].view(-1, 1, 1, 1))
+            total.index_add_(0, image, grad.float() * weights[step].view(each))
             bar.advance(len(index))
     data = diff.float() * total
-    delta = data.sum(dim=(1, 2, 3)) - (scores.float() - base_scores)
-    return package(wrapped, x, data, method="integrated_gradients", classes=classes, scores=scores, output=ends[:batch],
+    delta = data.flatten(1).sum(dim=1) - (scores.float() - base_scores)
+    return package(wrapped, x, data, method="integrated_gradients", classes=classes, scores=scores, output=clean_output,
                    kind="pixels", delta=delta.detach(), baseline_scores=base_scores.detach(), steps=steps, signed=True,
                    units="contribution to the score")
 
@@ -387,15 +395,15 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
         scores, classes = resolve_target(target, output)
     fixed = fixed_target(target, classes)
     clean = x.detach()
-    scale = sigma * (clean.amax(dim=(1, 2, 3)) - clean.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
-    per_call = max(1, (batch_size or default_rows(*x.shape[-2:])) // batch)
+    scale = sigma * (clean.flatten(1).amax(dim=1) - clean.flatten(1).amin(dim=1)).view(-1, *[1] * (clean.dim() - 1))
+    per_call = max(1, (batch_size or default_rows(math.prod(x.shape[2:-1]), x.shape[-1])) // batch)  # frames count as area
     total = sq_total = None
     with tracker(progress, samples * batch, "smoothgrad") as bar:  # an inner loop reports into this bar
         for first in range(0, samples, per_call):
             draws = range(first, min(first + per_call, samples))
             noise = torch.cat([_noise(seed, s, x.shape[1:]) for s in draws]).to(clean.device, clean.dtype)  # (k, C, H, W)
             noisy = (clean[None] + noise[:, None] * scale[None]).reshape(-1, *x.shape[1:])  # sample-major (k*B, C, H, W)
-            chunk_target = fixed.repeat(len(draws)) if isinstance(fixed, torch.Tensor) else fixed
+            chunk_target = _repeated(fixed, len(draws), batch)
             once = inner.fn(wrapped, noisy, target=chunk_target, precision=precision, **given)
             inner_signed, inner_units = bool(once.meta.get("signed")), once.meta.get("units", f"{method} value")
             part = once.data.float().reshape(len(draws), batch, *once.data.shape[1:])
@@ -407,6 +415,15 @@ def smoothgrad(model: Any, x: torch.Tensor, *, target: Target = None, layer: Non
     return package(wrapped, x, data, method="smoothgrad", classes=classes, scores=scores, output=output, kind="pixels",
                    inner=method, variant=variant, samples=samples, sigma=sigma,
                    signed=variant == "mean" and inner_signed, units=f"{variant} of {inner_units} over noisy copies")
+
+
+def _repeated(fixed: Target, times: int, batch: int) -> Target:
+    """The fixed target for ``times`` sample-major copies of a batch of ``batch`` pictures (row i is picture i % batch)."""
+    if isinstance(fixed, torch.Tensor):
+        return fixed.repeat(times)
+    if isinstance(fixed, OutputTarget) and hasattr(fixed, "select"):
+        return fixed.select(torch.arange(times * batch) % batch)
+    return fixed
 
 
 def _noise(seed: int, sample: int, shape: torch.Size) -> torch.Tensor:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 
-from ..engine import Cost, bytes_per_row, compute_precision, default_rows, package, perturbation_rows, prepare
-from ..errors import ConvscopeError
+from ..engine import Cost, bytes_per_row, channels_last, compute_precision, default_rows, package, perturbation_rows, prepare
+from ..errors import ConvscopeError, InputError
 from ..hooks import Guard
 from ..models import Model
 from ..options import BatchSize, Precision, PythonOnly, Seed
@@ -80,19 +80,22 @@ def _fill_tensor(model: Model, pixels: torch.Tensor, fill: Any) -> torch.Tensor:
     if isinstance(fill, torch.Tensor):
         return as_batch(fill, pixels, "fill")
     if fill == "mean":
-        return pixels.mean(dim=(2, 3), keepdim=True)
+        return pixels.mean(dim=tuple(range(2, pixels.dim())), keepdim=True)  # each picture's (video's) mean colour
     if fill == "blur":
         return baseline_for(model, pixels, "blur")
-    return torch.full((1, 1, 1, 1), float(fill), device=pixels.device, dtype=pixels.dtype)
+    return torch.full((1,) * pixels.dim(), float(fill), device=pixels.device, dtype=pixels.dtype)
 
 
 def _rows_of(pixels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Fresh copies of images ``images`` (n,) of ``pixels`` (channels-last, as the forward wants them)."""
-    return pixels[images].contiguous(memory_format=torch.channels_last)
+    return channels_last(pixels[images])
 
 
 def _start(model: Any, x: torch.Tensor, target: Target, precision: str, layer: Any, method: str) -> tuple[Model, torch.Tensor]:
     _no_layer(method, layer)
+    if isinstance(x, torch.Tensor) and x.dim() == 5 and method != "occlusion":
+        raise InputError(f"{method} masks pictures (B, C, H, W); for a video (B, C, T, H, W) use occlusion, whose "
+                         f"windows also cover time")
     return prepare(model, x, target, precision)
 
 
@@ -121,7 +124,10 @@ FLOAT = 4  # bytes
 
 
 def _picture(context: CostContext) -> tuple[int, int, int, int]:
-    """(B, C, H, W) of the call's pictures."""
+    """(B, C, H, W) of the call's pictures (a video is refused: only occlusion's windows cover time)."""
+    if context.x.dim() == 5:
+        raise InputError(f"{context.tool.name} masks pictures (B, C, H, W); for a video (B, C, T, H, W) use occlusion, "
+                         f"whose windows also cover time")
     batch, channels, height, width = (int(v) for v in context.x.shape)
     return batch, channels, height, width
 
@@ -137,11 +143,22 @@ def _chunk_memory(context: CostContext, jobs: int, per_row: int = 0) -> int:
 
 
 # -- occlusion -----------------------------------------------------------------------------------------
-def _sides(value: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) in pixels from a checked ``Side`` or pair of them (below 1: a share of the picture's side)."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    sides = [max(1, round(v * side)) if v < 1 else int(v) for v, side in zip(pair, size)]
-    return sides[0], sides[1]
+def _sides(value: Any, size: tuple[int, ...]) -> tuple[int, ...]:
+    """Window sides in pixels (frames) for a picture (H, W) or a video (T, H, W), from a checked ``Side`` or a
+    tuple of them (below 1: a share of that side). On a video a single whole number or an (h, w) pair sizes
+    the frames only (the time side is then None: its default); a single share applies to every side."""
+    if isinstance(value, (tuple, list)):
+        pair = tuple(value)
+        if len(size) == 3 and len(pair) == 2:
+            pair = (None, *pair)
+        elif len(pair) != len(size):
+            what = "(h, w)" if len(size) == 2 else "(t, h, w) or (h, w)"
+            raise option_error(f"occlusion: a window or stride of {len(pair)} sides for a {len(size)}-D input; give {what}", "window")
+    elif len(size) == 3 and value >= 1:
+        pair = (None, value, value)
+    else:
+        pair = (value,) * len(size)
+    return tuple(None if v is None else max(1, round(v * side)) if v < 1 else int(v) for v, side in zip(pair, size))
 
 
 def _positions(side: int, window: int, stride: int) -> list[int]:
@@ -154,26 +171,38 @@ def _positions(side: int, window: int, stride: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Windows:
-    """Where occlusion's windows go on an H x W picture."""
+    """Where occlusion's windows go on an H x W picture, or a T x H x W video (one tuple entry per side)."""
 
-    window: tuple[int, int]
-    stride: tuple[int, int]
-    tops: list[int]
-    lefts: list[int]
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    starts: tuple[list[int], ...]  # per side: the windows' first pixel (frame)
 
     @property
     def count(self) -> int:
-        return len(self.tops) * len(self.lefts)
+        return math.prod(len(s) for s in self.starts)
+
+    @property
+    def shape(self) -> str:
+        return "x".join(str(side) for side in self.window)
 
 
-def _windows(window: Any, stride: Any, height: int, width: int) -> _Windows:
-    """The windows for the checked ``window`` / ``stride`` options; a window larger than the picture is refused."""
-    wh, ww = _sides(window if window is not None else (max(1, round(height / 7)), max(1, round(width / 7))), (height, width))
-    if wh > height or ww > width:
-        raise option_error(f"occlusion: window {wh}x{ww} is larger than the {height}x{width} picture; "
-                           f"use at most {height}x{width}", "window")
-    sh, sw = _sides(stride if stride is not None else (max(1, wh // 2), max(1, ww // 2)), (height, width))
-    return _Windows((wh, ww), (sh, sw), _positions(height, wh, sh), _positions(width, ww, sw))
+def _windows(window: Any, stride: Any, size: tuple[int, ...]) -> _Windows:
+    """The windows for the checked ``window`` / ``stride`` options on ``size`` (H, W) or (T, H, W); a window larger
+    than the input is refused. Defaults: 1/7 of each side on a picture; on a video a quarter of each side and of
+    the frames (at least one frame), so that (4 x 4 x 4 positions at half-window strides) stays affordable."""
+    video = len(size) == 3
+    share = 4 if video else 7
+    default = tuple(max(1, round(side / share)) for side in size)
+    chosen = _sides(window, size) if window is not None else default
+    sides = tuple(d if c is None else c for c, d in zip(chosen, default))
+    if any(w > s for w, s in zip(sides, size)):
+        big, shown = "x".join(map(str, sides)), "x".join(map(str, size))
+        raise option_error(f"occlusion: window {big} is larger than the {shown} {'video' if video else 'picture'}; "
+                           f"use at most {shown}", "window")
+    half = tuple(max(1, w // 2) for w in sides)
+    chosen_steps = _sides(stride, size) if stride is not None else half
+    steps = tuple(h if c is None else c for c, h in zip(chosen_steps, half))
+    return _Windows(sides, steps, tuple(_positions(s, w, st) for s, w, st in zip(size, sides, steps)))
 
 
 def _cover(starts: Sequence[int], window: int, side: int, device: torch.device) -> torch.Tensor:
@@ -185,11 +214,15 @@ def _cover(starts: Sequence[int], window: int, side: int, device: torch.device) 
 
 def _occlusion_cost(context: CostContext) -> Cost:
     """The clean forward and one forward per window and picture; the drops (B, windows) and one batch."""
-    batch, _, height, width = _picture(context)
-    found = _windows(context.options["window"], context.options["stride"], height, width)
-    memory = batch * found.count * FLOAT + _chunk_memory(context, batch * found.count)
+    batch, size = int(context.x.shape[0]), tuple(int(v) for v in context.x.shape[2:])
+    found = _windows(context.options["window"], context.options["stride"], size)
+    if len(size) == 2:
+        memory = batch * found.count * FLOAT + _chunk_memory(context, batch * found.count)
+    else:  # a video: one batch of perturbed copies (B, C, T, H, W) and the drops
+        rows = min(batch * found.count, context.options.get("batch_size") or 16)
+        memory = batch * found.count * FLOAT + rows * 3 * int(context.x.shape[1]) * math.prod(size) * FLOAT
     return Cost(batch * (1 + found.count) * context.area(), memory,
-                f"{found.count:,} windows of {found.window[0]}x{found.window[1]} per picture")
+                f"{found.count:,} windows of {found.shape} per {'video' if len(size) == 3 else 'picture'}")
 
 
 @register("occlusion", family="attribution", group="perturbation", takes="images", returns="map",
@@ -201,28 +234,33 @@ def _occlusion_cost(context: CostContext) -> Cost:
                                  "the largest, and the picture seen through it: the part the model needs."))
 @_options_doc
 def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None = None,
-              window: Side | tuple[Side, Side] | None = None, stride: Side | tuple[Side, Side] | None = None,
+              window: Side | tuple[Side, Side] | tuple[Side, Side, Side] | None = None,
+              stride: Side | tuple[Side, Side] | tuple[Side, Side, Side] | None = None,
               fill: Fill = 0.0, score: Score = "probability", batch_size: BatchSize = None, precision: Precision = "fp32",
               progress: ProgressArg = None) -> Result:
     """Occlusion: the drop in the target's score when a window hides each part of the picture, averaged
-    over the windows that cover each pixel, (B, 1, H, W). Positive: hiding it hurts the class.
+    over the windows that cover each pixel, (B, 1, H, W). Positive: hiding it hurts the class. A video
+    (B, C, T, H, W) gets windows over time as well, a (t, h, w) box of frames, and a map (B, 1, T, H, W).
 
-    One forward per window and image, batched. ``meta["grid"]`` (B, nh, nw) holds each window's drop,
-    ``meta["rows"]`` / ``meta["cols"]`` the windows' top and left edges, ``meta["base"]`` the clean
-    score. ``occlusion_mask`` and ``masked_image`` turn the map into seed 000's mask and masked picture.
+    One forward per window and image, batched. ``meta["grid"]`` (B, nh, nw) — (B, nt, nh, nw) for a video —
+    holds each window's drop, ``meta["rows"]`` / ``meta["cols"]`` (and ``meta["frames"]``) the windows' top
+    and left edges (first frames), ``meta["base"]`` the clean score. ``occlusion_mask`` and ``masked_image``
+    turn a picture's map into seed 000's mask and masked picture.
 
     Options:
         window: the hidden square's side in pixels (32, or (h, w)) or as a share of the picture's side below 1
             (0.25); None: 1/7 of the side (32 at 224). Make it about the size of the parts you want to find: small
             windows give sharp maps but cost (side / stride)^2 forwards and miss objects larger than the window.
+            A video also takes (t, h, w), t in frames; (h, w) or whole pixels keep the default t (a quarter of the
+            frames), a share below 1 applies to the frames too; None: a quarter of every side.
         stride: the step between windows, in pixels or as a share of the side; None: half the window. A smaller
             stride gives a smoother map at a quadratic cost.
         fill: what the window shows: {fill}.
     """
     wrapped, x = _start(model, x, target, precision, layer, "occlusion")
-    batch, _, height, width = x.shape
-    found = _windows(window, stride, height, width)
-    (wh, ww), (sh, sw), tops, lefts, windows = found.window, found.stride, found.tops, found.lefts, found.count
+    batch, size = x.shape[0], tuple(x.shape[2:])  # (H, W), or (T, H, W)
+    found = _windows(window, stride, size)
+    windows, starts, sides = found.count, found.starts, found.window
     rows = perturbation_rows(wrapped, x, batch_size)
     with Guard(wrapped.module, grad=False), compute_precision(wrapped, precision), \
             tracker(progress, batch * windows, "occlusion") as bar:
@@ -235,36 +273,47 @@ def occlusion(model: Any, x: torch.Tensor, *, target: Target = None, layer: None
             images = jobs // windows
             chunk = _rows_of(pixels, images)
             for r, (j, b) in enumerate(zip(jobs.tolist(), images.tolist())):
-                top, left = tops[(j % windows) // len(lefts)], lefts[j % len(lefts)]
-                chunk[r, :, top:top + wh, left:left + ww] = fills[b, :, top:top + wh, left:left + ww]
+                where = np.unravel_index(j % windows, [len(s) for s in starts])  # the window's index along each side
+                box = tuple(slice(s[i], s[i] + w) for s, i, w in zip(starts, where, sides))
+                chunk[(r, slice(None), *box)] = fills[(b, slice(None), *box)]
             drops[start:start + len(jobs)] = base[images] - row_scores(wrapped.module(chunk), fixed, images, score)
             bar.advance(len(jobs))
-    grid = drops.view(batch, len(tops), len(lefts))
-    # every window is a product of a row band and a column band: sum the drops covering each pixel, divide by the count
-    cover_h, cover_w = _cover(tops, wh, height, grid.device), _cover(lefts, ww, width, grid.device)
-    total = torch.einsum("bij,ih,jw->bhw", grid, cover_h, cover_w)
-    data = (total / (cover_h.sum(0)[:, None] * cover_w.sum(0)[None, :]))[:, None]
+    grid = drops.view(batch, *[len(s) for s in starts])
+    # every window is a product of bands, one per side: sum the drops covering each pixel, divide by the count
+    covers = [_cover(s, w, side, grid.device) for s, w, side in zip(starts, sides, size)]
+    if len(size) == 2:
+        total = torch.einsum("bij,ih,jw->bhw", grid, *covers)
+        data = (total / (covers[0].sum(0)[:, None] * covers[1].sum(0)[None, :]))[:, None]
+    else:
+        total = torch.einsum("bkij,kt,ih,jw->bthw", grid, *covers)
+        counts = torch.einsum("t,h,w->thw", *(c.sum(0) for c in covers))
+        data = (total / counts)[:, None]
+    extra = {"frames": tuple(starts[0])} if len(size) == 3 else {}
     return package(wrapped, x, data, method="occlusion", classes=classes, scores=scores, output=output, kind="map",
-                   grid=grid, base=base, score=score, window=(wh, ww), stride=(sh, sw), rows=tuple(tops),
-                   cols=tuple(lefts), windows=windows, signed=True, units=f"drop in {score} when covered")
+                   grid=grid, base=base, score=score, window=sides, stride=found.stride, rows=tuple(starts[-2]),
+                   cols=tuple(starts[-1]), windows=windows, signed=True, units=f"drop in {score} when covered", **extra)
 
 
 def occlusion_mask(result: Result, threshold: float = 0.5) -> torch.Tensor:
-    """(B, 1, H, W) bool: the pixels whose occlusion costs at least ``threshold`` (0..1) of the image's
-    largest drop — seed 000's mask. An image whose map has no positive drop gets an empty mask.
+    """(B, 1, H, W) bool — (B, 1, T, H, W) for a video: the pixels whose occlusion costs at least ``threshold``
+    (0..1) of the image's largest drop — seed 000's mask. An image whose map has no positive drop gets an empty mask.
     (``convscope.roi(result, threshold=...)`` gives one image's largest region, box and crop.)"""
     if not 0 <= threshold <= 1:
         raise ConvscopeError(f"threshold is a share of the largest drop, between 0 and 1; got {threshold}")
     data = result.data.detach()
-    if data.dim() != 4 or data.shape[1] != 1:
-        raise ConvscopeError(f"occlusion_mask needs a (B, 1, H, W) map, got {result.method} of shape {tuple(data.shape)}")
-    peak = data.amax(dim=(1, 2, 3), keepdim=True)
+    if data.dim() not in (4, 5) or data.shape[1] != 1:
+        raise ConvscopeError(f"occlusion_mask needs a (B, 1, H, W) map (or a video's (B, 1, T, H, W)), got {result.method} "
+                             f"of shape {tuple(data.shape)}")
+    peak = data.amax(dim=tuple(range(1, data.dim())), keepdim=True)
     return (data >= threshold * peak) & (peak > 0)
 
 
 def masked_image(result: Result, mask: torch.Tensor | None = None, *, threshold: float = 0.5) -> np.ndarray:
     """The explained pictures seen through ``mask`` (B, 1, H, W) bool (default: ``occlusion_mask(result,
     threshold)``): uint8 (B, H, W, 3), black outside the mask — seed 000's third picture."""
+    if result.data.dim() == 5:
+        raise ConvscopeError("masked_image makes pictures; for a video use occlusion_mask(result) (B, 1, T, H, W) "
+                             "and draw the clip with result.save('clip.gif')")
     mask = occlusion_mask(result, threshold) if mask is None else mask
     pictures = result.images()
     if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[2:]) != pictures.shape[1:3] or mask.shape[0] != len(pictures):

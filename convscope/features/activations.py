@@ -43,13 +43,15 @@ class _Tap:
 
     def __init__(self, guard: Guard, model: Model, refs: dict[str, LayerRef]) -> None:
         self.refs = refs
+        self.guard = guard
         self.acts: dict[str, torch.Tensor] = {}
         self.stop = True
         self._counts = dict.fromkeys(refs, 0)
-        for key, ref in refs.items():
-            guard.add_hook(ref.module, self._hook(key, ref))
         if refs:
             guard.add_hook(model.module, self._reset, pre=True)
+            guard.track_picture()  # the picture's size, for the spatial views of token layers
+        for key, ref in refs.items():
+            guard.add_hook(ref.module, self._hook(key, ref))
 
     def _reset(self, module: Any, args: Any) -> None:
         for key in self._counts:
@@ -64,7 +66,7 @@ class _Tap:
             if not isinstance(output, torch.Tensor):
                 raise LayerError(f"layer {ref.label!r} returns {type(output).__name__}, not a tensor; "
                                  f"pick a layer that outputs a feature map")
-            self.acts[key] = output
+            self.acts[key] = self.guard.layout(module, output).to_spatial(output)  # (B, C, *S): tokens and channels-last too
             if self.stop and len(self.acts) == len(self.refs):
                 raise _Stop
             return output.clone()  # the forward goes on: an in-place op downstream must not change what we read
@@ -153,7 +155,7 @@ def _feature_maps_cost(context: CostContext) -> Cost:
     size (the one the tool makes itself, so it is cached)."""
     model, x = context.model, context.x
     forwards = context.pictures * context.area()
-    if model is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
+    if model is None or not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
         return Cost(forwards)
     requested = context.special.get("layer")
     requested = requested if requested is not None else context.options.get("layers")
@@ -212,8 +214,8 @@ def feature_maps(model: Any, x: torch.Tensor, *, layer: Any = None, layers: Pyth
     ``layer``: one name or module (-> one Result, kind "feature_maps"), a list of them (-> a
     :class:`FeatureWalk`, a dict label -> Result in the order given), or None for every convolution in
     execution order (seed 003's walk through VGG16's 13 conv layers; ``max_layers`` spreads fewer from
-    the first to the last). Each Result has ``data`` (B, C, h, w) raw activations and
-    ``meta["mean_activation"]`` (B, C); ``inputs`` is ``x``.
+    the first to the last). Each Result has ``data`` (B, C, h, w) raw activations — (B, C, t, h, w) for a video
+    (B, C, T, H, W) through 3-D layers, drawn as frames — and ``meta["mean_activation"]`` (B, C); ``inputs`` is ``x``.
 
     Options:
         layers: the same as layer (its older name; Python only).
@@ -243,8 +245,8 @@ def feature_maps(model: Any, x: torch.Tensor, *, layer: Any = None, layers: Pyth
     for key, ref in refs.items():
         data = acts[key].float().contiguous().clone()  # a normal tensor (made outside inference mode)
         meta: dict[str, Any] = {"shape": tuple(data.shape[1:])}
-        if data.dim() == 4:
-            meta["mean_activation"] = data.mean(dim=(2, 3))
+        if data.dim() in (4, 5):  # a picture's (B, C, h, w) or a video's (B, C, t, h, w)
+            meta["mean_activation"] = data.mean(dim=tuple(range(2, data.dim())))
         results[key] = Result(data=data, method="feature_maps", layer=ref.label, meta=meta, inputs=x.detach(),
                               mean=wrapped.mean, std=wrapped.std, kind="feature_maps")
     return next(iter(results.values())) if single else results
@@ -257,9 +259,10 @@ def top_channels(result: Result, k: int = 8, *, index: int = 0) -> torch.Tensor:
         index: which image of the batch.
     """
     data = result.data
-    if data.dim() != 4:
-        raise ConvscopeError(f"top_channels needs (B, C, h, w) feature maps, got shape {tuple(data.shape)}")
-    means = data[index].float().mean(dim=(1, 2))
+    if data.dim() not in (4, 5):
+        raise ConvscopeError(f"top_channels needs (B, C, h, w) feature maps (or a video's (B, C, t, h, w)), "
+                             f"got shape {tuple(data.shape)}")
+    means = data[index].float().mean(dim=tuple(range(1, data.dim() - 1)))
     return means.topk(max(1, min(int(k), means.numel()))).indices
 
 

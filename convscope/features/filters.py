@@ -15,7 +15,7 @@ import torch
 from ..engine import Cost
 from ..errors import LayerError
 from ..hooks import LayerRef
-from ..layers import is_conv, resolve_layer, trace
+from ..layers import conv_weight, is_conv, resolve_layer, trace
 from ..models import Model, as_model
 from ..registry import LayerUse, ReportSpec, register
 from ..result import Result
@@ -77,7 +77,7 @@ def filters(model: Any, layer: Any = None) -> Result:
     wrapped: Model = as_model(model)
     ref = first_conv(wrapped) if layer is None else resolve_layer(wrapped, layer)
     module = ref.module
-    weight = module._parameters.get("weight") if is_conv(module) else None
+    weight = conv_weight(module)
     if weight is None or weight.dim() != 4:
         raise LayerError(f"layer {ref.label!r} ({type(module).__name__}) is not a 2-D convolution with (out, in, kh, kw) "
                          f"weights; pick a Conv2d (see cs.layers(model))")

@@ -28,6 +28,7 @@ __all__ = ["Predictions", "predict", "summary"]
 
 Side = Annotated[int, Field(ge=1, le=4096)]
 Channels = Annotated[int, Field(ge=1, le=64)]
+Frames = Annotated[int, Field(ge=1, le=1024)]
 
 
 def _summary_cost(context: CostContext) -> Cost:
@@ -40,7 +41,8 @@ def _summary_cost(context: CostContext) -> Cost:
         shape = _input_shape(model, size)
     except ValueError:
         return Cost(0)  # the tool says what is missing
-    return Cost(context.area(shape[-2], shape[-1]), detail="one traced forward of one picture")
+    frames = shape[1] if len(shape) == 4 else 1
+    return Cost(context.area(shape[-2], shape[-1]) * frames, detail="one traced forward of one picture")
 
 
 @register("summary", family="model", takes="model", returns="table", cost=_summary_cost,
@@ -49,15 +51,16 @@ def _summary_cost(context: CostContext) -> Cost:
                             note="Every layer in the order it runs, with the size of what it outputs (channels × height × "
                                  "width; None stands for the number of pictures) and its parameters; open the table to read "
                                  "it. A module used twice is listed once per use (name@0, name@1)."))
-def summary(model: Any, *, input_size: tuple[Side, Side] | tuple[Channels, Side, Side] | None = None) -> Table:
+def summary(model: Any, *, input_size: tuple[Side, Side] | tuple[Channels, Side, Side] | tuple[Channels, Frames, Side, Side]
+            | None = None) -> Table:
     """Summary: every layer call in execution order with its output shape and parameters, and the totals.
 
     What Keras' ``model.summary()`` prints, as a :class:`~convscope.result.Table`: ``print`` it, or look at
     it in a notebook; ``"Total params" in cs.summary(m)`` works on its text.
 
     Options:
-        input_size: the picture size to trace the layers with, (height, width) or (channels, height, width); default: the
-            model's own input size (a bare module needs it).
+        input_size: the picture size to trace the layers with, (height, width) or (channels, height, width) — or (channels,
+            frames, height, width) for a video or volume model; default: the model's own input size (a bare module needs it).
     """
     return layer_summary(model, input_size=input_size)
 

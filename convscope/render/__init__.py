@@ -9,7 +9,7 @@ matplotlib is imported only when a figure is made.
 
 # ruff: noqa: I001 — core is imported first: it registers the explanation drawers with dispatch, which imports it
 from . import core
-from . import audit, compare, embedding, features, robustness, scale, tables, trust
+from . import audit, compare, embedding, features, robustness, scale, tables, trust, video
 from .core import (
     colorize,
     data_uri,
@@ -64,4 +64,5 @@ __all__ = [
     "to_png",
     "to_uint8_image",
     "trust",
+    "video",
 ]

@@ -8,7 +8,11 @@ Each render module registers what it can make of a kind with :func:`drawer`:
 - ``html(obj, **style) -> str``: a fragment for reports and notebooks, for kinds that are more than a
   picture (tables); without it the fragment is the picture inline with the caption;
 - ``caption(obj) -> str``: one line saying what it shows; ``text(obj) -> str``: the command line's words;
-- ``textual``: the kind is words (a table): ``show`` prints it instead of drawing it.
+- ``textual``: the kind is words (a table): ``show`` prints it instead of drawing it;
+- ``animation(obj, format=, **style) -> bytes``: an animated GIF or APNG (videos: ``save(result, "clip.gif")``).
+
+A Result holding a video or volume (data (B, C, T, H, W)) is drawn by the video drawer of its kind
+(:func:`video_drawer`, registered by ``render/video.py``): frame strips, and animations for ``.gif`` / ``.apng``.
 
 ``figure``, ``picture``, ``to_png``, ``to_html``, ``mimebundle``, ``caption``, ``text``, ``save`` and
 ``show`` below dispatch on ``obj.kind``; the ``Displayable`` methods of results (``save``, ``show``,
@@ -80,9 +84,12 @@ class Drawer:
     caption: Callable[[Any], str] | None = None
     text: Callable[[Any], str] | None = None
     textual: bool = False
+    animation: Callable[..., bytes] | None = None
 
 
 _DRAWERS: dict[str, Drawer] = {}
+_VIDEO_DRAWERS: dict[str, Drawer] = {}  # kind -> how a Result of that kind holding a video (B, C, T, H, W) is drawn
+ANIMATION_FORMATS = (".gif", ".apng")  # animated for videos; ".gif" is a still picture for everything else
 
 
 def drawer(kind: str, *, figure: Callable[..., Any], picture: Callable[..., np.ndarray | None] | None = None,
@@ -93,6 +100,24 @@ def drawer(kind: str, *, figure: Callable[..., Any], picture: Callable[..., np.n
         raise ValueError(f"kind {kind!r} already has a drawer")
     _DRAWERS[kind] = Drawer(kind, figure, picture, html, caption, text, textual)
     return _DRAWERS[kind]
+
+
+def video_drawer(kind: str, *, figure: Callable[..., Any], picture: Callable[..., np.ndarray | None] | None = None,
+                 html: Callable[..., str] | None = None, caption: Callable[[Any], str] | None = None,
+                 text: Callable[[Any], str] | None = None, animation: Callable[..., bytes] | None = None) -> Drawer:
+    """Register how a Result of ``kind`` whose data is a video or volume (B, C, T, H, W) is drawn."""
+    if kind in _VIDEO_DRAWERS:
+        raise ValueError(f"kind {kind!r} already has a video drawer")
+    _VIDEO_DRAWERS[kind] = Drawer(kind, figure, picture, html, caption, text, False, animation)
+    return _VIDEO_DRAWERS[kind]
+
+
+def _is_video(obj: Any) -> bool:
+    """A Result with data (B, C, T, H, W), or a dict of them (a feature walk through 3-D layers)."""
+    if isinstance(obj, dict):
+        obj = next(iter(obj.values()), None)
+    data = getattr(obj, "data", None)
+    return getattr(data, "dim", None) is not None and data.dim() == 5
 
 
 def kinds() -> list[str]:
@@ -109,8 +134,11 @@ def kind_of(obj: Any) -> str:
 
 
 def drawer_for(obj: Any) -> Drawer:
-    """The drawer of ``obj``'s kind; a clear error for anything else."""
-    return _DRAWERS[kind_of(obj)]
+    """The drawer of ``obj``'s kind (its video drawer when it holds a video); a clear error for anything else."""
+    kind = kind_of(obj)
+    if kind in _VIDEO_DRAWERS and _is_video(obj):
+        return _VIDEO_DRAWERS[kind]
+    return _DRAWERS[kind]
 
 
 def drawer_of(kind: str) -> Drawer:
@@ -266,6 +294,12 @@ def _formats() -> str:
 def to_bytes(obj: Any, suffix: str, **style: Any) -> bytes:
     """``obj`` encoded as the file format of ``suffix`` (".png", ".jpg", ".pdf", ".html", ...: see ``save``)."""
     suffix = "." + suffix.lower().lstrip(".")
+    if suffix in ANIMATION_FORMATS:
+        found = drawer_for(obj)
+        if found.animation is not None:
+            return _draw(found, found.animation, obj, {**style, "format": suffix[1:]})
+        if suffix == ".apng":
+            raise ConvscopeError(f"an animated PNG (.apng) is made of videos only; save this {found.kind} as .png")
     if suffix in RASTER_FORMATS:
         fmt = RASTER_FORMATS[suffix]
         if fmt == "PNG":
@@ -295,7 +329,8 @@ def save(obj: Any, path: str | os.PathLike, **style: Any) -> Path:
     page). Everything is drawn before the file is made; parent folders are made."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in RASTER_FORMATS and suffix not in VECTOR_FORMATS and suffix not in PAGE_FORMATS:
+    if suffix not in RASTER_FORMATS and suffix not in VECTOR_FORMATS and suffix not in PAGE_FORMATS \
+            and suffix not in ANIMATION_FORMATS:
         raise ConvscopeError(f"cannot tell the format of {str(path)!r} from its suffix; end the name with one of {_formats()}")
     data = to_bytes(obj, suffix, **style)
     path.parent.mkdir(parents=True, exist_ok=True)

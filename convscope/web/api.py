@@ -96,6 +96,7 @@ def _layer_rows(app: App, key: str) -> list[dict[str, Any]]:
     """Every module in ``named_modules()`` order (a tree by dotted names) with its type, output shape
     (from one traced forward), parameters, and whether it has feature maps / filters to show."""
     from convscope.layers import is_conv, trace
+    from convscope.spatial import layout_for
 
     model = app.model(key)
     if model.input_size is None:
@@ -118,8 +119,15 @@ def _layer_rows(app: App, key: str) -> list[dict[str, Any]]:
             params = leaves[label].params if leaf else sum(p.numel() for p in module.parameters())
             rows.append({"name": label, "type": type(module).__name__, "output_shape": shape, "params": params,
                          "depth": name.count("."), "leaf": leaf, "ran": record is not None,
-                         "maps": shape is not None and len(shape) == 3, "filters": is_conv(module)})
+                         "maps": shape is not None and _has_maps(module, shape, model, layout_for),
+                         "filters": is_conv(module)})
     return rows
+
+
+def _has_maps(module: Any, shape: list[int], model: cs.Model, layout_for: Any) -> bool:
+    """A layer whose output has a spatial view (a (C, h, w) map, a token grid, a channels-last map) of 2+ positions."""
+    layout = layout_for(module, shape, model.input_size, prefix_tokens=getattr(model.module, "num_prefix_tokens", None))
+    return layout is not None and layout.positions >= 2
 
 
 @router.get("/api/models/{model}/layers", summary="The model's layers as a tree: name, type, output shape, parameters",

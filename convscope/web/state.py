@@ -18,6 +18,7 @@ import torch
 
 import convscope as cs
 from convscope import render
+from convscope.adapters.keras import is_keras
 from convscope.data import DATASETS, named_dataset
 from convscope.errors import ConvscopeError, LayerError
 
@@ -185,9 +186,12 @@ class App:
 
 
 def _as_model(item: Any) -> cs.Model:
-    """A ``cs.Model`` from a Model, a bare module, or a name / file for ``cs.load_model``."""
+    """A ``cs.Model`` from a Model, a bare module (ImageNet's 224-pixel defaults), a Keras model, or a name / file for
+    ``cs.load_model``."""
     if isinstance(item, cs.Model):
         return item
+    if is_keras(item):
+        return cs.load_model(item)  # adapted so its layers can be hooked
     if isinstance(item, torch.nn.Module):
         return cs.Model(item)
     return cs.load_model(str(item))
