@@ -56,13 +56,16 @@ from .features.projector import export_projector
 from .hooks import Guard, LayerRef
 from .images import load_image, sample_image
 from .layers import LayerInfo, default_cam_layer, layers, resolve_layer
-from .metrics.audit import Audit, audit
+from .metrics.audit import Audit, StrategyAudit, audit
 from .metrics.robustness import Robustness, robustness
+from .metrics.spray import Strategies, spray, spray_classes
 from .models import Model, Prediction, available_models, imagenet_labels, load_model
 from .registry import explain, methods, tools
 from .report import build_report as report
 from .result import Result, Table
 from .roi import RegionOfInterest, Regions, class_regions, roi
+from .store import Explanations, open_explanations
+from .sweep import explain_dataset
 from .zoo.digits import digits_dataset
 
 __version__ = "0.1.0"
@@ -74,6 +77,7 @@ __all__ = [
     "Cost",
     "CostError",
     "Embedding",
+    "Explanations",
     "FeatureWalk",
     "Guard",
     "ImageError",
@@ -91,6 +95,8 @@ __all__ = [
     "Regions",
     "Result",
     "Robustness",
+    "Strategies",
+    "StrategyAudit",
     "Table",
     "TargetError",
     "__version__",
@@ -112,6 +118,7 @@ __all__ = [
     "embed",
     "engine",
     "explain",
+    "explain_dataset",
     "export_projector",
     "feature_maps",
     "features",
@@ -137,6 +144,7 @@ __all__ = [
     "objectives",
     "occlusion",
     "occlusion_mask",
+    "open_explanations",
     "options",
     "pca",
     "predict",
@@ -151,6 +159,8 @@ __all__ = [
     "sample_image",
     "scorecam",
     "smoothgrad",
+    "spray",
+    "spray_classes",
     "summary",
     "superpixels",
     "targets",

@@ -188,7 +188,9 @@ INPUTS = {  # takes -> (metavar, nargs, help)
     "images": ("IMAGE", "+", "pictures: paths or sample names ({samples}), preprocessed for the model"),
     "image": ("IMAGE", None, "a picture: a path or a sample name ({samples})"),
     "models": ("IMAGE", "+", "pictures: paths or sample names ({samples}); each model preprocesses them its own way"),
-    "dataset": ("DATASET", None, "a folder of images (one sub-folder per label) or a built-in dataset: {datasets}"),
+    "dataset": ("DATASET", None, "a folder of images (one sub-folder per label), a file list (.parquet or .csv with a path "
+                                 "column, .txt with a path per line), a built-in dataset: {datasets}; for audit also a folder "
+                                 "written by explain-dataset"),
 }
 
 
@@ -371,11 +373,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_output_args(parser: argparse.ArgumentParser, default_out: str, returns: str | None) -> None:
+def _add_output_args(parser: argparse.ArgumentParser, default_out: str, returns: str | None, *, picture: bool = True) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--out", metavar="PATH",
-                       help=f"where to write the result; the format follows the suffix (.png .jpg .webp .tif .pdf .svg "
-                            f".html); a folder: the default name in it (default: {default_out})")
+    if picture:
+        group.add_argument("--out", metavar="PATH",
+                           help=f"where to write the result; the format follows the suffix (.png .jpg .webp .tif .pdf .svg "
+                                f".html); a folder: the default name in it (default: {default_out})")
     group.add_argument("--json", action="store_true", help="print a JSON summary instead of the text (the path goes to stderr)")
     group.add_argument("--max-forwards", type=_positive_int, metavar="N",
                        help="refuse the call if it needs more than N forward passes (default: the library's limit, "
@@ -431,7 +434,9 @@ def _add_tool(sub: Any, tool: Tool, taken: set[str]) -> None:
         group = parser.add_argument_group(f"{tool.name} options")
         for spec in offered:
             flag = _flag(spec.name)
-            if flag in COMMON_FLAGS:  # an option named like a common flag (out, model) gets a longer flag
+            if spec.name == "out" and _writes_folder(tool):  # the tool's own output folder is its --out
+                pass
+            elif flag in COMMON_FLAGS:  # an option named like a common flag (out, model) gets a longer flag
                 flag = f"--option-{spec.name.replace('_', '-')}"
             if _is_flag_bool(spec):
                 group.add_argument(flag, dest=OPTION_PREFIX + spec.name, action=argparse.BooleanOptionalAction,
@@ -446,8 +451,13 @@ def _add_tool(sub: Any, tool: Tool, taken: set[str]) -> None:
     default_out = f"<first image>_{tool.name}.png" if tool.takes in ("images", "image", "models") else f"{tool.name}.png"
     if _textual(tool.returns):
         default_out = "none: the text only"
-    _add_output_args(parser, default_out, tool.returns)
+    _add_output_args(parser, default_out, tool.returns, picture=not _writes_folder(tool))
     parser.set_defaults(func=_run_tool, tool=tool)
+
+
+def _writes_folder(tool: Tool) -> bool:
+    """A tool with an ``out`` option writes its own output (a folder): ``--out`` is that option, no picture is saved."""
+    return any(spec.name == "out" and not spec.required for spec in tool.option_specs())
 
 
 def _passes_options_on(tool: Tool) -> bool:
@@ -570,8 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--quick", action="store_true",
                        help="coarse, fast settings (few steps, samples, channels): a preview in seconds")
     group.add_argument("--folder", metavar="FOLDER",
-                       help="a folder of images (sub-folders = labels) to map in the model's feature space (t-SNE) "
-                            "(default: none: that section is left out)")
+                       help="a folder of images (sub-folders = labels) to map in the model's feature space (t-SNE) and "
+                            "audit for shortcuts, or a folder written by explain-dataset (its audit, from the maps there) "
+                            "(default: none: those sections are left out)")
     p.set_defaults(func=cmd_report)
 
     p = hand_written("serve", "The local web app: pick or upload a picture, browse a model's layers, feature maps and "
@@ -597,8 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="jobs that may wait per model; more are answered 429 with Retry-After (default: 16)")
     group.add_argument("--data", metavar="DIR",
                        help="a folder of pictures (sub-folders: labels) the page offers as the dataset 'data' for the embedding map and "
-                            "other dataset tools (the page itself never sends paths; an audit also needs masks: upload a zip "
-                            "with masks/ in the page)")
+                            "other dataset tools (the page itself never sends paths; an audit clusters its explanations, and with "
+                            "object masks — a zip with masks/ uploaded in the page — measures the share on the object too)")
     p.set_defaults(func=cmd_serve)
 
     for tool in tools():
@@ -786,6 +797,8 @@ def _inputs(args: argparse.Namespace, tool: Tool) -> tuple[tuple[Any, ...], dict
 
 def _out_path(args: argparse.Namespace, tool: Tool, stem: str | None, result: Any) -> Path | None:
     default = f"{stem}_{tool.name}.png" if stem else f"{tool.name}.png"
+    if _writes_folder(tool):
+        return None  # the tool wrote its own folder (its --out)
     if args.out is None:
         return None if _textual(getattr(result, "kind", None)) else Path(default)
     out = Path(args.out).expanduser()
@@ -798,7 +811,7 @@ def _check_suffix(args: argparse.Namespace) -> None:
     """An --out whose format cannot be told fails before any work."""
     from .render import dispatch
 
-    if args.out is None or args.out.endswith(("/", os.sep)) or Path(args.out).expanduser().is_dir():
+    if getattr(args, "out", None) is None or args.out.endswith(("/", os.sep)) or Path(args.out).expanduser().is_dir():
         return
     formats = [*dispatch.RASTER_FORMATS, *dispatch.VECTOR_FORMATS, *dispatch.PAGE_FORMATS]
     if Path(args.out).suffix.lower() not in formats:

@@ -21,7 +21,7 @@ from .errors import InputError
 from .models import Model
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "Batch", "NamedDataset", "Source", "check_labels", "from_dataset", "from_pictures",
-           "from_tensor", "is_image_file", "is_pair", "label_text", "named_dataset", "scan_folder", "source"]
+           "from_tensor", "is_image_file", "is_pair", "label_text", "named_dataset", "read_file_list", "scan_folder", "source"]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -30,10 +30,17 @@ Batch = tuple[torch.Tensor, list[str | None], list[str | None]]
 
 @dataclass
 class Source:
-    """``count`` pictures, read by ``batches(batch_size)`` as (x (b, C, H, W) preprocessed, labels, paths)."""
+    """``count`` pictures; ``read(start, stop)`` gives pictures ``start:stop`` as (x (b, C, H, W) preprocessed,
+    labels, paths), ``batches(batch_size)`` all of them in order, one batch in memory at a time."""
 
     count: int
-    batches: Callable[[int], Iterator[Batch]]
+    read: Callable[[int, int], Batch]
+    paths: list[str | None] | None = None  # every picture's path and label, when known without reading the pictures
+    labels: list[str | None] | None = None
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, self.count, batch_size):
+            yield self.read(start, min(self.count, start + batch_size))
 
 
 def is_image_file(path: Path) -> bool:
@@ -100,13 +107,11 @@ def check_labels(model: Model, labels: Sequence[Any] | None, count: int) -> list
 
 
 def from_pictures(model: Model, items: Sequence[Any], labels: list[str | None], paths: list[str | None],
-                   size: Sequence[int] | None) -> Source:
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(items), batch_size):
-            stop = start + batch_size
-            yield model.preprocess(list(items[start:stop]), size=size), labels[start:stop], paths[start:stop]
+                  size: Sequence[int] | None) -> Source:
+    def read(start: int, stop: int) -> Batch:
+        return model.preprocess(list(items[start:stop]), size=size), labels[start:stop], paths[start:stop]
 
-    return Source(len(items), batches)
+    return Source(len(items), read, paths, labels)
 
 
 def from_tensor(model: Model, x: torch.Tensor, labels: list[str | None]) -> Source:
@@ -114,12 +119,10 @@ def from_tensor(model: Model, x: torch.Tensor, labels: list[str | None]) -> Sour
     model on each batch (no pass over all of it first, and none twice)."""
     model.check_input(x, values=False)
 
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, x.shape[0], batch_size):
-            part = labels[start:start + batch_size]
-            yield x[start:start + batch_size], part, [None] * len(part)
+    def read(start: int, stop: int) -> Batch:
+        return x[start:stop], labels[start:stop], [None] * len(labels[start:stop])
 
-    return Source(int(x.shape[0]), batches)
+    return Source(int(x.shape[0]), read)
 
 
 def from_dataset(model: Model, dataset: Any, size: Sequence[int] | None) -> Source:
@@ -136,27 +139,54 @@ def from_dataset(model: Model, dataset: Any, size: Sequence[int] | None) -> Sour
             return str(first) if isinstance(first, (str, os.PathLike)) else None
         return None
 
-    def batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, count, batch_size):
-            pictures, tensors, labels, paths = [], [], [], []
-            for index in range(start, min(count, start + batch_size)):
-                item = dataset[index]
-                image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
-                (tensors if isinstance(image, torch.Tensor) else pictures).append(image)
-                labels.append(label_text(model, label, classes))
-                paths.append(item_path(index))
-            if pictures and tensors:
-                raise InputError("the dataset mixes tensors and pictures; make its transform return one kind")
-            if tensors:
-                shapes = {tuple(t.shape) for t in tensors}
-                if len(shapes) > 1 or len(next(iter(shapes))) != 3:
-                    raise InputError(f"the dataset's image tensors must all be (C, H, W) of one size, got {sorted(shapes)[:3]}; "
-                                     f"resize them in its transform")
-                yield torch.stack(tensors), labels, paths
-            else:
-                yield model.preprocess(pictures, size=size), labels, paths
+    def read(start: int, stop: int) -> Batch:
+        pictures, tensors, labels, paths = [], [], [], []
+        for index in range(start, min(count, stop)):
+            item = dataset[index]
+            image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+            (tensors if isinstance(image, torch.Tensor) else pictures).append(image)
+            labels.append(label_text(model, label, classes))
+            paths.append(item_path(index))
+        if pictures and tensors:
+            raise InputError("the dataset mixes tensors and pictures; make its transform return one kind")
+        if tensors:
+            shapes = {tuple(t.shape) for t in tensors}
+            if len(shapes) > 1 or len(next(iter(shapes))) != 3:
+                raise InputError(f"the dataset's image tensors must all be (C, H, W) of one size, got {sorted(shapes)[:3]}; "
+                                 f"resize them in its transform")
+            return torch.stack(tensors), labels, paths
+        return model.preprocess(pictures, size=size), labels, paths
 
-    return Source(count, batches)
+    return Source(count, read)
+
+
+LIST_SUFFIXES = (".parquet", ".csv", ".txt")  # file lists: a table with a 'path' column (and 'label'), or a path per line
+
+
+def read_file_list(file: str | os.PathLike) -> tuple[list[str], list[Any]]:
+    """A file list: a Parquet or CSV table with a ``path`` column (and optionally ``label``), or a text file with one
+    path per line. Relative paths are read from the list's folder. -> (paths, labels (None where not given))."""
+    where = Path(file).expanduser()
+    suffix = where.suffix.lower()
+    if suffix == ".txt":
+        paths = [line.strip() for line in where.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        labels: list[Any] = [None] * len(paths)
+    else:
+        from .store import require_pyarrow
+
+        pa = require_pyarrow()
+        try:
+            table = pa.parquet.read_table(where) if suffix == ".parquet" else pa.csv.read_csv(where)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{where}: not a readable {suffix[1:]} table ({str(exc).splitlines()[0][:120]})") from None
+        if "path" not in table.column_names:
+            raise InputError(f"{where}: a file list needs a 'path' column (and optionally 'label'); it has {', '.join(table.column_names)}")
+        paths = [str(p) for p in table.column("path").to_pylist()]
+        labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(paths)
+    if not paths:
+        raise InputError(f"{where}: the file list is empty")
+    paths = [p if Path(p).is_absolute() else os.path.normpath(where.parent / p) for p in paths]
+    return paths, labels
 
 
 def is_pair(dataset: Any) -> bool:
@@ -181,6 +211,11 @@ def source(model: Model, images: Any, labels: Sequence[Any] | None = None, size:
     if isinstance(images, (str, os.PathLike)):
         if not Path(images).expanduser().exists():
             raise InputError(f"{images}: no such folder or file")
+        if Path(images).suffix.lower() in LIST_SUFFIXES:
+            if labels is not None:
+                raise InputError(f"{images} is a file list; its labels come from its 'label' column, not labels=")
+            paths, listed = read_file_list(images)
+            return from_pictures(model, paths, [label_text(model, v) for v in listed], list(paths), size)
         images = [images]
     if isinstance(images, torch.Tensor):
         return from_tensor(model, images, check_labels(model, labels, int(images.shape[0]) if images.dim() else 0))

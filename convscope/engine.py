@@ -62,6 +62,9 @@ def prepare(model: Any, x: Any, target: Target, precision: str = "fp32", *,
     return wrapped, x
 
 
+TOP_KEPT = 10  # the model's top classes a Result records (meta["top_classes"], meta["top_probabilities"])
+
+
 def package(model: Model, x: torch.Tensor, data: torch.Tensor, *, method: str, classes: torch.Tensor | None,
             scores: torch.Tensor, output: torch.Tensor | None, layer: str | None = None, kind: str | None = None,
             **meta: Any) -> Result:
@@ -73,6 +76,8 @@ def package(model: Model, x: torch.Tensor, data: torch.Tensor, *, method: str, c
         probs = output.detach().float().softmax(dim=1)
         top, predicted = probs.max(dim=1)
         meta["predicted"], meta["predicted_probabilities"] = predicted, top  # the model's top-1, whatever is explained
+        best = probs.topk(min(TOP_KEPT, probs.shape[1]), dim=1)
+        meta["top_probabilities"], meta["top_classes"] = best.values, best.indices  # (B, k), k <= TOP_KEPT
         if classes is not None:
             meta["probabilities"] = probs.gather(1, classes[:, None])[:, 0]
     data = data.detach().float() if data.dtype in (torch.bfloat16, torch.float16) else data.detach()

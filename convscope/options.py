@@ -27,7 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from .errors import OptionError
 
-__all__ = ["BatchSize", "Fp32Only", "OptionError", "OptionSpec", "Options", "Precision", "PythonOnly", "Seed",
+__all__ = ["SERVER_ONLY", "BatchSize", "Fp32Only", "OptionError", "OptionSpec", "Options", "Precision", "PythonOnly", "Seed",
            "describe_options", "option_help", "option_specs", "options_model", "parse_text", "validate_options"]
 
 # -- shared option types ---------------------------------------------------------------------------------------
@@ -36,6 +36,13 @@ Fp32Only = Literal["fp32"]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 BatchSize = Annotated[int, Field(ge=1, le=4096)] | None
 PythonOnly = SkipJsonSchema  # PythonOnly[torch.Tensor]: accepted from Python, not offered by the CLI or the web
+SERVER_ONLY = {"x-server-only": True}  # in an option's JSON schema: Python and the command line only, never the web app
+
+
+def is_server_only(schema: dict[str, Any]) -> bool:
+    """Whether an option's schema is marked :data:`SERVER_ONLY` (or a server path: ``Path``), in any union member."""
+    members = schema.get("anyOf") or [schema]
+    return any(m.get("x-server-only") or m.get("format") in ("path", "file-path", "directory-path") for m in members)
 
 
 class Options(BaseModel):
@@ -362,8 +369,19 @@ def option_specs(model: type[Options]) -> list[OptionSpec]:
         prop = _inline_refs(prop, definitions)
         kind, choices, nullable = _kind(prop)
         default = inspect.Parameter.empty if field.is_required() else field.default
-        specs.append(OptionSpec(name, default, kind, choices, field.description or "", prop, field.is_required(), nullable))
+        specs.append(OptionSpec(name, default, kind, choices, front_help(field.description or ""), prop, field.is_required(),
+                                nullable))
     return specs
+
+
+PYTHON_CLAUSE = re.compile(r";\s*(?:from Python also|a callable target)[^;]*?(?=;|$)")
+
+
+def front_help(text: str) -> str:
+    """An option's help as the command line and the web show it: without the clauses about what only Python can pass
+    ("from Python also a tensor (C, H, W)", "a callable target is used as it is")."""
+    stripped = PYTHON_CLAUSE.sub("", text).strip()
+    return stripped if stripped.endswith(".") or not text.rstrip().endswith(".") else stripped.rstrip(".") + "."
 
 
 def _exposable(prop: dict[str, Any]) -> bool:

@@ -64,7 +64,8 @@ class ReportSpec:
              at four depths of this model); quick: for ``--quick``, on top of ``options`` (None: the tool's own
              quick options); title and a one-line note on how to read it; order: position among the part's
              sections (unset: registration position); part: the report part it belongs to (default: its family;
-             "layers" puts it at the end); style: drawing options for ``render.to_html``.
+             "layers" puts it at the end); style: drawing options for ``render.to_html``; explanations: a dataset tool
+             that reads a folder written by ``explain_dataset`` too (the report gives it such a folder).
     """
 
     options: SpecOptions = field(default_factory=dict)
@@ -74,6 +75,7 @@ class ReportSpec:
     order: float | None = None
     part: str | None = None
     style: dict[str, Any] = field(default_factory=dict)
+    explanations: bool = False  # a dataset tool that also reads a folder written by explain_dataset (the report's --folder)
 
 
 @dataclass(frozen=True, eq=False)

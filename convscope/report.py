@@ -282,6 +282,16 @@ def _parts(names: Sequence[str]) -> list[Part]:
     return [*PARTS[:-1], *extra, PARTS[-1]]
 
 
+def _reads(tool: Tool, folder: str | Path | None) -> bool:
+    """Whether a dataset tool gets the report's folder: any of them a folder of pictures, those whose spec says they
+    read explanations a folder written by ``explain_dataset``; none without a folder."""
+    if folder is None:
+        return False
+    from .store import is_explanations
+
+    return bool(tool.report and tool.report.explanations) if is_explanations(folder) else True
+
+
 def _plan(ctx: ReportContext, sections: Sequence[str] | None) -> list[_Planned]:
     """Every section, part by part: the fixed blocks first, then the tools by ``ReportSpec.order`` (unset: the
     position the tool was registered in)."""
@@ -291,7 +301,7 @@ def _plan(ctx: ReportContext, sections: Sequence[str] | None) -> list[_Planned]:
         shown = [t for t in shown if t.name in wanted or _part_of(t) in wanted]
     if ctx.methods is not None:
         shown = [t for t in shown if t.family != "attribution" or t.name in ctx.methods]
-    shown = [t for t in shown if t.takes != "dataset" or ctx.folder is not None]
+    shown = [t for t in shown if t.takes != "dataset" or _reads(t, ctx.folder)]
     planned: list[_Planned] = []
     for part in _parts([_part_of(t) for t in shown]):
         planned += [_Planned(part.name, block=b) for b in BLOCKS if b.part == part.name]
@@ -406,7 +416,8 @@ def build_report(model: Model, images: Sequence[Any] | None = None, out: str | P
     sections: only these sections: tool names (``"gradcam"``, ``"robustness"``) or parts (``"attribution"``,
               ``"features"``, …; see ``PARTS``); None: every tool with a report spec. The model card is always made.
     folder:   a dataset (a folder in ImageFolder layout, …) for the tools that take one (the dataset in
-              feature space); without it they are left out.
+              feature space, its shortcut audit), or a folder written by ``explain_dataset`` (its audit, read from
+              the maps there); without it they are left out.
     quick:    coarse settings (each spec's quick options, by default the tool's): a preview in seconds.
     progress: one stage per section (a bar, False, or a callback that may raise ``Cancelled``).
     """

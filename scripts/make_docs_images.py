@@ -13,6 +13,7 @@ def main() -> None:
     model = cs.load_model("efficientnet_lite0")
     attribution(model)
     debugging(model)
+    dataset_audit()
 
 
 def attribution(model: cs.Model) -> None:
@@ -73,6 +74,22 @@ def debugging(model: cs.Model) -> None:
     for path in written:
         print("wrote", path)
 
+
+def dataset_audit() -> None:
+    """'Auditing a whole dataset': SpRAy on the tagged-corner model's explanations (no masks), as the README's
+    example makes them — the circles' two strategies (the shape, the corner tag)."""
+    import tempfile
+
+    from convscope.zoo.tagged import tagged_dataset, train_tagged_model
+
+    tagged = train_tagged_model(seed=0)
+    pictures = tagged_dataset(400, split="test")
+    with tempfile.TemporaryDirectory() as folder:
+        runs = cs.explain_dataset(tagged, (pictures.inputs(tagged), pictures.labels), out=folder, progress=False)
+        strategies = cs.audit(tagged, runs.folder, progress=False)
+    path = OUT / "audit_strategies.png"
+    path.write_bytes(render.figure_png(strategies.classes["circle"].figure()))
+    print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ PUBLIC = {
     "Comparison", "compare", "Audit", "audit", "Robustness", "robustness",
     "tools", "registry", "options", "engine", "data", "render", "limits", "Cost", "CostError", "OptionError", "Table",
     "FeatureWalk", "Predictions", "predict",
+    "Explanations", "explain_dataset", "open_explanations", "StrategyAudit", "Strategies", "spray", "spray_classes",
 }
 
 

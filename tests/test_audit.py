@@ -180,7 +180,8 @@ def test_bad_inputs_are_one_line_errors(data) -> None:
     model = cs.load_model("shapes_biased")
     x = normalized(model, data.images[:4])
     cases = [
-        (dict(regions=None), "needs the object regions"),
+        (dict(regions=None, clusters=0), "clusters"),
+        (dict(regions=None, address="auto"), "engine='ray'"),
         (dict(regions=data.masks[:3]), "3 regions for 4 images"),
         (dict(regions=torch.tensor([[0, 0, 70, 10]] * 4)), "box 0"),
         (dict(regions=torch.zeros(4, 64, 64, dtype=torch.bool)), "empty"),
@@ -273,7 +274,8 @@ class Counting(torch.nn.Module):
 def test_registered_with_a_cost_per_picture(data) -> None:
     tool = cs.registry.get("audit")
     assert (tool.family, tool.takes, tool.returns, tool.inputs) == ("workflow", "dataset", "audit", ("model", "dataset"))
-    assert cs.audit is tool.fn and tool.loops and tool.uses_layer and tool.uses_target and tool.report is None
+    assert cs.audit is tool.fn and tool.loops and tool.uses_layer and tool.uses_target
+    assert tool.report is not None and tool.report.explanations  # a report section: from --folder, pictures or explanations
     specs = {spec.name: spec for spec in tool.option_specs()}
     assert specs["regions"].kind == "str" and specs["swaps"].maximum == 100_000 and all(s.help for s in specs.values())
     model = cs.load_model("shapes_biased")
@@ -285,6 +287,7 @@ def test_registered_with_a_cost_per_picture(data) -> None:
     assert tool.cost_of(model, x, regions=data.masks[:8], method="scorecam").forwards > 5 * cost.forwards
     with pytest.raises(cs.ConvscopeError, match="did you mean 'gradcam'"):
         tool.cost_of(model, x, regions=data.masks[:8], method="gradcm")
+    assert tool.cost_of(model, x).forwards == pytest.approx(gradcam)  # without regions: the maps only, no composites
 
 
 def test_cancel_stops_the_work_and_bad_options_start_none(data) -> None:
@@ -323,3 +326,68 @@ def test_cancel_stops_the_work_and_bad_options_start_none(data) -> None:
     with pytest.raises(cs.OptionError, match="top_channels"):
         audit(counted, x, regions=data.masks[:40], method="scorecam", top_channels=-1, progress=False)
     assert counted.module.calls == 0
+
+
+def test_an_audit_reads_the_maps_explain_dataset_wrote(data, tmp_path) -> None:
+    """The region audit of a folder of explanations equals the audit made from the pictures (up to the maps'
+    float16 storage), and an audit that saves its explanations leaves a folder a later audit reads."""
+    model = cs.load_model("shapes_biased")
+    x = normalized(model, data.images[:48])
+    labels = data.labels[:48].tolist()
+    direct = audit(model, x, labels=labels, regions=data.masks[:48], swap_backgrounds=False, progress=False)
+    saved = audit(model, x, labels=labels, regions=data.masks[:48], swap_backgrounds=False, save_explanations=tmp_path / "maps",
+                  progress=False)
+    read = audit(model, tmp_path / "maps", regions=data.masks[:48], swap_backgrounds=False, progress=False)
+    for found in (saved, read):
+        assert np.allclose(found.share, direct.share, atol=2e-3) and np.array_equal(found.hit, direct.hit)
+        assert np.array_equal(found.predicted, direct.predicted) and np.array_equal(found.label, direct.label)
+        assert np.array_equal(found.is_flagged, direct.is_flagged) and found.verdict.split(":")[0] == direct.verdict.split(":")[0]
+        assert sorted(found.examples) == sorted(direct.examples)
+    assert cs.open_explanations(tmp_path / "maps").complete
+    strategies = audit(model, tmp_path / "maps", progress=False)  # no regions: SpRAy over the same maps, nothing explained again
+    assert strategies.kind == "strategy_audit" and set(strategies.classes) == {"circle", "square"}
+    assert sum(len(s) for s in strategies.classes.values()) == 48
+
+
+def test_the_swap_test_reads_the_pictures_again_from_their_paths(tmp_path) -> None:
+    from PIL import Image
+
+    from convscope.zoo.shapes import SHAPES_LABELS, shapes_dataset
+
+    found = shapes_dataset(16, biased=True, split="test")
+    for i, (picture, label, mask) in enumerate(zip(found.images, found.labels, found.masks)):
+        name = SHAPES_LABELS[int(label)]
+        for folder, image in (("images", (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)),
+                              ("masks", mask.numpy().astype(np.uint8) * 255)):
+            (tmp_path / folder / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp_path / folder / name / f"{i}.png")
+    model = cs.load_model("shapes_biased")
+    cs.explain_dataset(model, tmp_path / "images", out=tmp_path / "maps")
+    read = audit(model, tmp_path / "maps", regions=tmp_path / "masks", swaps=4, progress=False)
+    assert read.swap is not None and len(read.swap) == 8 and read.swap.follows_background > 0.5 and read.relies_on_background
+    with pytest.raises(cs.InputError, match="another model"):
+        audit(cs.load_model("shapes_balanced"), tmp_path / "maps", regions=tmp_path / "masks", swaps=4, progress=False)
+
+
+def test_without_masks_the_audit_finds_the_corner_tag(tmp_path) -> None:
+    """The PASCAL-horse story end to end: a model that learned a corner tag on half of its circles, audited with no
+    mask — the dataset explained to a folder (explain_dataset), each class's maps clustered (SpRAy) — shows the
+    circles split into the tag's strategy and the shape's, and the squares in one."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from convscope.zoo.tagged import tagged_dataset, train_tagged_model
+
+    model = train_tagged_model(seed=0)
+    data = tagged_dataset(400, split="test")
+    found = audit(model, (data.inputs(model), data.labels), save_explanations=tmp_path / "maps", progress=False)
+    assert found.kind == "strategy_audit" and found.several == ["circle"]
+    circles = found.classes["circle"]
+    table = cs.open_explanations(tmp_path / "maps").table(["explained", "index"]).to_pydict()
+    rows = [i for i, c in zip(table["index"], table["explained"]) if c == 0]  # the pictures explained as circles
+    truth = data.tagged[rows].numpy().astype(int)
+    assert circles.clusters == 2 and adjusted_rand_score(truth, circles.assignment) >= 0.9
+    tag = int(np.bincount(circles.assignment[truth == 1]).argmax())
+    assert circles.where(tag) == "the bottom-left corner" and "bottom-left corner" in found.verdict
+    assert found.classes["square"].clusters == 1
+    again = audit(model, tmp_path / "maps", progress=False)  # read back: the same strategies, nothing explained again
+    assert np.array_equal(again.classes["circle"].assignment, circles.assignment)

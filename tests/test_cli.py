@@ -544,7 +544,10 @@ def test_robustness_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "--json", "--out", str(tmp_path / "folder.png")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["relies_on_background"] is True and summary["images"] == 8
-    assert main(["audit", str(tmp_path / "images"), "--model", "shapes_biased"]) == 2
-    assert "regions" in one_line_error(capsys)
+    assert main(["audit", str(tmp_path / "images"), "--model", "shapes_biased", "--out", str(tmp_path / "strategies.png")]) == 0
+    assert (tmp_path / "strategies.png").is_file()  # no masks: each class's maps clustered, drawn
+    assert "SpRAy" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path / "images"), "--model", "shapes_biased", "--clusters", "0"]) == 2
+    assert "clusters" in one_line_error(capsys)
     assert main(["audit", "shapez", "--model", "shapes_biased"]) == 2
     assert "did you mean 'shapes'" in one_line_error(capsys)

@@ -60,6 +60,9 @@ SNIPPETS = {
     "feature_walk": "cs.feature_maps(digits, seven, layers=['block1.2', 'block2.2', 'block3.2'])",
     "regions": "cs.class_regions(digits, seven, [7, 1])",
     "region": "cs.roi(cs.gradcam(digits, seven))",
+    "strategies": "cs.metrics.spray(cs.gradcam(shapes, scenes.inputs(shapes)))",
+    "explanations": "cs.explain_dataset(shapes, (scenes.inputs(shapes), scenes.labels), thumbnail=32, progress=False)",
+    "strategy_audit": "cs.audit(shapes, scenes.inputs(shapes), labels=scenes.labels.tolist(), progress=False)",
 }
 
 # kind -> what has to land before it is displayable (remove a kind once its snippet gives that kind)

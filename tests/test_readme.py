@@ -182,6 +182,10 @@ def _check_python(block: Block, namespace: dict[str, Any], out: str) -> None:
         shown = re.search(r"print\(found\.verdict\)\s+# (.*?) \.\.\.", block.code).group(1)
         assert out.startswith(shown), (shown, out)
         assert "follows the background in 100% of 400 composites" in out
+    if "strategies = cs.audit(tagged" in block.code:
+        shown = re.search(r"print\(strategies\.verdict\)\s+# (.*?) \.\.\. (.*)$", block.code, re.M)
+        assert out.count("\n") > 3 and shown.group(1) in out and shown.group(2) in out, (shown.groups(), out)
+        assert Path("tagged_audit.png").is_file() and cs.open_explanations("runs/tagged").complete
     if "c = cs.compare(" in block.code:
         c = namespace["c"]
         tops = {(row, image): c.cells[(row, "gradcam", image)].top1.label for row in c.rows for image in c.images}
@@ -215,6 +219,8 @@ EXPECTED = {  # command -> what its output shows (a regular expression, multilin
     "convscope audit shapes --model shapes_balanced": r"verdict: looks at the objects",
     "convscope compare cat --targets top3 --scale column": r"^efficientnet_lite0 · class #1 .*\n^efficientnet_lite0 · class #2 ",
     "convscope embed digits --model digits_cnn": r"450 images",
+    "convscope explain-dataset shapes --model shapes_biased --out runs/shapes": r"400 of 400 pictures explained by gradcam",
+    "convscope audit runs/shapes --model shapes_biased": r"^verdict: one strategy per class",
 }
 WRITES = {  # command -> the files the README says it writes
     "convscope gradcam cat.jpg --layer layer4.1 --model resnet18 --weights resnet18.pth --out cat.pdf": ["cat.pdf"],
@@ -222,6 +228,9 @@ WRITES = {  # command -> the files the README says it writes
     "convscope robustness cat": ["cat_robustness.png"],
     "convscope report --quick --image my_photo.jpg --image coffee": ["convscope-report/index.html"],
     "convscope report --quick --folder my_dataset/": ["convscope-report/index.html"],
+    "convscope explain-dataset my_dataset/ --model shapes_balanced --out runs/mine --engine ray --actors 2":
+        ["runs/mine/explanations.parquet"],
+    "convscope report --quick --folder runs/shapes --model shapes_biased --sections audit": ["convscope-report/index.html"],
 }
 
 

@@ -190,3 +190,13 @@ def test_registration_mistakes_fail_at_import() -> None:
     with pytest.raises(cs.OptionError, match="steps"):
         registry.register("bad", family="features", takes="model", returns="map", paper="x", quick={"steps": 99})(fn)
     assert "bad" not in [t.name for t in cs.tools()]
+
+
+def test_front_end_help_speaks_to_a_person() -> None:
+    """What the command line and the web show: no clause about what only Python can pass, no tensor shapes, and
+    descriptions that read whole once their shape notes are gone."""
+    for tool in registry.tools():
+        assert not re.search(r"  |\s[,.;:]|``|\bdata\b\s*[;,.]", tool.description), (tool.name, tool.description)
+        for spec in tool.option_specs():
+            assert "from Python also" not in spec.help and "callable target" not in spec.help, (tool.name, spec.name)
+            assert not re.search(r"\((?:B|N), ", spec.help) or spec.name == "regions", (tool.name, spec.name, spec.help)

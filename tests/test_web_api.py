@@ -34,7 +34,7 @@ from conftest import shapes_zip
 from convscope import engine, registry, render
 from convscope.data import DATASETS
 from convscope.engine import Cost
-from convscope.options import PythonOnly
+from convscope.options import PythonOnly, is_server_only
 from convscope.progress import ProgressArg, tracker
 from convscope.registry import CostContext, register, unregister
 from convscope.web.jobs import Job
@@ -265,7 +265,8 @@ def test_tools_come_from_the_registry(server: web.Server) -> None:
     assert listed["families"] == registry.FAMILIES and listed["takes"] == registry.TAKES
     assert [d["name"] for d in listed["datasets"]] == list(DATASETS)
     for tool, entry in zip(registry.tools(), listed["tools"]):
-        specs = [s for s in tool.option_specs() if '"format": "path"' not in json.dumps(s.schema)]  # no paths on the server
+        specs = [s for s in tool.option_specs() if not is_server_only(s.schema)]  # no paths on the server, no cluster options
+        assert all(s.name not in ("engine", "address", "actors", "out", "save_explanations") for s in specs), tool.name
         assert entry["options"] == json.loads(json.dumps([s.as_json() for s in specs]))  # tuples come as lists
         assert entry["options_schema"] == json.loads(json.dumps(options_schema(tool)))
         assert set(entry["options_schema"]["properties"]) == {s.name for s in specs}
@@ -274,7 +275,8 @@ def test_tools_come_from_the_registry(server: web.Server) -> None:
         assert (entry["layer"] is not None) == tool.uses_layer  # what a layer must give and the default, for the page
         if tool.uses_layer:
             assert entry["layer"]["needs"] in ("maps", "conv", "output") and entry["layer"]["default"]
-            assert entry["layer"]["cam"] == (tool.group == "cam" or tool.name in ("audit", "robustness", "class_regions"))
+            cam_users = ("audit", "robustness", "class_regions", "explain_dataset")  # tools whose maps come from a CAM method
+            assert entry["layer"]["cam"] == (tool.group == "cam" or tool.name in cam_users)
         assert entry["summary"] == tool.description and "(B, " not in entry["summary"]  # for a person: no tensor shapes
         assert entry["jobs"] == f"/api/tools/{tool.name}/jobs" and "options" not in entry["inputs"]
         assert ok_json(server, "GET", f"/api/tools/{tool.name}") == entry
@@ -865,8 +867,10 @@ def test_an_uploaded_zip_of_pictures_and_masks_is_audited() -> None:
         unmasked = json.loads(call(server, "POST", "/api/datasets", shapes_zip(shapes, 4, masks=False)[0],
                                    {"Content-Type": "application/zip"})[2])
         assert not unmasked["masks"] and "no masks" in unmasked["description"]
-        refused = call(server, "POST", "/api/tools/audit/jobs", {"dataset": unmasked["name"]})
-        assert refused[0] == 422 and "regions" in error_of(refused)  # refused before any job: audit needs the masks
+        clustered = ok_json(server, "POST", "/api/tools/audit/jobs", {"dataset": unmasked["name"]}, status=202)
+        done = finish(server, clustered["id"])  # without masks: each class's explanations clustered (SpRAy)
+        assert done["status"] == "done", done["error"]
+        assert done["result"]["kind"] == "strategy_audit" and "verdict" in done["result"]["text"]
         embedded = ok_json(server, "POST", "/api/tools/embed/jobs", {"dataset": unmasked["name"], "options": {"projection": "pca"}},
                            status=202)
         points = finish(server, embedded["id"])["result"]["points"]

@@ -34,6 +34,7 @@ from ..options import PythonOnly, Seed
 from ..progress import ProgressArg, Tracker, tracker
 from ..registry import CostContext, LayerUse, ReportSpec, register
 from ..result import Displayable
+from ..sweep import Actors, Address, Engine, Gpus, Threads
 
 __all__ = ["POOLS", "PROJECTIONS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
 
@@ -194,6 +195,74 @@ def _thumbnails(x: torch.Tensor, model: Model, size: int) -> np.ndarray:
 Side = Annotated[int, Field(ge=8, le=4096)]
 
 
+@dataclass
+class _FeatureJob:
+    """What embedding a range of pictures needs (pickled once per Ray actor): the model, the dataset as given, the
+    layer by name (None: the head's input), pooling, pictures per forward and the thumbnails' side."""
+
+    model: Model
+    dataset: Any
+    labels: Any
+    size: Sequence[int] | None
+    layer: str | None
+    pool: str
+    rows: int
+    thumbnail_size: int
+
+    def source(self) -> data.Source:
+        return data.source(self.model, self.dataset, self.labels, self.size)
+
+    def run(self, source: data.Source, start: int, stop: int, bar: Tracker | None = None) -> dict[str, Any]:
+        """Pictures ``start:stop`` in batches of ``rows`` (from ``start``): features (n, D), top-1 classes and
+        probabilities (when the output is classes), thumbnails, labels, paths and the layer's name."""
+        wrapped, module = self.model, self.model.module
+        ref = resolve_layer(wrapped, self.layer) if self.layer is not None else None
+        found: dict[str, list[Any]] = {"features": [], "classes": [], "probabilities": [], "thumbnails": [], "labels": [],
+                                       "paths": []}
+        with_output, layer_name = True, ref.label if ref is not None else ""
+        with Guard(module, grad=False) as guard:
+            head = _HeadInput(guard, module) if ref is None else None
+            capture = guard.capture(ref, grad=False) if ref is not None else None
+            for offset in range(start, stop, self.rows):
+                x, batch_labels, batch_paths = source.read(offset, min(stop, offset + self.rows))
+                wrapped.check_input(x)  # the values (NaN) of a tensor's batch: read once, here
+                if capture is not None:
+                    capture.calls, capture.value = 0, None
+                output = module(wrapped.working_copy(x))
+                if head is not None:
+                    vectors = head.take(self.pool)
+                    layer_name = f"input of {head.name}"
+                else:
+                    vectors = _pooled(capture.check(), self.pool)
+                if vectors.shape[0] != x.shape[0]:
+                    raise LayerError(f"layer {layer_name!r} gives {vectors.shape[0]} rows for a batch of {x.shape[0]} images; "
+                                     f"pick a layer whose first dimension is the batch")
+                if found["features"] and vectors.shape[1] != found["features"][0].shape[1]:
+                    raise InputError(f"images of different sizes gave features of {found['features'][0].shape[1]} and "
+                                     f"{vectors.shape[1]} values at {layer_name!r}; give them one size or use pool='avg'")
+                found["features"].append(vectors.cpu().numpy())
+                if isinstance(output, torch.Tensor) and output.dim() == 2 and with_output:
+                    top, index = output.float().softmax(dim=1).max(dim=1)
+                    found["probabilities"].append(top.cpu().numpy())
+                    found["classes"].append(index.cpu().numpy())
+                else:
+                    with_output = False
+                if self.thumbnail_size:
+                    found["thumbnails"].append(_thumbnails(x.detach(), wrapped, self.thumbnail_size))
+                found["labels"] += batch_labels
+                found["paths"] += batch_paths
+                if bar is not None:
+                    bar.advance(int(x.shape[0]))  # a callback may cancel here: the next batch is never read
+        out: dict[str, Any] = {"features": np.concatenate(found["features"]), "labels": found["labels"],
+                               "paths": found["paths"], "layer": layer_name}
+        if with_output:
+            out["classes"] = np.concatenate(found["classes"])
+            out["probabilities"] = np.concatenate(found["probabilities"])
+        if found["thumbnails"]:
+            out["thumbnails"] = np.concatenate(found["thumbnails"])
+        return out
+
+
 def _picture_shape(model: Model, size: Sequence[int] | None) -> tuple[int, int, int]:
     """(C, H, W) the pictures of a dataset are fed at: ``size``, the model's input size, else 224x224 (a guess
     for costs and batch sizes only)."""
@@ -276,7 +345,9 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
           pool: Literal["avg", "max", "flatten"] = "avg", labels: PythonOnly[Any] = None,
           thumbnail_size: Annotated[int, Field(ge=0, le=256)] = 48, size: tuple[Side, Side] | None = None,
           projection: Literal["tsne", "pca", "none"] = "tsne", perplexity: Annotated[float, Field(ge=1, le=100)] = 30.0,
-          seed: Seed = 0, progress: ProgressArg = None) -> Embedding:
+          seed: Seed = 0, engine: Engine = "local", address: Address | None = None, actors: Actors = 2,
+          threads_per_actor: Threads = 1, gpus_per_actor: Gpus = 0.0,
+          progress: ProgressArg = None) -> Embedding:
     """Embedding: a dataset in the model's feature space, mapped to 2-D (t-SNE), labels and mistakes marked.
 
     -> :class:`Embedding`: one feature vector per image with its label, the model's top-1 prediction, path
@@ -294,7 +365,8 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
 
     Options:
         batch_size: images per forward pass; default about 16 of 224x224 on a CPU (64 on a GPU), fewer when memory is short.
-        pool: how a layer's (B, C, H, W) output becomes a vector: "avg" (global average), "max", or "flatten" (C·H·W values).
+        pool: how a layer's maps become one vector per picture: "avg" (each channel's average), "max" (its maximum), or
+            "flatten" (every value).
         labels: one label per image for a list or a tensor (folders and datasets carry their own; Python only).
         thumbnail_size: side in pixels of the thumbnails kept for thumbnail maps and projector sprites (0: none).
         size: (height, width) to feed a model that has no input size of its own (a bare module).
@@ -302,6 +374,11 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
             images), "pca" (the two main directions of variation: instant, clusters overlap) or "none".
         perplexity: t-SNE's number of close neighbours per point (5-50 usual; lowered to (N - 1) / 3 for small datasets).
         seed: random state of the map (same seed, same map).
+        engine: "local" (this process) or "ray" (the features computed by Ray actors: pip install 'convscope[ray]').
+        address: the Ray cluster to join: "auto", HOST:PORT or ray://HOST:PORT (none: a local one for this call).
+        actors: Ray actors, each with its own copy of the model.
+        threads_per_actor: CPU threads (and Ray CPUs) per actor.
+        gpus_per_actor: GPUs per actor (1 on a GPU cluster; 0: CPU only).
     """
     wrapped = as_model(model)
     if pool not in POOLS:
@@ -313,46 +390,29 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
     source = data.source(wrapped, images, labels, size)
     ref = resolve_layer(wrapped, layer) if layer is not None else None
     rows = _rows(wrapped, _picture_shape(wrapped, size), batch_size)
-    module = wrapped.module
-    features: list[np.ndarray] = []
-    thumbs: list[np.ndarray] = []
-    all_labels: list[str | None] = []
-    all_paths: list[str | None] = []
-    classes: list[np.ndarray] = []
-    probabilities: list[np.ndarray] = []
-    with_output = True
-    layer_name = ref.label if ref is not None else ""
-    with tracker(progress, source.count, "embedding") as bar, Guard(module, grad=False) as guard:
-        head = _HeadInput(guard, module) if ref is None else None
-        capture = guard.capture(ref, grad=False) if ref is not None else None
-        for x, batch_labels, batch_paths in source.batches(rows):
-            wrapped.check_input(x)  # the values (NaN) of a tensor's batch: read once, here
-            if capture is not None:
-                capture.calls, capture.value = 0, None
-            output = module(wrapped.working_copy(x))
-            if head is not None:
-                vectors = head.take(pool)
-                layer_name = f"input of {head.name}"
-            else:
-                vectors = _pooled(capture.check(), pool)
-            if vectors.shape[0] != x.shape[0]:
-                raise LayerError(f"layer {layer_name!r} gives {vectors.shape[0]} rows for a batch of {x.shape[0]} images; "
-                                 f"pick a layer whose first dimension is the batch")
-            if features and vectors.shape[1] != features[0].shape[1]:
-                raise InputError(f"images of different sizes gave features of {features[0].shape[1]} and {vectors.shape[1]} "
-                                 f"values at {layer_name!r}; give them one size or use pool='avg'")
-            features.append(vectors.cpu().numpy())
-            if isinstance(output, torch.Tensor) and output.dim() == 2 and with_output:
-                top, index = output.float().softmax(dim=1).max(dim=1)
-                probabilities.append(top.cpu().numpy())
-                classes.append(index.cpu().numpy())
-            else:
-                with_output = False
-            if thumbnail_size:
-                thumbs.append(_thumbnails(x.detach(), wrapped, int(thumbnail_size)))
-            all_labels += batch_labels
-            all_paths += batch_paths
-            bar.advance(int(x.shape[0]))  # a callback may cancel here: the next batch is never read
+    if engine == "local" and address is not None:
+        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
+    job = _FeatureJob(wrapped, images, labels, size, ref.label if ref is not None else None, pool, rows, int(thumbnail_size))
+    with tracker(progress, source.count, "embedding") as bar:
+        if engine == "ray":
+            from ..ray_engine import gather_shards
+
+            batches = max(1, min(256 // rows, math.ceil(source.count / rows / (4 * int(actors)))))  # >= 4 shards per actor
+            parts = gather_shards(job, source.count, rows * batches, bar, address=address, actors=int(actors),
+                                  threads=int(threads_per_actor), gpus=float(gpus_per_actor))
+        else:
+            parts = [job.run(source, 0, source.count, bar)]
+    features = [p["features"] for p in parts]
+    with_output = all("classes" in p for p in parts)
+    classes = [p["classes"] for p in parts] if with_output else []
+    probabilities = [p["probabilities"] for p in parts] if with_output else []
+    thumbs = [p["thumbnails"] for p in parts if "thumbnails" in p]
+    all_labels = [v for p in parts for v in p["labels"]]
+    all_paths = [v for p in parts for v in p["paths"]]
+    layer_name = parts[0]["layer"]
+    if len({f.shape[1] for f in features}) > 1:
+        raise InputError(f"images of different sizes gave features of {features[0].shape[1]} and {features[-1].shape[1]} "
+                         f"values at {layer_name!r}; give them one size or use pool='avg'")
     predictions = np.concatenate(classes).astype(np.int64) if with_output else None
     found = Embedding(
         features=np.ascontiguousarray(np.concatenate(features), dtype=np.float32),
@@ -365,7 +425,7 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
         layer=layer_name,
         model=wrapped.name,
         classes=list(wrapped.labels) if wrapped.labels is not None else None,
-        meta={"pool": pool if ref is not None else None, "batch_size": rows},
+        meta={"pool": pool if ref is not None else None, "batch_size": rows, "engine": engine},
     )
     found.projection = _project(found, projection, perplexity, seed, progress)
     return found

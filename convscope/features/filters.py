@@ -68,8 +68,9 @@ def filter_smoothness(weights: torch.Tensor) -> float:
                                  "negative weights, enlarged without smoothing. What to look for depends on the kernel's "
                                  "size: the caption says it for this model."))
 def filters(model: Any, layer: Any = None) -> Result:
-    """Filters: the kernels of a convolution, ``data`` (out, in, kh, kw) raw weights (float32); no forward pass.
+    """Filters: the kernels of a convolution as raw weights (float32), read without a forward pass.
 
+    ``data`` is (out, in, kh, kw).
     ``layer``: a dotted name or module (default: the first convolution). ``meta``: ``type``,
     ``shape``, ``stride``, ``groups``, ``colour`` (True for the first layer of a 3-channel model:
     drawn as RGB kernels), ``smoothness`` (see :func:`filter_smoothness`).

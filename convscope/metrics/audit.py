@@ -21,8 +21,10 @@ that a number. Two tests, both batched:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,11 +43,27 @@ from ..images import to_uint8
 from ..models import Model, as_model
 from ..options import BatchSize, PythonOnly, Seed
 from ..progress import ProgressArg, tracker
-from ..registry import CAM_LAYER, CostContext, register
+from ..registry import CAM_LAYER, CostContext, ReportSpec, register
 from ..result import Displayable
+from ..store import Explanations, is_explanations, open_explanations
+from ..sweep import (
+    THUMBNAIL,
+    Actors,
+    Address,
+    Engine,
+    Gpus,
+    Threads,
+    batch_target,
+    class_index,
+    dataset_target,
+    explain_dataset,
+    fingerprint,
+    top_predictions,
+)
 from .nested import method as checked_method
+from .spray import Strategies, spray
 
-__all__ = ["Audit", "SwapTest", "audit", "fill_region", "region_share", "smooth_fill"]
+__all__ = ["Audit", "StrategyAudit", "SwapTest", "audit", "fill_region", "region_share", "smooth_fill", "strategies"]
 
 FLAG_CONCENTRATION = 0.1  # default threshold: the object holds hardly more of the map than its area
 EXAMPLES = 8  # pictures kept per kind (worst images, swap composites) for figures
@@ -231,6 +249,65 @@ class Audit(Displayable):
                 for i in range(len(self))]
 
 
+@dataclass
+class StrategyAudit(Displayable):
+    """A mask-free shortcut audit: per explained class, the strategies SpRAy found among its maps
+    (``classes``: class name -> :class:`convscope.metrics.spray.Strategies`); ``skipped``: classes with too few
+    pictures to cluster (name -> count); ``folder``: where the explanations were read. Kind "strategy_audit":
+    ``table()``, ``verdict``, ``summary()``, ``records()``, ``figure()`` (each class's clusters)."""
+
+    kind = "strategy_audit"
+
+    method: str
+    classes: dict[str, Strategies]
+    skipped: dict[str, int]
+    pictures: int
+    folder: str
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return self.pictures
+
+    @property
+    def several(self) -> list[str]:
+        """The classes explained in more than one way (more than one cluster)."""
+        return [name for name, found in self.classes.items() if found.clusters > 1]
+
+    @property
+    def verdict(self) -> str:
+        if not self.classes:
+            return f"NOTHING TO CLUSTER: no class has {MIN_PICTURES} or more pictures"
+        if not self.several:
+            return (f"one strategy per class: the {self.method} maps of each of the {len(self.classes)} classes form one group "
+                    f"(the eigengap suggests no split)")
+        parts = [f"{name}: {self.classes[name].verdict}" for name in self.several[:4]]
+        more = f"; {len(self.several) - 4} more" if len(self.several) > 4 else ""
+        return (f"{len(self.several)} of {len(self.classes)} classes are explained in more than one way — look at each group: "
+                f"a group on a corner, an edge or the background is a shortcut candidate. " + "; ".join(parts) + more)
+
+    def table(self) -> str:
+        lines = [f"{'class':<16} {'pictures':>8} {'strategies':>10} {'eigengap':>9}  where each strategy's evidence lies"]
+        for name, found in self.classes.items():
+            where = "; ".join(f"{share:.0%} {found.where(c)}" for c, share in enumerate(found.shares))
+            lines.append(f"{name[:16]:<16} {len(found):>8} {found.clusters:>10} {found.eigengap:>9.3f}  {where}")
+        for name, count in self.skipped.items():
+            lines.append(f"{name[:16]:<16} {count:>8} {'-':>10} {'-':>9}  too few pictures to cluster")
+        lines.append("")
+        lines.append(f"SpRAy (Lapuschkin et al. 2019): each class's {self.method} maps (positive part, pooled, unit sum) clustered "
+                     f"on a nearest-neighbour graph; the eigengap of its spectrum suggests how many strategies there are")
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.method, "pictures": self.pictures, "folder": self.folder, "verdict": self.verdict,
+                "classes": {name: found.summary() for name, found in self.classes.items()}, "skipped": self.skipped,
+                "seconds": self.seconds}
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per clustered picture: its id, class and strategy (cluster)."""
+        return [{"class": name, **record} for name, found in self.classes.items() for record in found.records()]
+
+
 # -- pieces ------------------------------------------------------------------------------------------
 def region_share(maps: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(share, hit) per image for maps (B, H, W) and bool regions (B, H, W): the positive mass of the map
@@ -312,16 +389,6 @@ def smooth_fill(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 
 
 # -- inputs ------------------------------------------------------------------------------------------
-def _class_index(model: Model, label: str | None) -> int:
-    if label is None:
-        return -1
-    if model.labels and label in model.labels:
-        return model.labels.index(label)
-    if label.lstrip("-").isdigit():
-        return int(label)
-    return -1
-
-
 def _as_bool_masks(value: Any, count: int, size: tuple[int, int]) -> torch.Tensor:
     """Masks (N, H, W) or (N, 1, H, W) or boxes (N, 4) -> bool (N, H, W) at the model's input size."""
     tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
@@ -389,30 +456,33 @@ def _pictures_of(dataset: Any) -> Any:
     return dataset[0] if data.is_pair(dataset) else dataset
 
 
-REGIONS_NEEDED = "audit needs the object regions: masks (N, H, W), boxes (N, 4) or a folder of masks (in the web app: a dataset with masks)"
-
-
 def _audit_cost(context: CostContext) -> Cost:
-    """Per picture: the method's map of it, and (with the swap test) one forward of a composite. A call without
-    the object regions is refused here, before any work (the web app answers 422 instead of queueing it)."""
-    if context.options.get("regions") is None:
-        raise InputError(REGIONS_NEEDED)
+    """Per picture: the method's map of it, and (with regions and the swap test) one forward of a composite; reading a
+    folder of explanations costs no map."""
     model = context.model
+    dataset = context.inputs.get("dataset")
+    swap = 1.0 if context.options["swap_backgrounds"] and context.options.get("regions") is not None else 0.0
     if model is None:
         return Cost(0, per_item=True)
+    if is_explanations(dataset):
+        return Cost(swap, 0, "the maps are read from the folder" + ("; one composite per picture" if swap else ""), per_item=True)
     own = context.tool.options_model.model_fields
     given = {k: v for k, v in context.options.items() if k not in own}
     chosen = checked_method(context.options["method"], {**given, "layer": context.special.get("layer")}, who="audit")
-    one = stand_in(model, _pictures_of(context.inputs.get("dataset")))
+    one = stand_in(model, _pictures_of(dataset))
     if one is None:
         return Cost(0, per_item=True)
     explain = chosen.cost(model, one)
-    swap = 1.0 if context.options["swap_backgrounds"] else 0.0
     return Cost(explain.forwards + swap, explain.memory, f"per picture: {chosen.name}" + (" and one composite" if swap else ""),
                 per_item=True)
 
 
-@register("audit", family="workflow", takes="dataset", returns="audit", cost=_audit_cost, report=None,
+@register("audit", family="workflow", takes="dataset", returns="audit", cost=_audit_cost,
+          report=ReportSpec(title="Shortcut audit of the dataset", explanations=True,
+                            note="Each class's explanations grouped by where they put the evidence (SpRAy, no masks needed): "
+                                 "one group per way the model decides. A group whose maps sit on a corner, an edge or the "
+                                 "background is a shortcut candidate: look at its pictures. (With object masks, from Python "
+                                 "or the command line, the audit also measures how much of each map falls on the object.)"),
           layer=CAM_LAYER,
           paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (the pointing game); Wang et al. "
                 "2020, Score-CAM (its energy-based pointing game); Xiao et al. 2021, Noise or Signal: The Role of Image "
@@ -423,10 +493,15 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
           target: Any = None, layer: Any = None, labels: list[int] | list[str] | PythonOnly[Any] | None = None,
           threshold: Annotated[float, Field(gt=-1, lt=1)] = FLAG_CONCENTRATION, batch_size: BatchSize = None,
           swap_backgrounds: bool = True, swaps: Annotated[int, Field(ge=1, le=100_000)] = 256, seed: Seed = 0,
-          keep_examples: Annotated[int, Field(ge=0, le=1024)] = 16, progress: ProgressArg = None,
-          **method_options: Any) -> Audit:
-    """Shortcut audit of a dataset: do the model's explanations fall on the objects, and does its prediction
-    follow the object or the background when objects are pasted onto other classes' backgrounds?
+          keep_examples: Annotated[int, Field(ge=0, le=1024)] = 16,
+          clusters: Annotated[int, Field(ge=1, le=64)] | None = None, max_clusters: Annotated[int, Field(ge=2, le=64)] = 8,
+          save_explanations: Path | None = None, engine: Engine = "local", address: Address | None = None,
+          actors: Actors = 2, threads_per_actor: Threads = 1, gpus_per_actor: Gpus = 0.0,
+          progress: ProgressArg = None, **method_options: Any) -> Audit | StrategyAudit:
+    """Shortcut audit of a dataset. With the objects' regions: do the model's explanations fall on the objects,
+    and does its prediction follow the object or the background when objects are pasted onto other classes'
+    backgrounds? Without: SpRAy (Lapuschkin et al. 2019) — each class's explanations clustered, so a strategy
+    that looks at a corner, a tag or the background shows as its own cluster, no mask drawn.
 
     dataset:  a folder (ImageFolder layout: sub-folder = label), a list of paths or pictures, a
               preprocessed tensor (N, C, H, W) (labels from ``labels=``), an ``(images, labels)`` pair,
@@ -439,7 +514,11 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
               class), an int, or one class per image (N,).
     layer:    the method's layer (default: its own choice). Other keyword options go to the method
               (``steps=``…), checked by its own options before any work.
-    Returns an :class:`Audit`: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``.
+    dataset may also be a folder written by :func:`convscope.explain_dataset` (its maps are read, not made again;
+    the model is then used only for the swap test). Without regions, or with ``engine="ray"`` or
+    ``save_explanations=``, the maps are made by ``explain_dataset`` first (bounded memory, resumable when saved).
+    Returns an :class:`Audit` (with regions: ``.table()``, ``.verdict``, ``.flagged``, ``.worst(k)``, ``.figure()``)
+    or a :class:`StrategyAudit` (without: ``.classes`` -> ``metrics.spray.Strategies``, ``.table()``, ``.verdict``).
 
     Options:
         method: the attribution method whose maps are located (default gradcam); it runs batched on the dataset.
@@ -455,18 +534,40 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
         swaps: at most this many composites per class in the swap test (a uniform sample of the dataset).
         seed: which pictures the swap test samples and pairs; the same seed gives the same composites.
         keep_examples: the pictures, maps and regions of this many lowest-concentration pictures are kept for figures.
+        clusters: without regions: this many strategies per class (none: the eigengap of SpRAy's spectrum suggests it).
+        max_clusters: without regions: the most strategies per class the eigengap may suggest.
+        save_explanations: a folder to keep the explanations in (explain_dataset's output: a rerun resumes and a later
+            audit reads it); none: a temporary folder when they are needed.
+        engine: "local" (this process) or "ray" (the maps made by Ray actors: pip install 'convscope[ray]').
+        address: the Ray cluster to join: "auto", HOST:PORT or ray://HOST:PORT (none: a local one for this call).
+        actors: Ray actors, each with its own copy of the model.
+        threads_per_actor: CPU threads (and Ray CPUs) per actor.
+        gpus_per_actor: GPUs per actor (1 on a GPU cluster; 0: CPU only).
     """
     wrapped = as_model(model)
     chosen = checked_method(method, {**method_options, "layer": layer}, who="audit")
-    if regions is None:
-        raise InputError(REGIONS_NEEDED)
+    if engine == "local" and address is not None:
+        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
+    reading = dict(regions=regions, labels=labels, threshold=threshold, batch_size=batch_size, swap_backgrounds=swap_backgrounds,
+                   swaps=swaps, seed=seed, keep_examples=keep_examples, clusters=clusters, max_clusters=max_clusters,
+                   progress=progress)
+    if is_explanations(dataset):
+        return _from_explanations(wrapped, open_explanations(dataset), None, **reading)
+    if regions is None or engine == "ray" or save_explanations is not None:
+        with contextlib.ExitStack() as stack:
+            folder = save_explanations or stack.enter_context(tempfile.TemporaryDirectory(prefix="convscope-audit-"))
+            store = explain_dataset(wrapped, dataset, method, out=folder, target=target, layer=layer, labels=labels,
+                                    batch_size=batch_size, engine=engine, address=address, actors=actors,
+                                    threads_per_actor=threads_per_actor, gpus_per_actor=gpus_per_actor, progress=progress,
+                                    thumbnail=THUMBNAIL if keep_examples or regions is None else 0, **method_options)
+            return _from_explanations(wrapped, store, dataset, **reading)
     source = data.source(wrapped, dataset, labels)
     pictures = _pictures_of(dataset)
     if batch_size is None and isinstance(pictures, torch.Tensor) and pictures.dim() == 4:
         batch_size = default_rows(*pictures.shape[-2:], device=wrapped.device)
     if batch_size is None:  # pictures: the model's input size decides
         batch_size = default_rows(*(wrapped.input_size or (224, 224)), device=wrapped.device)
-    targets = _check_audit_target(target, source.count)
+    targets = dataset_target(target, source.count)
     root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
     region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
     all_regions = None if region_folder is not None else regions
@@ -487,14 +588,15 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
             empty = (~masks.flatten(1).any(1)).nonzero()
             if len(empty):
                 raise InputError(f"the region of image {offset + int(empty[0])} is empty; every image needs its object")
-            label = torch.tensor([_class_index(wrapped, n) for n in names], dtype=torch.long)
-            explain = _batch_target(targets, label, offset, count)
+            label = torch.tensor([class_index(wrapped, n) for n in names], dtype=torch.long)
+            explain = batch_target(targets, label, offset, count)
             result = chosen(wrapped, x, target=explain)
             maps = result.maps().float().cpu()  # (B, H, W)
             if maps.shape[-2:] != masks.shape[-2:]:
                 maps = F.interpolate(maps[:, None], size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
             share, hit = region_share(maps, masks)
-            predicted, probability = _predictions(wrapped, x, result)
+            classes, probabilities = top_predictions(wrapped, x, result)
+            predicted, probability = classes[:, 0], probabilities[:, 0]
             area = masks.flatten(1).float().mean(1)
             rows["label"].append(label)
             rows["predicted"].append(predicted)
@@ -505,7 +607,8 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
             rows["evidence"].append(maps.flatten(1).amax(1) > 0)
             rows["explained"].append(predicted if result.target is None else result.target.cpu().long())
             rows["paths"] += list(paths)
-            _keep_examples(examples, wrapped, x, maps, masks, (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
+            _keep_examples(examples, lambda index, x=x: _pictures(wrapped, x[index.to(x.device)], _small(x)).numpy(), maps, masks,
+                           (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
             if swap_backgrounds:
                 classes = torch.where(label >= 0, label, predicted)
                 _reservoir(keep, seen, x.detach().cpu(), masks, classes, swaps, generator)
@@ -519,36 +622,6 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
     return Audit(chosen.name, float(threshold), names, cat["label"], cat["predicted"], cat["probability"].astype(np.float32),
                  cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], cat["paths"],
                  examples, swap, time.perf_counter() - start, cat["evidence"], cat["explained"])
-
-
-def _check_audit_target(target: Any, total: int) -> Any:
-    """None, "label", an int, or (N,) classes for the whole dataset (sliced per batch later)."""
-    if target is None or (isinstance(target, str) and target == "label"):
-        return target
-    if isinstance(target, str):
-        raise InputError(f"target must be None (top-1), 'label', an int or one class per image, got {target!r}")
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        return int(target)
-    if callable(target) and not isinstance(target, torch.Tensor):
-        raise InputError("audit explains classes: target must be None (top-1), 'label', an int or one class per image")
-    classes = torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target))
-    if classes.dim() != 1 or classes.is_floating_point() or classes.dtype == torch.bool:
-        raise InputError(f"target must be one integer class per image, shape ({total},); got {tuple(classes.shape)} {classes.dtype}")
-    if classes.shape[0] != total:
-        raise InputError(f"target has {classes.shape[0]} classes for {total} images; give one per image, an int or None")
-    return classes.long()
-
-
-def _batch_target(targets: Any, label: torch.Tensor, offset: int, count: int) -> Any:
-    """This batch's explained classes (None: the method takes the top-1 from its own forward)."""
-    if targets is None or isinstance(targets, int):
-        return targets
-    if isinstance(targets, str):  # "label"
-        if bool((label < 0).any()):
-            raise InputError(f"target='label' needs every image's label; image {offset + int((label < 0).nonzero()[0])} has "
-                             f"none the model knows (labels must be its class names or indices)")
-        return label
-    return targets[offset:offset + count]
 
 
 def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tuple[int, int]) -> torch.Tensor:
@@ -566,20 +639,10 @@ def _batch_regions(regions: Any, offset: int, count: int, total: int, size: tupl
     return _as_bool_masks(tensor[offset:offset + count], count, size)
 
 
-def _predictions(model: Model, x: torch.Tensor, result: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's top-1 and its probability, from the explaining forward when the method recorded them
-    (whatever class it explained)."""
-    predicted, probability = result.meta.get("predicted"), result.meta.get("predicted_probabilities")
-    if isinstance(predicted, torch.Tensor) and isinstance(probability, torch.Tensor) and predicted.shape[0] == x.shape[0]:
-        return predicted.cpu().long(), probability.float().cpu()
-    out = model.forward(x).float().softmax(1).cpu()
-    value, index = out.max(1)
-    return index, value
-
-
-def _keep_examples(examples: dict[int, Any], model: Model, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
+def _keep_examples(examples: dict[int, Any], pictures_of: Any, maps: torch.Tensor, masks: torch.Tensor,
                    concentration: torch.Tensor, offset: int, limit: int) -> None:
-    """Keep small copies of the ``limit`` lowest-concentration images seen so far (only those are converted)."""
+    """Keep small copies of the ``limit`` lowest-concentration images seen so far (only those are converted):
+    ``pictures_of(index)`` gives the chosen rows' uint8 pictures (k, h, w, 3); maps and regions follow their size."""
     if limit <= 0:
         return
     worst_kept = max((c for c, *_ in examples.values()), default=math.inf) if len(examples) >= limit else math.inf
@@ -587,9 +650,9 @@ def _keep_examples(examples: dict[int, Any], model: Model, x: torch.Tensor, maps
     chosen = [int(i) for i in order if float(concentration[i]) < worst_kept or len(examples) < limit]
     if not chosen:
         return
-    small = _small(x)
     index = torch.tensor(chosen)
-    pictures = _pictures(model, x[index.to(x.device)], small).numpy()
+    pictures = np.asarray(pictures_of(index))
+    small = tuple(pictures.shape[1:3])
     same = tuple(maps.shape[-2:]) == small
     these = maps[index] if same else F.interpolate(maps[index][:, None], size=small, mode="bilinear", align_corners=False)[:, 0]
     regions = masks[index] if same else F.interpolate(masks[index][:, None].float(), size=small, mode="nearest")[:, 0] > 0.5
@@ -659,3 +722,136 @@ def _swap_batch(model: Model, part: list[Any], predicted: list[torch.Tensor], ob
     if len(examples) < EXAMPLES:
         shown = to_uint8(model.denormalize(composite[:EXAMPLES - len(examples)].float().cpu()))
         examples += [(shown[i], part[i][4], part[i][5], int(guesses[i])) for i in range(len(shown))]
+
+
+# -- reading explanations from disk (explain_dataset's folder) ------------------------------------------------
+MIN_PICTURES = 4  # SpRAy clusters a class with at least this many pictures
+POOLED = 32  # maps read from a folder are pooled to at most POOLED x POOLED (positive part) before clustering
+
+
+class _StoredThumbnails:
+    """The thumbnails of the pictures ``rows`` of a folder of explanations, read one by one when asked (only a
+    cluster's examples are)."""
+
+    def __init__(self, store: Explanations, rows: np.ndarray) -> None:
+        self.store, self.rows = store, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.store.thumbnails([int(self.rows[i])])[0]
+
+
+def strategies(explanations: Explanations | str | os.PathLike, *, clusters: int | None = None, max_clusters: int = 8,
+               seed: int = 0, limit: int = 5000) -> StrategyAudit:
+    """SpRAy over a folder written by ``explain_dataset``: each explained class's maps clustered (see
+    :func:`convscope.metrics.spray.spray`), read one shard at a time and pooled to at most 32x32 (N x 4 KB in memory)."""
+    store = open_explanations(explanations)
+    start = time.perf_counter()
+    table = store.table(["index", "id", "explained"])
+    ids = table.column("id").to_pylist()
+    explained = table.column("explained").to_numpy()
+    pooled = []
+    for _, maps, _ in store.shards():
+        positive = torch.from_numpy(maps).clamp_min(0)[:, None]
+        if max(positive.shape[-2:]) > POOLED:
+            positive = F.adaptive_avg_pool2d(positive, (min(POOLED, positive.shape[-2]), min(POOLED, positive.shape[-1])))
+        pooled.append(positive[:, 0].numpy())
+    every = np.concatenate(pooled)
+    names = store.class_names
+    found: dict[str, Strategies] = {}
+    skipped: dict[str, int] = {}
+    thumbnails = bool(store.manifest.get("thumbnail"))
+    for c in sorted(set(explained.tolist())):
+        rows = np.flatnonzero(explained == c)
+        name = names[c] if names and 0 <= c < len(names) else f"class {c}"
+        if rows.size < MIN_PICTURES:
+            skipped[name] = int(rows.size)
+            continue
+        found[name] = spray(every[rows], pictures=_StoredThumbnails(store, rows) if thumbnails else None,
+                            ids=[ids[i] for i in rows], clusters=clusters, max_clusters=max_clusters, seed=seed, limit=limit,
+                            name=name, method=store.method)
+    return StrategyAudit(store.method, found, skipped, len(store), str(store.folder), time.perf_counter() - start)
+
+
+def _from_explanations(model: Model, store: Explanations, dataset: Any, *, regions: Any, labels: Any, threshold: float,
+                       batch_size: int | None, swap_backgrounds: bool, swaps: int, seed: int, keep_examples: int,
+                       clusters: int | None, max_clusters: int, progress: ProgressArg) -> Audit | StrategyAudit:
+    """The audit of explanations on disk: SpRAy without regions, the region audit (and swap test) with them."""
+    if regions is None:
+        return strategies(store, clusters=clusters, max_clusters=max_clusters, seed=seed)
+    start = time.perf_counter()
+    table = store.table(["index", "id", "label_index", "predicted", "probability", "explained"])
+    ids = table.column("id").to_pylist()
+    paths = [None if i.startswith("#") else i for i in ids]
+    label = table.column("label_index").to_numpy().astype(np.int64)
+    predicted = table.column("predicted").to_numpy().astype(np.int64)
+    _channels, height, width = store.manifest["dataset"]["shape"]
+    size = (int(height), int(width))
+    root = Path(dataset).expanduser() if isinstance(dataset, (str, os.PathLike)) and Path(dataset).expanduser().is_dir() else None
+    if root is None or is_explanations(root):
+        stored_root = store.manifest["dataset"].get("root")  # the pictures' folder, as explain_dataset read it
+        root = Path(stored_root) if stored_root else None
+    region_folder = Path(regions).expanduser() if isinstance(regions, (str, os.PathLike)) else None
+    total = len(store)
+    columns: dict[str, list[torch.Tensor]] = {"share": [], "area": [], "hit": [], "evidence": []}
+    examples: dict[int, Any] = {}
+    for index, maps, thumbs in store.shards(thumbnails=True):
+        offset, count = int(index[0]), len(index)
+        if region_folder is not None:
+            masks = _mask_folder(model, region_folder, root, paths[offset:offset + count])
+        else:
+            masks = _batch_regions(regions, offset, count, total, size)
+        up = F.interpolate(torch.from_numpy(maps)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        share, hit = region_share(up, masks)
+        area = masks.flatten(1).float().mean(1)
+        columns["share"].append(share)
+        columns["area"].append(area)
+        columns["hit"].append(hit)
+        columns["evidence"].append(up.flatten(1).amax(1) > 0)
+        if thumbs is not None:
+            _keep_examples(examples, lambda rows, thumbs=thumbs: thumbs[rows.numpy()], up, masks,
+                           (share - area) / (1 - area).clamp_min(1e-6), offset, keep_examples)
+    cat = {k: torch.cat(v).numpy() for k, v in columns.items()}
+    names = store.class_names or (list(model.labels) if model.labels else [f"class {i}" for i in range(int(predicted.max()) + 1)])
+    swap = None
+    if swap_backgrounds:
+        swap = _stored_swap_test(model, store, dataset, labels, regions, region_folder, root, paths, label, predicted, names,
+                                 swaps, seed, batch_size, size, progress)
+    return Audit(store.method, float(threshold), names, label, predicted, table.column("probability").to_numpy().astype(np.float32),
+                 cat["share"].astype(np.float32), cat["area"].astype(np.float32), cat["hit"], paths,
+                 {i: examples[i][1:] for i in sorted(examples)}, swap, time.perf_counter() - start, cat["evidence"],
+                 table.column("explained").to_numpy().astype(np.int64))
+
+
+def _stored_swap_test(model: Model, store: Explanations, dataset: Any, labels: Any, regions: Any, region_folder: Path | None,
+                      root: Path | None, paths: list[str | None], label: np.ndarray, predicted: np.ndarray, names: list[str],
+                      swaps: int, seed: int, batch_size: int | None, size: tuple[int, int], progress: ProgressArg) -> SwapTest | None:
+    """The swap test on explanations from disk: per class (its label, else its prediction) a seeded sample of at
+    most ``swaps`` pictures, read again (from the dataset given, or the stored paths) with their regions. None
+    when the pictures cannot be read again (a folder of explanations of a tensor, without the tensor)."""
+    if dataset is not None and not is_explanations(dataset):
+        source = data.source(model, dataset, labels)
+    elif all(p is not None and Path(p).is_file() for p in paths):
+        source = data.from_pictures(model, paths, [None] * len(paths), list(paths), None)
+    else:
+        return None
+    if fingerprint(model) != store.manifest.get("weights"):
+        raise InputError(f"{store.folder} was explained by another model ({store.manifest.get('model')}, other weights); the swap "
+                         f"test runs the model: pass that model, or swap_backgrounds=False")
+    generator = torch.Generator().manual_seed(int(seed))
+    classes = np.where(label >= 0, label, predicted)
+    keep: dict[int, list[Any]] = {}
+    for c in sorted(set(classes.tolist())):
+        rows = np.flatnonzero(classes == c)
+        picked = sorted(rows[torch.randperm(rows.size, generator=generator)[:swaps].numpy()].tolist())
+        for i in picked:
+            x = source.read(i, i + 1)[0]
+            if region_folder is not None:
+                mask = _mask_folder(model, region_folder, root, [paths[i]])
+            else:
+                mask = _batch_regions(regions, i, 1, len(store), size)
+            keep.setdefault(int(c), []).append((x[0].detach().cpu(), mask[0]))
+    rows = batch_size or default_rows(*size, device=model.device)
+    return _swap_test(model, keep, names, rows, generator, progress)

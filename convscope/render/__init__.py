@@ -9,7 +9,8 @@ matplotlib is imported only when a figure is made.
 
 # ruff: noqa: I001 — core is imported first: it registers the explanation drawers with dispatch, which imports it
 from . import core
-from . import audit, compare, embedding, features, robustness, scale, tables, trust, video
+from . import audit, compare, embedding, features, robustness, scale, spray, tables, trust, video
+from . import explanations
 from .core import (
     colorize,
     data_uri,
@@ -37,6 +38,7 @@ __all__ = [
     "data_uri",
     "drawer",
     "embedding",
+    "explanations",
     "features",
     "figure",
     "figure_png",
@@ -56,6 +58,7 @@ __all__ = [
     "save_result",
     "scale",
     "show",
+    "spray",
     "tables",
     "tensor_to_images",
     "text",

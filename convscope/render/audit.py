@@ -20,11 +20,22 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..metrics.audit import Audit
+    from ..metrics.audit import Audit, StrategyAudit
     from ..roi import RegionOfInterest, Regions
 
-__all__ = ["audit_figure", "draw_shares", "draw_swaps", "draw_worst", "region_figure", "region_outline", "regions_figure", "share_figure",
-           "swap_figure", "worst_figure"]
+__all__ = [
+    "audit_figure",
+    "draw_shares",
+    "draw_swaps",
+    "draw_worst",
+    "region_figure",
+    "region_outline",
+    "regions_figure",
+    "share_figure",
+    "strategy_audit_figure",
+    "swap_figure",
+    "worst_figure",
+]
 
 FLAG_COLOR = "#b00020"
 
@@ -184,6 +195,51 @@ def _audit_html(audit: Audit, *, k: int = 8) -> str:
                         text=audit.table(), columns=columns, rows=rows)
 
 
+# -- the mask-free audit (kind "strategy_audit") ---------------------------------------------------------------
+def strategy_audit_figure(audit: StrategyAudit, *, classes: int = 4) -> Figure:
+    """Each clustered class's strategies (its "strategies" picture: mean map per cluster, examples, eigengap), one
+    above the other, the classes explained in several ways first; at most ``classes`` of them."""
+    import matplotlib.pyplot as plt
+
+    from .dispatch import picture
+
+    order = sorted(audit.classes, key=lambda name: (-audit.classes[name].clusters, name))[:classes]
+    pictures = [picture(audit.classes[name]) for name in order]
+    dpi = 100
+    if not pictures:
+        fig, ax = plt.subplots(figsize=(6, 1))
+        ax.text(0.5, 0.5, audit.verdict, ha="center", va="center", fontsize=8, wrap=True)
+        ax.set_axis_off()
+        return fig
+    width = max(p.shape[1] for p in pictures)
+    gap = np.full((12, width, 3), 255, np.uint8)
+    rows = []
+    for shown in pictures:
+        padded = np.full((shown.shape[0], width, 3), 255, np.uint8)
+        padded[:, :shown.shape[1]] = shown[..., :3]
+        rows += [padded, gap]
+    stacked = np.concatenate(rows[:-1])
+    title = textwrap.fill(audit.verdict, max(60, width // 7))
+    head = 0.2 + 0.16 * (title.count("\n") + 1)
+    fig = plt.figure(figsize=(width / dpi, stacked.shape[0] / dpi + head), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, stacked.shape[0] / (stacked.shape[0] + head * dpi)))
+    ax.imshow(stacked)
+    ax.set_axis_off()
+    fig.suptitle(title, fontsize=8, y=1 - 0.05 * head / (stacked.shape[0] / dpi + head))
+    return fig
+
+
+def _strategy_audit_html(audit: StrategyAudit, **style: Any) -> str:
+    from .trust import result_block
+
+    columns = ["class", "pictures", "strategies", "eigengap", "where each strategy's evidence lies"]
+    rows = [[name, len(found), found.clusters, round(found.eigengap, 3),
+             "; ".join(f"{share:.0%} {found.where(c)}" for c, share in enumerate(found.shares))]
+            for name, found in audit.classes.items()]
+    return result_block(audit, [(strategy_audit_figure(audit), "strategies")], caption=f"verdict: {audit.verdict}",
+                        text=audit.table(), columns=columns, rows=rows)
+
+
 # -- regions of interest (kind "regions") --------------------------------------------------------------------
 def _box_outline(picture: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, int, int] = (255, 230, 0)) -> np.ndarray:
     """``picture`` with the rectangle ``box`` (left, top, right, bottom; right/bottom exclusive) drawn in ``color``."""
@@ -284,6 +340,8 @@ def _register() -> None:
            html=_regions_html)
     drawer("audit", figure=_audit_figure, caption=lambda audit: f"verdict: {audit.verdict}", text=lambda audit: audit.table(),
            html=_audit_html)
+    drawer("strategy_audit", figure=strategy_audit_figure, caption=lambda audit: f"verdict: {audit.verdict}",
+           text=lambda audit: audit.table(), html=_strategy_audit_html)
 
 
 _register()

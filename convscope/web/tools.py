@@ -31,7 +31,7 @@ import convscope as cs
 from convscope import engine, registry, render
 from convscope.data import DATASETS
 from convscope.errors import ConvscopeError, CostError, LayerError, OptionError
-from convscope.options import OptionSpec
+from convscope.options import OptionSpec, is_server_only
 
 from .jobs import TERMINAL, Job, JobOutput, QueueFull
 from .server import ERROR_SCHEMA, PNG_OK, HTTPError, PNGResponse, errors, png_response, read_json, safe_filename
@@ -50,7 +50,6 @@ router = APIRouter()
 PICTURE_TAKES = ("images", "image", "models")  # tools whose job body names a picture
 EXPLANATION_KINDS = ("map", "pixels")  # results whose colour map alone is offered too (map.png)
 TEXT_LIMIT = 20_000  # characters of a result's text kept in the job's facts
-PATH_FORMATS = ("path", "file-path", "directory-path")  # pydantic's Path types: files of the server, never from the web
 _TOOL_JSON: weakref.WeakKeyDictionary[registry.Tool, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
@@ -72,14 +71,11 @@ def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_path(schema: dict[str, Any]) -> bool:
-    return any(member.get("format") in PATH_FORMATS for member in schema.get("anyOf") or [schema])
-
-
 def offered(tool: registry.Tool) -> list[OptionSpec]:
     """The options the web offers: the tool's front-end options (``tool.option_specs()``) except paths on the
-    server (typed ``Path``): the page never sends paths, datasets come by name."""
-    return [spec for spec in tool.option_specs() if not _is_path(spec.schema)]
+    server (typed ``Path``: the page never sends paths, datasets come by name) and options marked server-only
+    (``options.SERVER_ONLY``: which cluster to run on, how many actors — the machine's owner decides those)."""
+    return [spec for spec in tool.option_specs() if not is_server_only(spec.schema)]
 
 
 def options_schema(tool: registry.Tool) -> dict[str, Any]:

@@ -701,7 +701,7 @@ function renderInputs() {
       onchange: (event) => { uploadDataset(event.target.files[0]); event.target.value = ""; } });
     rows.push(inputRow("dataset", "Dataset", select,
       el("label", { class: "link small", for: "dataset-upload", title: "a zip of pictures (sub-folders: labels) and, under masks/, "
-        + "each picture's object mask (white = object): what the audit needs", text: "upload a zip…" }), zip,
+        + "each picture's object mask (white = object): the audit then measures how much of each map is on the object", text: "upload a zip…" }), zip,
       el("span", { id: "dataset-help", class: "muted small", text: datasetHelp(select.value) })));
   }
   if (t.inputs.includes("target")) {
