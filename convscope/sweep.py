@@ -310,7 +310,7 @@ def explain_dataset(model: Model | torch.nn.Module, dataset: Any,
     Options:
         method: the attribution method that explains each picture (default gradcam).
         out: the folder to write to (created; a folder of the same run is resumed, of another run refused); none: a new
-            temporary folder (its path is in the result's text).
+            temporary folder, removed when the process exits (its path is in the result's text).
         labels: the true class of each picture when the dataset does not say it (a tensor of pictures): names or indices.
         top_k: how many of the model's top classes (with their probabilities) the table keeps per picture.
         resolution: maps at the method's own resolution ("method": a CAM's layer grid, e.g. 7x7 — small) or at the
@@ -354,10 +354,13 @@ def explain_dataset(model: Model | torch.nn.Module, dataset: Any,
                 "top_k": int(top_k), "resolution": resolution, "dtype": dtype, "thumbnail": int(thumbnail),
                 "model": wrapped.name, "weights": fingerprint(wrapped), "dataset": _dataset_fingerprint(dataset, source),
                 "class_names": list(wrapped.labels) if wrapped.labels else None}
-    if out is None:
+    if out is None:  # a temporary folder, removed when this process exits (the web app's jobs, quick looks)
+        import atexit
+        import shutil
         import tempfile
 
         out = tempfile.mkdtemp(prefix="convscope-explanations-")
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
     store = Explanations.create(out, manifest, overwrite=overwrite)
     todo = store.missing()
     total = source.count

@@ -240,3 +240,20 @@ def test_command_line(tmp_path, monkeypatch):
                  "--thumbnail", "0", "--method", "saliency"]) == 2  # another run: refused, exit 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the folder is the output: no picture written
     assert main(["explain-dataset", "shapes", "--model", "shapes_biased", "--engine", "ray", "--address", "not an address"]) == 2
+
+
+def test_without_out_a_temporary_folder_is_used_and_removed_at_exit(tmp_path):
+    script = tmp_path / "temporary.py"
+    script.write_text(textwrap.dedent("""
+        import convscope as cs
+        from convscope.zoo.shapes import shapes_dataset
+        model = cs.load_model("shapes_biased")
+        data = shapes_dataset(8, split="test")
+        found = cs.explain_dataset(model, data.inputs(model), thumbnail=0)
+        assert found.complete and (found.folder / "explanations.parquet").is_file() and str(found.folder) in found.text()
+        print(found.folder)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("convscope-explanations-") and not folder.exists()
