@@ -434,9 +434,8 @@ def _add_tool(sub: Any, tool: Tool, taken: set[str]) -> None:
         group = parser.add_argument_group(f"{tool.name} options")
         for spec in offered:
             flag = _flag(spec.name)
-            if spec.name == "out" and _writes_folder(tool):  # the tool's own output folder is its --out
-                pass
-            elif flag in COMMON_FLAGS:  # an option named like a common flag (out, model) gets a longer flag
+            own_folder = spec.name == "out" and _writes_folder(tool)  # the tool's own output folder is its --out
+            if flag in COMMON_FLAGS and not own_folder:  # an option named like a common flag (out, model) gets a longer flag
                 flag = f"--option-{spec.name.replace('_', '-')}"
             if _is_flag_bool(spec):
                 group.add_argument(flag, dest=OPTION_PREFIX + spec.name, action=argparse.BooleanOptionalAction,

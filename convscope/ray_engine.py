@@ -145,9 +145,9 @@ class _RunRanges:
         torch.set_num_threads(self.threads)
         job = self.job
         if self.gpus > 0:
-            from .sweep import _moved
+            from .sweep import copy_on_device
 
-            job.model = _moved(job.model, torch.device("cuda"))
+            job.model = copy_on_device(job.model, torch.device("cuda"))
         source = job.source()
 
         def run(number: int) -> dict[str, Any]:

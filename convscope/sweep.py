@@ -34,7 +34,7 @@ from .progress import ProgressArg, tracker
 from .registry import CAM_LAYER, CostContext, register
 from .store import Explanations, Shard, open_explanations
 
-__all__ = ["ENGINES", "ShardJob", "ShardWorker", "batch_target", "class_index", "dataset_target", "explain_dataset",
+__all__ = ["ENGINES", "ShardJob", "ShardWorker", "batch_target", "check_engine", "class_index", "dataset_target", "explain_dataset",
            "fingerprint", "top_predictions"]
 
 ENGINES = ("local", "ray")
@@ -46,6 +46,12 @@ Actors = Annotated[int, Field(ge=1, le=4096, json_schema_extra=SERVER_ONLY)]
 Threads = Annotated[int, Field(ge=1, le=256, json_schema_extra=SERVER_ONLY)]
 Gpus = Annotated[float, Field(ge=0, le=16, json_schema_extra=SERVER_ONLY)]
 THUMBNAIL = 64
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """One line before any work when a Ray address comes without the Ray engine."""
+    if engine == "local" and address is not None:
+        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
 
 
 # -- targets and predictions over a dataset ------------------------------------------------------------------------
@@ -173,7 +179,7 @@ class ShardWorker:
         self.job = job
         self.model = job.model
         if device is not None and torch.device(device) != self.model.device:
-            self.model = _moved(self.model, torch.device(device))
+            self.model = copy_on_device(self.model, torch.device(device))
         self.source = data.source(self.model, job.dataset, job.labels, job.size)
         self.method = checked_method(job.method, {**job.method_options, "layer": job.layer}, who="explain_dataset")
         self.targets = dataset_target(job.target, job.count)
@@ -206,7 +212,7 @@ class ShardWorker:
                      np.concatenate(thumbs) if thumbs else None, columns)
 
 
-def _moved(model: Model, device: torch.device) -> Model:
+def copy_on_device(model: Model, device: torch.device) -> Model:
     """A copy of ``model`` on ``device`` (a Ray actor's GPU); the caller's model is never moved."""
     import copy
 
@@ -333,8 +339,7 @@ def explain_dataset(model: Model | torch.nn.Module, dataset: Any,
 
     wrapped = as_model(model)
     checked_method(method, {**method_options, "layer": layer}, who="explain_dataset")  # one line, before any work
-    if engine == "local" and address is not None:
-        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
+    check_engine(engine, address)
     source = data.source(wrapped, dataset, labels, size)
     if source.count == 0:
         raise InputError("the dataset is empty")

@@ -34,7 +34,7 @@ from ..options import PythonOnly, Seed
 from ..progress import ProgressArg, Tracker, tracker
 from ..registry import CostContext, LayerUse, ReportSpec, register
 from ..result import Displayable
-from ..sweep import Actors, Address, Engine, Gpus, Threads
+from ..sweep import Actors, Address, Engine, Gpus, Threads, check_engine
 
 __all__ = ["POOLS", "PROJECTIONS", "Embedding", "Projection", "embed", "pca", "tsne", "tsne_sweep", "umap"]
 
@@ -390,8 +390,7 @@ def embed(model: Model | nn.Module, images: Any, *, layer: LayerSpec = None, bat
     source = data.source(wrapped, images, labels, size)
     ref = resolve_layer(wrapped, layer) if layer is not None else None
     rows = _rows(wrapped, _picture_shape(wrapped, size), batch_size)
-    if engine == "local" and address is not None:
-        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
+    check_engine(engine, address)
     job = _FeatureJob(wrapped, images, labels, size, ref.label if ref is not None else None, pool, rows, int(thumbnail_size))
     with tracker(progress, source.count, "embedding") as bar:
         if engine == "ray":

@@ -54,6 +54,7 @@ from ..sweep import (
     Gpus,
     Threads,
     batch_target,
+    check_engine,
     class_index,
     dataset_target,
     explain_dataset,
@@ -546,8 +547,7 @@ def audit(model: Model | torch.nn.Module, dataset: Any, *, method: Annotated[str
     """
     wrapped = as_model(model)
     chosen = checked_method(method, {**method_options, "layer": layer}, who="audit")
-    if engine == "local" and address is not None:
-        raise InputError("address= is the Ray cluster's; pass engine='ray' with it")
+    check_engine(engine, address)
     reading = dict(regions=regions, labels=labels, threshold=threshold, batch_size=batch_size, swap_backgrounds=swap_backgrounds,
                    swaps=swaps, seed=seed, keep_examples=keep_examples, clusters=clusters, max_clusters=max_clusters,
                    progress=progress)
